@@ -1,0 +1,13 @@
+"""The exception types a user can see: each carries one line that names the problem."""
+
+
+class IvimError(Exception):
+    """A user error (bad input, refused output): printed as one line on stderr, exit code 1."""
+
+
+class InputError(IvimError):
+    """An input file is missing, unreadable, or inconsistent with the others."""
+
+
+class OutputExistsError(IvimError):
+    """An output already exists and --force was not given."""

@@ -1,0 +1,199 @@
+"""The IVIM bi-exponential model: equation, parameters, units, initialisation and bounds.
+
+This is the one place where the signal equation lives.  Every fitter, simulator, viewer and
+plot calls :func:`ivim_signal`; every output sidecar carries :data:`EQUATION` and
+:data:`CONVERSION`.
+
+The model is the original toolbox's (Lévy et al., MRM 2020)::
+
+    S(b) = S0 · exp(-b·D) · (f · exp(-b·D*) + 1 - f)
+
+so the perfusing pool decays with D + D* (D* here is the pseudo-diffusion coefficient in excess
+of D).  b is in s/mm², D and D* in mm²/s.
+"""
+import numpy as np
+
+PARAM_NAMES = ("S0", "D", "Fivim", "Dstar")
+UNITS = {
+    "S0": "signal units (as the DWI)",
+    "D": "mm^2/s",
+    "Fivim": "fraction (0-1)",
+    "Dstar": "mm^2/s",
+    "FivimXDstar": "mm^2/s",
+    "AIC": "dimensionless (n*ln(RSS/n) + 2k)",
+    "R2": "dimensionless (on the signal)",
+    "exception": "1 = fit failed, 0 = fitted",
+}
+EQUATION = "S(b) = S0 * exp(-b*D) * (Fivim*exp(-b*Dstar) + 1 - Fivim)"
+CONVERSION = (
+    "The perfusing pool decays with D + Dstar. In the dipy/OSIPI form "
+    "S(b) = S0*(f*exp(-b*Dp) + (1-f)*exp(-b*D)), Dp = D + Dstar (f, D and S0 unchanged)."
+)
+
+APPROACHES = ("one-step", "two-step")
+BOUNDS_VERSIONS = ("2020", "2019")
+
+# Log-linear initialisation of D (both approaches, both bounds versions).
+D_INIT_BOUNDS = (0.15e-3, 4.5e-3)
+D_INIT_DEFAULT = 0.5 * (D_INIT_BOUNDS[0] + D_INIT_BOUNDS[1])  # 2.325e-3
+# Refinement: every varied parameter gets [1 - REFINE, 1 + REFINE] x its step-2 value.
+REFINE = 0.05
+REFINE_F_ZERO = (1e-12, 0.05)  # if step-2 f <= 1e-12, f gets [0, 0.05] instead
+
+
+def ivim_signal(bvals, S0, D, Fivim, Dstar):
+    """Signal of the IVIM model.
+
+    Parameters
+    ----------
+    bvals : array_like, shape (n_b,)
+        b-values in s/mm².
+    S0, D, Fivim, Dstar : array_like, shape (...)
+        Parameters (D, Dstar in mm²/s); broadcast together.
+
+    Returns
+    -------
+    ndarray, shape (..., n_b)
+    """
+    b = np.asarray(bvals, dtype=float)
+    S0, D, Fivim, Dstar = (np.asarray(p, dtype=float)[..., None] for p in (S0, D, Fivim, Dstar))
+    e_d = np.exp(-b * D)
+    return S0 * e_d * (Fivim * np.exp(-b * Dstar) + 1.0 - Fivim)
+
+
+def ivim_jacobian(bvals, S0, D, Fivim, Dstar):
+    """Derivatives of :func:`ivim_signal`, shape (..., n_b, 4) in the order of PARAM_NAMES."""
+    b = np.asarray(bvals, dtype=float)
+    S0, D, Fivim, Dstar = (np.asarray(p, dtype=float)[..., None] for p in (S0, D, Fivim, Dstar))
+    e_d = np.exp(-b * D)
+    e_p = np.exp(-b * Dstar)
+    shape = e_d * (Fivim * e_p + 1.0 - Fivim)
+    return np.stack([
+        shape,                                  # dS/dS0
+        -b * S0 * shape,                        # dS/dD
+        S0 * e_d * (e_p - 1.0),                 # dS/dFivim
+        -b * S0 * e_d * Fivim * e_p,            # dS/dDstar
+    ], axis=-1)
+
+
+def settings(approach, bounds_version="2020"):
+    """Fixed settings of an approach: b threshold of the initialisation, f and D* rules.
+
+    ``bounds_version`` applies to one-step only: '2020' is the original's code since Dec 2020,
+    '2019' the code behind the published reference maps.  two-step never changed.
+    """
+    if approach not in APPROACHES:
+        raise ValueError(f"unknown approach {approach!r} (choose from {', '.join(APPROACHES)})")
+    if bounds_version not in BOUNDS_VERSIONS:
+        raise ValueError(f"unknown bounds version {bounds_version!r} (choose from {', '.join(BOUNDS_VERSIONS)})")
+    if approach == "two-step":
+        return dict(bval_threshold=500.0, f_max=0.35, dstar_lo_x_dinit=1.0, dstar_hi=35.5e-3,
+                    dstar_init="midpoint", vary_D=False)
+    if bounds_version == "2020":
+        return dict(bval_threshold=400.0, f_max=0.20, dstar_lo_x_dinit=2.0, dstar_hi=50e-3,
+                    dstar_init="10xDinit", vary_D=True)
+    return dict(bval_threshold=500.0, f_max=0.35, dstar_lo_x_dinit=0.8, dstar_hi=35.5e-3,
+                dstar_init="midpoint", vary_D=True)
+
+
+def initial_estimate(bvals, signal, bval_threshold):
+    """Shared initialisation: a least-squares line of ln S against b on b >= threshold.
+
+    D = -slope is clipped to [0.15e-3, 4.5e-3] mm²/s and the intercept refitted with D fixed,
+    giving ``dinit`` and ``s0_1mf`` = S0·(1 - f) = exp(intercept).  With fewer than 2 such
+    b-values: dinit = 2.325e-3 and s0_1mf = max(S).  Voxels with a non-positive signal at those
+    b-values get NaN.
+
+    Parameters
+    ----------
+    bvals : array_like, shape (n_b,)
+    signal : array_like, shape (n_voxels, n_b)
+    bval_threshold : float
+
+    Returns
+    -------
+    dinit, s0_1mf : ndarray, shape (n_voxels,)
+    """
+    b = np.asarray(bvals, dtype=float)
+    signal = np.atleast_2d(np.asarray(signal, dtype=float))
+    high = b >= bval_threshold
+    if high.sum() < 2:
+        n = signal.shape[0]
+        return np.full(n, D_INIT_DEFAULT), signal.max(axis=1)
+    bh = b[high]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        log_s = np.log(signal[:, high])
+    bc = bh - bh.mean()
+    slope = (log_s - log_s.mean(axis=1, keepdims=True)) @ bc / (bc @ bc)
+    dinit = np.clip(-slope, *D_INIT_BOUNDS)
+    intercept = log_s.mean(axis=1) + dinit * bh.mean()
+    return dinit, np.exp(intercept)
+
+
+def nominal_bounds(approach, bounds_version, dinit, s0_1mf):
+    """Start values and bounds of the step-2 fit, per voxel.
+
+    Returns
+    -------
+    init, lo, hi : ndarray, shape (n_voxels, 4), in the order of PARAM_NAMES.
+        For two-step, D has lo = hi = init = dinit (fixed).
+    vary : ndarray of bool, shape (4,)
+    """
+    cfg = settings(approach, bounds_version)
+    dinit = np.asarray(dinit, dtype=float)
+    s = np.asarray(s0_1mf, dtype=float)
+    n = dinit.shape[0]
+    init, lo, hi = (np.empty((n, 4)) for _ in range(3))
+    init[:, 0], lo[:, 0], hi[:, 0] = 1.2 * s, 0.7 * s, 1.7 * s
+    if cfg["vary_D"]:
+        init[:, 1], lo[:, 1], hi[:, 1] = dinit, D_INIT_BOUNDS[0], 1.2 * dinit
+    else:
+        init[:, 1] = lo[:, 1] = hi[:, 1] = dinit
+    init[:, 2], lo[:, 2], hi[:, 2] = 0.1, 0.0, cfg["f_max"]
+    lo[:, 3] = cfg["dstar_lo_x_dinit"] * dinit
+    hi[:, 3] = cfg["dstar_hi"]
+    init[:, 3] = 10.0 * dinit if cfg["dstar_init"] == "10xDinit" else 0.5 * (lo[:, 3] + hi[:, 3])
+    vary = np.array([True, cfg["vary_D"], True, True])
+    return init, lo, hi, vary
+
+
+def refinement_bounds(params, vary):
+    """The ±5 % box around step-2 values (not clipped to the nominal bounds).
+
+    For f <= 1e-12 the box of f is [0, 0.05].  Fixed parameters keep lo = hi = value.
+
+    Parameters
+    ----------
+    params : ndarray, shape (n_voxels, 4)
+    vary : ndarray of bool, shape (4,)
+
+    Returns
+    -------
+    lo, hi : ndarray, shape (n_voxels, 4)
+    """
+    params = np.asarray(params, dtype=float)
+    scale = np.where(vary, REFINE, 0.0)
+    lo = params * (1.0 - scale)
+    hi = params * (1.0 + scale)
+    f_zero = params[:, 2] <= REFINE_F_ZERO[0]
+    lo[f_zero, 2] = 0.0
+    hi[f_zero, 2] = REFINE_F_ZERO[1]
+    return lo, hi
+
+
+def bounds_description(approach, bounds_version):
+    """Human-readable bounds, for --help and the sidecars."""
+    cfg = settings(approach, bounds_version)
+    d = (f"D in [0.15e-3, 1.2*Dinit] starting at Dinit" if cfg["vary_D"] else "D fixed at Dinit")
+    start = "10*Dinit" if cfg["dstar_init"] == "10xDinit" else "the midpoint"
+    return {
+        "initialisation": (f"least-squares line of ln S vs b on b >= {cfg['bval_threshold']:g} s/mm^2; "
+                           "Dinit = -slope clipped to [0.15e-3, 4.5e-3], intercept refitted; "
+                           "S0(1-f) = exp(intercept); <2 such b: Dinit = 2.325e-3, S0(1-f) = max(S)"),
+        "S0": "[0.7, 1.7]*S0(1-f), starting at 1.2*S0(1-f)",
+        "D": d,
+        "Fivim": f"[0, {cfg['f_max']:g}] starting at 0.1",
+        "Dstar": (f"[{cfg['dstar_lo_x_dinit']:g}*Dinit, {cfg['dstar_hi']:g}] starting at {start}"),
+        "refinement": ("each varied parameter refitted within +/-5% of its step-2 value "
+                       "(f in [0, 0.05] if step-2 f <= 1e-12), not clipped to the bounds above"),
+    }
