@@ -1,0 +1,125 @@
+"""Every matplotlib figure of the toolbox.  Figures are built with matplotlib.figure.Figure
+(no pyplot state), so this module works headless and never changes the backend.
+"""
+import os
+import tempfile
+
+import numpy as np
+
+
+# ----------------------------------------------------------------------------------------------
+# Simulation figures (ivim_simu_plot.py): one figure per true D, rows f, columns D*
+
+_SIM_LABELS = {"f": "f", "Dstar": "D*", "D": "D", "fDstar": "f·D*"}
+_SIM_UNITS = {"f": "", "Dstar": " (mm²/s)", "D": " (mm²/s)", "fDstar": " (mm²/s)"}
+
+
+def _figure_specs(arrays, base, fmt):
+    """(path, figure name, index of the true D) of every figure of a result."""
+    kinds = {"error_nonoise": ("sim", "true"), "error_noise": ("sim", "sim_STD", "true"),
+             "required_snr": ("minSNR", "params")}
+    return [(f"{base}_{name}_D{i}.{fmt}", name, i) for name in kinds[str(arrays["kind"])]
+            for i in range(len(arrays["D_range"]))]
+
+
+def simulation_figure_names(arrays, base, fmt="png"):
+    """Paths of the figures :func:`save_simulation_figures` writes for a result.
+
+    error_nonoise: ``<base>_sim_D{i}``, ``<base>_true_D{i}``; error_noise: also
+    ``<base>_sim_STD_D{i}``; required_snr: ``<base>_minSNR_D{i}``, ``<base>_params_D{i}``.
+    """
+    return [path for path, _, _ in _figure_specs(arrays, base, fmt)]
+
+
+def save_simulation_figures(arrays, base, fmt="png"):
+    """Write the figures of a simulation result (arrays of ivim_common.simulation).
+
+    Parameters
+    ----------
+    arrays : dict of ndarray
+        A complete result (kind, F_range, Dstar_range, D_range, err_order and the kind's arrays).
+    base : str
+        Path prefix of the figures.
+    fmt : {'png', 'pdf'}
+
+    Returns
+    -------
+    list of str, the paths written (as :func:`simulation_figure_names`).
+    """
+    for path, name, i_d in _figure_specs(arrays, base, fmt):
+        fig = _figure(arrays, name, i_d)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_",
+                                   suffix="." + fmt)
+        os.close(fd)
+        try:
+            fig.savefig(tmp, format=fmt, dpi=120)
+            os.replace(tmp, path)
+        except BaseException:
+            os.remove(tmp)
+            raise
+    return simulation_figure_names(arrays, base, fmt)
+
+
+def _figure(arrays, name, i_d):
+    """One figure: name in sim, sim_STD, true, minSNR, params; i_d the index of the true D."""
+    order = [str(v) for v in arrays["err_order"]]
+    d_text = f"true D = {arrays['D_range'][i_d]:.3g} mm²/s"
+    kind = str(arrays["kind"])
+    if name == "true":
+        f, dstar = np.meshgrid(arrays["F_range"], arrays["Dstar_range"], indexing="ij")
+        truth = {"f": f, "Dstar": dstar, "D": np.full_like(f, arrays["D_range"][i_d]), "fDstar": f * dstar}
+        panels = [(truth[p], f"true {_SIM_LABELS[p]}", _SIM_LABELS[p] + _SIM_UNITS[p], False)
+                  for p in order]
+        return _grid_figure(arrays, panels, f"True values, {d_text}")
+    if name == "minSNR":
+        values = arrays["min_snr"][..., i_d]
+        n_nan = int(np.isnan(values).sum())
+        note = f" ({n_nan} grey cells: not reachable)" if n_nan else ""
+        return _grid_figure(arrays, [(values, "required SNR" + note, "SNR (S0/σ)", True)],
+                            f"Required SNR, {d_text}")
+    source = {"sim": "mean_abs_err", "sim_STD": "sd_abs_err", "params": "mean_err_at_min_snr"}[name]
+    what = {"sim": "mean |error|", "sim_STD": "SD of |error|", "params": "mean |error| at the required SNR"}[name]
+    panels = [(arrays[source][j, ..., i_d], f"{_SIM_LABELS[p]}: {what}", "%", name != "params")
+              for j, p in enumerate(order)]
+    if kind == "error_noise":
+        title = f"{what} over {int(arrays['n_noise_draws'])} draws at SNR {float(arrays['snr']):g}, {d_text}"
+    elif kind == "error_nonoise":
+        title = f"Error without noise, {d_text}"
+    else:
+        title = f"Errors at the required SNR ({int(arrays['n_noise_draws'])} draws), {d_text}"
+    return _grid_figure(arrays, panels, title)
+
+
+def _grid_figure(arrays, panels, title):
+    """Heat maps (rows f, columns D*) with colour bars; each panel (values, title, unit, log?).
+
+    A log colour scale is used when asked and every finite value is > 0.  NaN cells are grey.
+    """
+    from matplotlib.colors import LogNorm, Normalize
+    from matplotlib.figure import Figure
+
+    n_cols = 1 if len(panels) == 1 else 2
+    n_rows = -(-len(panels) // n_cols)
+    fig = Figure(figsize=(6.2 * n_cols, 4.8 * n_rows + 0.6), layout="constrained")
+    axes = fig.subplots(n_rows, n_cols, squeeze=False).ravel()
+    f_range, dstar_range = arrays["F_range"], arrays["Dstar_range"]
+    for ax, (values, panel_title, unit, log) in zip(axes, panels):
+        finite = values[np.isfinite(values)]
+        norm = Normalize()
+        if log and finite.size and 0 < finite.min() < finite.max():
+            norm = LogNorm(finite.min(), finite.max())
+        ax.set_facecolor("0.75")
+        mesh = ax.pcolormesh(np.ma.masked_invalid(values), norm=norm, cmap="viridis")
+        stats = (f"median {np.median(finite):.3g} [{finite.min():.3g}–{finite.max():.3g}]"
+                 if finite.size else "no finite value")
+        ax.set_title(f"{panel_title}\n{stats}", fontsize=10)
+        ax.set_xticks(np.arange(len(dstar_range)) + 0.5, [f"{v * 1e3:.3g}" for v in dstar_range],
+                      rotation=45 if len(dstar_range) > 6 else 0)
+        ax.set_yticks(np.arange(len(f_range)) + 0.5, [f"{v:.3g}" for v in f_range])
+        ax.set_xlabel("true D* (10⁻³ mm²/s)")
+        ax.set_ylabel("true f")
+        fig.colorbar(mesh, ax=ax, label=unit)
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    fig.suptitle(title)
+    return fig

@@ -1,0 +1,219 @@
+"""Command-line plumbing of the ivim_simu_*.py scripts: their flags and the run around the work.
+
+Only the standard library is imported at module level, so ``--help`` stays instant; numpy,
+the fitters and matplotlib are imported when the work starts.
+"""
+import argparse
+import os
+import shlex
+import sys
+
+from . import __version__
+from .errors import InputError, IvimError
+
+DEFAULT_BVALS = "5,10,15,20,30,50,75,100,125,150,200,250,600,700,800"
+DEFAULT_F = "0.01:10:0.30"
+DEFAULT_DSTAR = "3.0e-3:10:35e-3"
+DEFAULT_D = {"error_nonoise": "0.2e-3,0.3e-3,0.7e-3,1.0e-3,1.2e-3,1.5e-3,1.8e-3,2.0e-3,2.5e-3,2.9e-3",
+             "error_noise": "0.3e-3,1.5e-3", "required_snr": "0.3e-3,1.5e-3"}
+RANGE_HELP = "start:NUM:stop (NUM values, as numpy.linspace) or a comma list"
+
+
+def _common_arguments(parser):
+    parser.add_argument("--force", action="store_true", help="replace outputs that already exist")
+    parser.add_argument("-v", dest="verbose", type=int, choices=(0, 1, 2), default=1,
+                        help="verbosity: 0 quiet, 1 normal (default), 2 debug with tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def compute_parser(kind, prog, description, example):
+    """Parser of a compute script; kind in 'error_nonoise', 'error_noise', 'required_snr'."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=example,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    noisy = kind != "error_nonoise"
+    parser.add_argument("-model", required=True, choices=("one-step", "two-step"),
+                        help="fitting approach (as ivim_fitting.py)")
+    parser.add_argument("-ofolder", required=True,
+                        help="output folder (created if needed) for sim_results_<yymmddHHMMSS>.npz and .json")
+    parser.add_argument("-bval", default=DEFAULT_BVALS,
+                        help="comma-separated b-values in s/mm² (default: %(default)s)")
+    if kind == "error_noise":
+        parser.add_argument("-snr", type=float, required=True,
+                            help="SNR = S0/σ of the noise, with S0 = 600 the true b = 0 signal")
+    if kind == "required_snr":
+        parser.add_argument("-snr", type=float, default=1500.0,
+                            help="SNR where the search starts (default: %(default)g)")
+        parser.add_argument("-condition", choices=("FDstar", "all"), default="FDstar",
+                            help="FDstar: error of f·D* <= --max-error; all: the errors of f, D*, D "
+                                 "and f·D* all <= --max-error (default: %(default)s)")
+        parser.add_argument("--max-error", type=float, default=10.0,
+                            help="largest acceptable mean |error| in %% (default: %(default)g)")
+    parser.add_argument("-F", default=DEFAULT_F, help=f"true f values: {RANGE_HELP} (default: %(default)s)")
+    parser.add_argument("-Dstar", default=DEFAULT_DSTAR,
+                        help=f"true D* values in mm²/s: {RANGE_HELP} (default: %(default)s)")
+    parser.add_argument("-D", default=DEFAULT_D[kind],
+                        help=f"true D values in mm²/s: {RANGE_HELP} (default: %(default)s)")
+    parser.add_argument("--engine", choices=("fast", "lmfit"), default="fast",
+                        help="fitting engine: fast (vectorised, default) or lmfit (the original's "
+                             "differential evolution, ~2 s per fit: tiny grids only)")
+    parser.add_argument("--bounds-version", choices=("2020", "2019"), default="2020",
+                        help="one-step bounds: 2020 (the original's code since Dec 2020, default) or "
+                             "2019 (the code behind the published results)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default: %(default)s)")
+    if noisy:
+        parser.add_argument("--n-draws", type=int, default=1000,
+                            help="noise draws per grid cell (default: %(default)s)")
+        parser.add_argument("--noise", choices=("gaussian", "rician"), default="gaussian",
+                            help="gaussian: S + N(0,σ), as the original (default); "
+                                 "rician: |S + N(0,σ) + i·N(0,σ)|, magnitude data with its noise floor")
+    parser.add_argument("-j", dest="jobs", type=int, default=1,
+                        help="worker processes for the fits (default: %(default)s)")
+    parser.add_argument("--shard", metavar="K/N",
+                        help="compute only shard K of N of the grid (K = 1..N), e.g. for a job array; "
+                             "merge the shard files with ivim_simu_plot.py")
+    _common_arguments(parser)
+    return parser
+
+
+def plot_parser(prog, description, example):
+    """Parser of ivim_simu_plot.py."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=example,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-input", nargs="+", required=True, metavar="NPZ",
+                        help="sim_results_*.npz of one run (several: the shard files, merged first)")
+    parser.add_argument("-oname", help="base name of the figures, e.g. results/required_snr_plot")
+    parser.add_argument("--format", choices=("png", "pdf"), default="png",
+                        help="figure format (default: %(default)s)")
+    parser.add_argument("--merged", metavar="OUT.npz", help="also write the merged result (and its .json)")
+    _common_arguments(parser)
+    return parser
+
+
+def guarded(prog, verbose, work):
+    """Run work(); user errors -> one line and exit 1, Ctrl-C -> 130, tracebacks only with -v 2."""
+    try:
+        work()
+        return 0
+    except IvimError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output written", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if verbose >= 2:
+            raise
+        print(f"{prog}: error: unexpected {type(exc).__name__}: {exc} (run with -v 2 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _command(prog, argv):
+    return shlex.join([prog] + list(argv)) if argv is not None else shlex.join(sys.argv)
+
+
+def _progress(total, verbose):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="cell", file=sys.stderr, disable=verbose == 0 or not sys.stderr.isatty())
+
+
+def run_compute(kind, parser, argv=None):
+    """Parse argv and run a compute script; returns the exit code."""
+    args = parser.parse_args(argv)
+    return guarded(parser.prog, args.verbose, lambda: _compute(kind, args, _command(parser.prog, argv)))
+
+
+def _compute(kind, args, command):
+    from . import simulation as simu
+
+    values = dict(bvals=simu.parse_bvals(args.bval), F_range=simu.parse_values(args.F, "-F"),
+                  Dstar_range=simu.parse_values(args.Dstar, "-Dstar"), D_range=simu.parse_values(args.D, "-D"))
+    if values["F_range"].max() > 1:
+        raise InputError(f"-F: f is a fraction, every value must be <= 1 (got {args.F!r})")
+    if args.jobs < 1:
+        raise InputError(f"-j: need at least 1 worker (got {args.jobs})")
+    shard = simu.parse_shard(args.shard) if args.shard else (1, 1)
+    sim = simu.Simulation(approach=args.model, bounds_version=args.bounds_version, engine=args.engine,
+                          seed=args.seed, n_draws=getattr(args, "n_draws", 1),
+                          noise=getattr(args, "noise", "gaussian"), jobs=args.jobs, **values)
+    if os.path.exists(args.ofolder) and not os.path.isdir(args.ofolder):
+        raise InputError(f"-ofolder: {args.ofolder} exists and is not a folder")
+    path = simu.result_path(args.ofolder, shard)
+    simu.check_outputs([path, simu.sidecar_path(path)], args.force)
+    os.makedirs(args.ofolder, exist_ok=True)
+
+    elapsed = simu.timer()
+    n_cells = len(simu.shard_cells(sim.n_cells, *shard))
+    if args.verbose >= 2:
+        print(f"{kind}: {n_cells} grid cells (shard {shard[0]}/{shard[1]}), {sim}", file=sys.stderr)
+    with _progress(n_cells, args.verbose) as bar:
+        if kind == "required_snr":
+            arrays = simu.run_required_snr(sim, args.condition, args.max_error, args.snr, shard, bar.update)
+        else:
+            arrays = simu.run_errors(sim, args.snr if kind == "error_noise" else None, shard, bar.update)
+    run_time = elapsed()
+    simu.save_results(path, arrays, simu.sidecar(arrays, sim, run_time, command=command))
+    if args.verbose >= 1:
+        print(f"{path} (+ .json): {n_cells} grid cells in {run_time:.1f} s")
+        print(summary(arrays))
+
+
+def summary(arrays):
+    """A few lines per true D: median [min-max] of the mean errors, or of the required SNR."""
+    import numpy as np
+
+    lines = []
+    for i_d, d in enumerate(arrays["D_range"]):
+        if str(arrays["kind"]) == "required_snr":
+            snr = arrays["min_snr"][..., i_d]
+            finite = snr[np.isfinite(snr)]
+            text = (f"required SNR median {np.median(finite):.4g} [{finite.min():.4g}-{finite.max():.4g}]"
+                    if finite.size else "required SNR: no finite value")
+            lines.append(f"  D = {d:.3g} mm²/s: {text}, {snr.size - finite.size} cells not reachable/not computed")
+            continue
+        parts = []
+        for j, name in enumerate(arrays["err_order"]):
+            err = arrays["mean_abs_err"][j, ..., i_d]
+            err = err[np.isfinite(err)]
+            parts.append(f"{name} {np.median(err):.3g} [{err.min():.3g}-{err.max():.3g}]" if err.size
+                         else f"{name} -")
+        lines.append(f"  D = {d:.3g} mm²/s, mean |error| % median [min-max]: " + ", ".join(parts))
+    return "\n".join(lines)
+
+
+def run_plot(parser, argv=None):
+    """Parse argv and run ivim_simu_plot.py; returns the exit code."""
+    args = parser.parse_args(argv)
+    if not args.oname and not args.merged:
+        parser.error("give -oname (figures) and/or --merged (merged result)")
+    return guarded(parser.prog, args.verbose, lambda: _plot(args, _command(parser.prog, argv)))
+
+
+def _plot(args, command):
+    from . import plotting
+    from . import simulation as simu
+
+    for path in args.input:
+        if not os.path.isfile(path):
+            raise InputError(f"-input: {path} does not exist or is not a file")
+    results = [simu.load_results(path) for path in args.input]
+    merged = simu.merge_results(results, args.input)
+    outputs = plotting.simulation_figure_names(merged, args.oname, args.format) if args.oname else []
+    if args.merged:
+        if not args.merged.endswith(".npz"):
+            raise InputError(f"--merged: the file name must end with .npz (got {args.merged})")
+        outputs += [args.merged, simu.sidecar_path(args.merged)]
+    simu.check_outputs(outputs, args.force)
+    for path in outputs:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if args.merged:
+        doc = simu.sidecar(merged, command=command,
+                           extra={"merged_from": [os.path.abspath(p) for p in args.input]})
+        simu.save_results(args.merged, merged, doc)
+    if args.oname:
+        plotting.save_simulation_figures(merged, args.oname, args.format)
+    if args.verbose >= 1:
+        print(f"{str(merged['kind'])} from {len(args.input)} file(s):")
+        print(summary(merged))
+        print("wrote " + ", ".join(outputs))

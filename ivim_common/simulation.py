@@ -1,0 +1,587 @@
+"""Monte Carlo simulation of IVIM estimation error, and of the SNR a protocol needs.
+
+What is simulated (as the original toolbox, Lévy et al. MRM 2020, with seeds):
+
+* the true signal is :func:`ivim_common.model.ivim_signal` with S0 = 600 on a grid of
+  (f, D*, D) values; a grid *cell* is one (f, D*, D) combination, flattened in C order
+  (``cell = (iF * nDstar + iDstar) * nD + iD``);
+* noise of SD σ = S0 / SNR (S0 = the true b = 0 signal, 600, even when b = 0 is not sampled):
+  'gaussian' adds N(0, σ) to the signal (the original), 'rician' returns
+  |S + N(0, σ) + i·N(0, σ)| (magnitude images, with their noise floor);
+* every cell has its own standard-normal draws, from ``SeedSequence([seed, cell])``, scaled by
+  σ at every SNR (common random numbers: the error of a cell is a smooth function of the SNR,
+  and shards or workers do not change the draws);
+* the error of a parameter p in {f, D*, D, f·D*} is, in %, 100·(p̂ − p)/p for each draw.
+  Fits that fail (``exception`` = 1) are counted and left out of the statistics.
+
+The results are plain arrays (see :data:`ARRAY_DESCRIPTIONS`) saved as ``.npz`` with a JSON
+sidecar; no pickle.
+"""
+import datetime
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import __version__, model
+from .errors import InputError, OutputExistsError
+from .fit import ENGINES, fit_voxels
+
+S0_TRUE = 600.0
+ERR_ORDER = ("f", "Dstar", "D", "fDstar")
+KINDS = ("error_nonoise", "error_noise", "required_snr")
+NOISE_MODELS = ("gaussian", "rician")
+CONDITIONS = ("FDstar", "all")
+PERCENTILES = (5, 50, 95)
+
+DEFAULT_N_DRAWS = 1000
+DEFAULT_MAX_ERROR = 10.0
+DEFAULT_SNR_START = 1500.0
+
+SNR_CAP = 1e5        # a cell still failing at this SNR is "not reachable" (NaN)
+SNR_FLOOR = 1.0      # a cell passing at this SNR stops there
+BISECT_ABS = 1.0     # the search stops when the bracket is within 1 SNR unit ...
+BISECT_REL = 0.005   # ... or 0.5 % of its upper end
+CHUNK_VOXELS = 200_000  # voxels per fit_voxels call
+
+NOISE_DESCRIPTION = {
+    "gaussian": "S + N(0, sigma) (real-valued, additive, as the original toolbox)",
+    "rician": "|S + N(0, sigma) + i*N(0, sigma)| (magnitude of complex Gaussian noise)",
+}
+SNR_DEFINITION = f"SNR = S0/sigma with S0 = {S0_TRUE:g}, the true signal at b = 0"
+ERROR_DEFINITION = ("error of p in % = 100*(p_hat - p)/p per noise draw, p in (f, Dstar, D, f*Dstar); "
+                    "failed fits are counted in n_failed and left out")
+ARRAY_DESCRIPTIONS = {
+    "kind": "'error_nonoise' | 'error_noise' | 'required_snr'",
+    "F_range": "true f values (rows of the grid)",
+    "Dstar_range": "true D* values, mm^2/s",
+    "D_range": "true D values, mm^2/s",
+    "bvals": "b-values, s/mm^2",
+    "err_order": "order of the first error axis: f, Dstar, D, fDstar",
+    "mean_abs_err": "(4, nF, nDstar, nD) mean over the draws of |error| in %",
+    "sd_abs_err": "(4, nF, nDstar, nD) SD (ddof 0) over the draws of |error| in %",
+    "mean_signed_err": "(4, nF, nDstar, nD) mean signed error (bias) in %",
+    "pct_signed_err": "(3, 4, nF, nDstar, nD) 5th/50th/95th percentiles of the signed error in %",
+    "n_failed": "(nF, nDstar, nD) failed fits per cell (-1: cell not computed in this shard)",
+    "n_noise_draws": "noise draws per cell",
+    "snr": "SNR of the simulation",
+    "min_snr": "(nF, nDstar, nD) required SNR; NaN: not reachable below the cap, or not in this shard",
+    "mean_err_at_min_snr": "(4, nF, nDstar, nD) mean |error| in % at min_snr",
+    "shard": "[K, N]: this file holds shard K of N ([1, 1]: the whole grid)",
+    "settings": "JSON of the settings that shards of one run share",
+}
+# Arrays with one value per grid cell in their last 3 axes: the ones shards fill in.
+CELL_ARRAYS = ("mean_abs_err", "sd_abs_err", "mean_signed_err", "pct_signed_err", "n_failed",
+               "min_snr", "mean_err_at_min_snr")
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing
+
+def parse_values(text, name, positive=True):
+    """Parse ``start:NUM:stop`` (NUM values, as numpy.linspace) or a comma list of numbers.
+
+    Raises
+    ------
+    InputError
+        With one line naming ``name`` when the text cannot be parsed or a value is not finite
+        (or not > 0 when ``positive``).
+    """
+    text = str(text).strip()
+    try:
+        if ":" in text:
+            start, num, stop = text.split(":")
+            values = np.linspace(float(start), float(stop), int(num))
+        else:
+            values = np.array([float(v) for v in text.split(",") if v.strip()])
+    except ValueError:
+        raise InputError(f"{name}: cannot read {text!r}; expected start:NUM:stop (NUM values) "
+                         "or a comma-separated list") from None
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise InputError(f"{name}: {text!r} gives no finite values")
+    if positive and np.any(values <= 0):
+        raise InputError(f"{name}: every value must be > 0 (got {text!r})")
+    return values
+
+
+def parse_bvals(text):
+    """b-values (s/mm²) from a comma list; at least 4 distinct values, all >= 0."""
+    bvals = parse_values(text, "-bval", positive=False)
+    if np.any(bvals < 0) or np.unique(bvals).size < 4:
+        raise InputError(f"-bval: need at least 4 distinct b-values >= 0 (got {text!r})")
+    return bvals
+
+
+def parse_shard(text):
+    """``K/N`` (1 <= K <= N) -> (K, N)."""
+    try:
+        k, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise InputError(f"--shard: expected K/N, e.g. 2/8 (got {text!r})") from None
+    if not 1 <= k <= n:
+        raise InputError(f"--shard: need 1 <= K <= N (got {text!r})")
+    return k, n
+
+
+# ----------------------------------------------------------------------------------------------
+# Grid, shards, noise
+
+@dataclass(frozen=True)
+class Simulation:
+    """What is simulated and how it is fitted.
+
+    Attributes
+    ----------
+    bvals : ndarray (n_b,), s/mm²
+    F_range, Dstar_range, D_range : ndarray, true f, D* (mm²/s) and D (mm²/s) values
+    approach : {'one-step', 'two-step'}
+    bounds_version : {'2020', '2019'}
+    engine : {'fast', 'lmfit'}
+    seed : int
+        Seed of the noise draws (and of the lmfit engine).
+    n_draws : int
+        Noise draws per grid cell.
+    noise : {'gaussian', 'rician'}
+    jobs : int
+        Worker processes for the fits (1: in this process).
+    """
+    bvals: np.ndarray
+    F_range: np.ndarray
+    Dstar_range: np.ndarray
+    D_range: np.ndarray
+    approach: str = "one-step"
+    bounds_version: str = "2020"
+    engine: str = "fast"
+    seed: int = 0
+    n_draws: int = DEFAULT_N_DRAWS
+    noise: str = "gaussian"
+    jobs: int = 1
+
+    def __post_init__(self):
+        model.settings(self.approach, self.bounds_version)  # validates both
+        if self.engine not in ENGINES:
+            raise ValueError(f"unknown engine {self.engine!r}")
+        if self.noise not in NOISE_MODELS:
+            raise ValueError(f"unknown noise model {self.noise!r}")
+        if self.n_draws < 1:
+            raise InputError(f"--n-draws: need at least 1 draw (got {self.n_draws})")
+
+    @property
+    def shape(self):
+        return (len(self.F_range), len(self.Dstar_range), len(self.D_range))
+
+    @property
+    def n_cells(self):
+        return int(np.prod(self.shape))
+
+    def truth(self, cells):
+        """True (f, D*, D, f·D*) of flat cell indices, shape (n_cells, 4) in ERR_ORDER."""
+        i_f, i_ds, i_d = np.unravel_index(np.asarray(cells, dtype=int), self.shape)
+        f, dstar, d = self.F_range[i_f], self.Dstar_range[i_ds], self.D_range[i_d]
+        return np.stack([f, dstar, d, f * dstar], axis=-1)
+
+    def signal(self, cells):
+        """Noise-free signal of cells, shape (n_cells, n_b)."""
+        f, dstar, d, _ = self.truth(cells).T
+        return model.ivim_signal(self.bvals, S0_TRUE, d, f, dstar)
+
+    def standard_draws(self, cells):
+        """Standard-normal draws of cells: (n_components, n_cells, n_draws, n_b).
+
+        One component for Gaussian noise, two (real, imaginary) for Rician; the first
+        component is the same for both.  Seeded from (seed, cell) only.
+        """
+        n_comp = 2 if self.noise == "rician" else 1
+        out = np.empty((n_comp, len(cells), self.n_draws, len(self.bvals)))
+        for j, cell in enumerate(cells):
+            rng = np.random.default_rng(np.random.SeedSequence([int(self.seed), int(cell)]))
+            out[:, j] = rng.standard_normal((n_comp, self.n_draws, len(self.bvals)))
+        return out
+
+    def settings_json(self):
+        """The settings that every shard of one run must share (compared when merging)."""
+        return json.dumps(dict(approach=self.approach, bounds_version=self.bounds_version,
+                               engine=self.engine, seed=self.seed, noise=self.noise,
+                               n_draws=self.n_draws), sort_keys=True)
+
+
+def shard_cells(n_cells, k, n):
+    """Flat cell indices of shard K of N: contiguous, deterministic, sizes differ by at most 1."""
+    return np.array_split(np.arange(n_cells), n)[k - 1]
+
+
+def add_noise(signal, draws, sigma, noise):
+    """Noisy signal from standard-normal draws.
+
+    Parameters
+    ----------
+    signal : ndarray (..., n_b)
+    draws : ndarray (n_components, ..., n_b), see :meth:`Simulation.standard_draws`
+    sigma : float or ndarray broadcastable to signal
+    noise : {'gaussian', 'rician'}
+    """
+    real = signal + sigma * draws[0]
+    if noise == "gaussian":
+        return real
+    return np.hypot(real, sigma * draws[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# Fitting and error statistics
+
+def _fit(sim, signal, voxel_ids):
+    """Fit (n_voxels, n_b) -> estimates (n_voxels, 4) in ERR_ORDER, NaN where the fit failed."""
+    est = np.empty((signal.shape[0], 4))
+    for start in range(0, signal.shape[0], CHUNK_VOXELS):
+        sl = slice(start, start + CHUNK_VOXELS)
+        out = fit_voxels(sim.bvals, signal[sl], sim.approach, sim.bounds_version, sim.engine,
+                         sim.seed, voxel_ids[sl])
+        est[sl] = np.stack([out["Fivim"], out["Dstar"], out["D"], out["FivimXDstar"]], axis=-1)
+        est[sl][out["exception"] != 0] = np.nan
+    return est
+
+
+def signed_errors(sim, cells, snr=None):
+    """Signed % errors of every draw of cells: (n_cells, n_draws, 4), NaN for failed fits.
+
+    ``snr`` (scalar or one value per cell) None means no noise: one fit per cell.
+    """
+    cells = np.asarray(cells, dtype=int)
+    clean = sim.signal(cells)
+    if snr is None:
+        signal, n_draws = clean[:, None, :], 1
+    else:
+        sigma = (S0_TRUE / np.broadcast_to(np.asarray(snr, dtype=float), cells.shape))[:, None, None]
+        signal, n_draws = add_noise(clean[:, None, :], sim.standard_draws(cells), sigma, sim.noise), sim.n_draws
+    voxel_ids = (cells[:, None] * n_draws + np.arange(n_draws)).ravel()
+    est = _fit(sim, signal.reshape(-1, len(sim.bvals)), voxel_ids).reshape(len(cells), n_draws, 4)
+    truth = sim.truth(cells)[:, None, :]
+    return 100.0 * (est - truth) / truth
+
+
+def error_statistics(errors):
+    """Per-cell statistics of signed % errors (n_cells, n_draws, 4), NaN = failed fit.
+
+    Returns
+    -------
+    dict with mean_abs_err, sd_abs_err, mean_signed_err (n_cells, 4), pct_signed_err
+    (3, n_cells, 4) for PERCENTILES, n_failed (n_cells,).  All-failed cells give NaN.
+    """
+    failed = np.isnan(errors).any(axis=2)
+    errors = np.where(failed[..., None], np.nan, errors)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells -> NaN, on purpose
+        abs_err = np.abs(errors)
+        return dict(mean_abs_err=np.nanmean(abs_err, axis=1),
+                    sd_abs_err=np.nanstd(abs_err, axis=1),
+                    mean_signed_err=np.nanmean(errors, axis=1),
+                    pct_signed_err=np.nanpercentile(errors, PERCENTILES, axis=1),
+                    n_failed=failed.sum(axis=1))
+
+
+def _cell_chunks(sim, cells, snr):
+    """Split cells so that one chunk is at most CHUNK_VOXELS fits (at least one cell)."""
+    per_cell = 1 if snr is None else sim.n_draws
+    return np.array_split(cells, max(1, -(-len(cells) * per_cell // CHUNK_VOXELS)))
+
+
+def compute_errors(sim, cells, snr=None, progress=None):
+    """Error statistics of cells, without noise (``snr`` None) or at one SNR.
+
+    Returns the dict of :func:`error_statistics`, cells in the given order.
+    ``progress(n)`` is called as cells finish.
+    """
+    parts = []
+    for chunk in _cell_chunks(sim, np.asarray(cells, dtype=int), snr):
+        parts.append(error_statistics(signed_errors(sim, chunk, snr)))
+        if progress:
+            progress(len(chunk))
+    return {name: np.concatenate([p[name] for p in parts], axis=-2 if name == "pct_signed_err" else 0)
+            for name in parts[0]}
+
+
+def condition_holds(mean_abs_err, condition, max_error):
+    """True where the condition holds: 'FDstar' err(f·D*) <= max, 'all' every error <= max.
+
+    NaN errors (every fit failed) never pass.
+    """
+    err = np.asarray(mean_abs_err)
+    with np.errstate(invalid="ignore"):
+        if condition == "FDstar":
+            return err[..., 3] <= max_error
+        if condition == "all":
+            return np.all(err <= max_error, axis=-1)
+    raise ValueError(f"unknown condition {condition!r} (choose from {', '.join(CONDITIONS)})")
+
+
+def required_snr(sim, cells, condition="FDstar", max_error=DEFAULT_MAX_ERROR,
+                 snr_start=DEFAULT_SNR_START, progress=None):
+    """Smallest SNR at which the condition holds, per cell (common random numbers).
+
+    From ``snr_start``: ×3 while failing, ÷2 while passing, then bisection until the bracket
+    [failing, passing] is within 1 SNR unit or 0.5 % of its upper end.  All still-active cells
+    are fitted together at every step.  A cell that fails at SNR_CAP is not reachable (NaN); one
+    that passes at SNR_FLOOR stops there.
+
+    Returns
+    -------
+    dict
+        ``min_snr`` (n_cells,) upper end of the final bracket (NaN: not reachable);
+        ``mean_err_at_min_snr`` (n_cells, 4) mean |error| in % there; ``bracket_low`` (n_cells,)
+        the largest SNR found failing (0 if none); ``n_steps`` the number of search steps.
+    """
+    if not 0 < snr_start <= SNR_CAP:
+        raise InputError(f"-snr: the starting SNR must be in (0, {SNR_CAP:g}] (got {snr_start:g})")
+    cells = np.asarray(cells, dtype=int)
+    n = len(cells)
+    passing = np.full(n, np.inf)       # smallest SNR found passing
+    failing = np.zeros(n)              # largest SNR found failing
+    err_pass = np.full((n, 4), np.nan)
+    snr = np.full(n, float(snr_start))
+    active = np.ones(n, dtype=bool)
+    result = np.full(n, np.nan)
+    n_steps = 0
+    while active.any():
+        idx = np.flatnonzero(active)
+        err = compute_errors(sim, cells[idx], snr[idx])["mean_abs_err"]
+        ok = condition_holds(err, condition, max_error)
+        passing[idx[ok]] = snr[idx[ok]]
+        err_pass[idx[ok]] = err[ok]
+        failing[idx[~ok]] = snr[idx[~ok]]
+        n_steps += 1
+
+        lo, hi = failing[idx], passing[idx]
+        unreachable = np.isinf(hi) & (lo >= SNR_CAP)
+        converged = np.isfinite(hi) & ((hi <= SNR_FLOOR) |
+                                       ((lo > 0) & (hi - lo <= np.maximum(BISECT_ABS, BISECT_REL * hi))))
+        result[idx[converged]] = hi[converged]
+        snr[idx] = np.where(np.isinf(hi), np.minimum(3.0 * lo, SNR_CAP),
+                            np.where(lo == 0, np.maximum(0.5 * hi, SNR_FLOOR), 0.5 * (lo + hi)))
+        done = unreachable | converged
+        active[idx[done]] = False
+        if progress and done.any():
+            progress(int(done.sum()))
+    err_pass[np.isnan(result)] = np.nan
+    return dict(min_snr=result, mean_err_at_min_snr=err_pass, bracket_low=failing, n_steps=n_steps)
+
+
+# ----------------------------------------------------------------------------------------------
+# Result arrays: building, merging, saving, loading
+
+def _grid_arrays(sim, kind, shard):
+    return dict(kind=np.array(kind), F_range=sim.F_range, Dstar_range=sim.Dstar_range,
+                D_range=sim.D_range, bvals=sim.bvals, err_order=np.array(ERR_ORDER),
+                shard=np.array(shard, dtype=np.int64))
+
+
+def _to_grid(sim, cells, values, fill):
+    """Per-cell values (n_cells, *lead) -> grid array (*lead, nF, nDstar, nD), fill elsewhere."""
+    values = np.moveaxis(np.asarray(values), 0, -1)
+    full = np.full(values.shape[:-1] + (sim.n_cells,), fill, dtype=values.dtype)
+    full[..., cells] = values
+    return full.reshape(values.shape[:-1] + sim.shape)
+
+
+def run_errors(sim, snr=None, shard=(1, 1), progress=None):
+    """Error arrays of the grid (shard K/N of it): kind 'error_nonoise' (snr None) or 'error_noise'."""
+    cells = shard_cells(sim.n_cells, *shard)
+    stats = compute_errors(sim, cells, snr, progress)
+    kind = "error_nonoise" if snr is None else "error_noise"
+    arrays = _grid_arrays(sim, kind, shard)
+    arrays["mean_abs_err"] = _to_grid(sim, cells, stats["mean_abs_err"], np.nan)
+    if snr is not None:
+        arrays["sd_abs_err"] = _to_grid(sim, cells, stats["sd_abs_err"], np.nan)
+        arrays["mean_signed_err"] = _to_grid(sim, cells, stats["mean_signed_err"], np.nan)
+        arrays["pct_signed_err"] = _to_grid(sim, cells, np.moveaxis(stats["pct_signed_err"], 1, 0), np.nan)
+        arrays["n_failed"] = _to_grid(sim, cells, stats["n_failed"].astype(np.int64), -1)
+        arrays["n_noise_draws"] = np.array(sim.n_draws)
+        arrays["snr"] = np.array(float(snr))
+    arrays["settings"] = np.array(_settings(sim, snr=snr))
+    return arrays
+
+
+def run_required_snr(sim, condition="FDstar", max_error=DEFAULT_MAX_ERROR,
+                     snr_start=DEFAULT_SNR_START, shard=(1, 1), progress=None):
+    """Required-SNR arrays of the grid (shard K/N of it), kind 'required_snr'."""
+    cells = shard_cells(sim.n_cells, *shard)
+    res = required_snr(sim, cells, condition, max_error, snr_start, progress)
+    arrays = _grid_arrays(sim, "required_snr", shard)
+    arrays["min_snr"] = _to_grid(sim, cells, res["min_snr"], np.nan)
+    arrays["mean_err_at_min_snr"] = _to_grid(sim, cells, res["mean_err_at_min_snr"], np.nan)
+    arrays["n_noise_draws"] = np.array(sim.n_draws)
+    arrays["settings"] = np.array(_settings(sim, condition=condition, max_error=float(max_error),
+                                            snr_start=float(snr_start)))
+    return arrays
+
+
+def _settings(sim, **extra):
+    settings = json.loads(sim.settings_json())
+    settings.update(extra)
+    return json.dumps(settings, sort_keys=True)
+
+
+def load_results(path):
+    """Arrays of one result file (``allow_pickle=False``); InputError if it is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read as a simulation result (.npz): {exc}") from None
+    if "kind" not in arrays or str(arrays["kind"]) not in KINDS:
+        raise InputError(f"{path}: not a simulation result of this toolbox (no valid 'kind' array)")
+    arrays.setdefault("shard", np.array([1, 1]))
+    return arrays
+
+
+def merge_results(results, names=None):
+    """Merge the shard files of one run into one complete result.
+
+    Parameters
+    ----------
+    results : list of dict
+        Arrays from :func:`load_results`, shards K/N of one run (one complete file also works).
+    names : list of str, optional
+        File names, for the messages.
+
+    Raises
+    ------
+    InputError
+        If the files are not shards of the same run, or a shard is missing or repeated.
+    """
+    names = names or [f"input {i + 1}" for i in range(len(results))]
+    first = results[0]
+    same = ("kind", "F_range", "Dstar_range", "D_range", "bvals", "settings", "n_noise_draws", "snr")
+    for arrays, name in zip(results[1:], names[1:]):
+        for key in same:
+            if (key in first) != (key in arrays) or (key in first and not np.array_equal(first[key], arrays[key])):
+                raise InputError(f"{name}: not a shard of the same run as {names[0]} ('{key}' differs)")
+    n_shards = int(first["shard"][1])
+    seen = {}
+    for arrays, name in zip(results, names):
+        k, n = (int(v) for v in arrays["shard"])
+        if n != n_shards:
+            raise InputError(f"{name}: shard {k}/{n} does not belong with {names[0]} (N = {n_shards})")
+        if k in seen:
+            raise InputError(f"{name}: shard {k}/{n} given twice (also {seen[k]})")
+        seen[k] = name
+    missing = sorted(set(range(1, n_shards + 1)) - set(seen))
+    if missing:
+        raise InputError(f"shard(s) {', '.join(map(str, missing))} of {n_shards} missing "
+                         f"(given: {', '.join(names)})")
+    merged = dict(first)
+    n_cells = int(np.prod([len(first[r]) for r in ("F_range", "Dstar_range", "D_range")]))
+    for name in CELL_ARRAYS:
+        if name not in first:
+            continue
+        flat = first[name].reshape(first[name].shape[:-3] + (n_cells,)).copy()
+        for arrays in results:
+            cells = shard_cells(n_cells, *(int(v) for v in arrays["shard"]))
+            flat[..., cells] = arrays[name].reshape(flat.shape)[..., cells]
+        merged[name] = flat.reshape(first[name].shape)
+    merged["shard"] = np.array([1, 1], dtype=np.int64)
+    return merged
+
+
+def result_path(ofolder, shard=(1, 1), now=None):
+    """``<ofolder>/sim_results_<yymmddHHMMSS>.npz`` (``..._shard<K>of<N>.npz`` for a shard)."""
+    stamp = (now or datetime.datetime.now()).strftime("%y%m%d%H%M%S")
+    tail = "" if tuple(shard) == (1, 1) else f"_shard{shard[0]}of{shard[1]}"
+    return os.path.join(ofolder, f"sim_results_{stamp}{tail}.npz")
+
+
+def sidecar_path(npz_path):
+    return os.path.splitext(npz_path)[0] + ".json"
+
+
+def check_outputs(paths, force):
+    """Refuse existing outputs unless force (before any work)."""
+    for path in paths:
+        if os.path.exists(path) and not force:
+            raise OutputExistsError(f"{path} exists; use --force to replace it")
+        if os.path.isdir(path):
+            raise OutputExistsError(f"{path} is a directory")
+
+
+def sidecar(arrays, sim=None, run_time_s=None, command=None, extra=None):
+    """JSON-ready description of a result: command, version, settings, grid, noise, arrays.
+
+    ``command`` is the shell-quoted command line (default: sys.argv).
+    """
+    settings = json.loads(str(arrays["settings"]))
+    approach = settings["approach"]
+    command = command or shlex.join(sys.argv)
+    doc = {
+        "tool": os.path.basename(shlex.split(command)[0]) if command else None,
+        "version": __version__,
+        "command": command,
+        "cwd": os.getcwd(),
+        "kind": str(arrays["kind"]),
+        "model": {"equation": model.EQUATION, "conversion": model.CONVERSION,
+                  "units": model.UNITS, "parameters": list(model.PARAM_NAMES)},
+        "approach": approach,
+        "bounds_version": settings["bounds_version"],
+        "bounds": model.bounds_description(approach, settings["bounds_version"]),
+        "engine": settings["engine"],
+        "seed": settings["seed"],
+        "jobs": sim.jobs if sim else None,
+        "S0_true": S0_TRUE,
+        "noise": None if str(arrays["kind"]) == "error_nonoise" else settings["noise"],
+        "noise_definition": (None if str(arrays["kind"]) == "error_nonoise"
+                             else NOISE_DESCRIPTION[settings["noise"]]),
+        "snr_definition": SNR_DEFINITION,
+        "error_definition": ERROR_DEFINITION,
+        "settings": settings,
+        "grid": {"F_range": arrays["F_range"].tolist(), "Dstar_range": arrays["Dstar_range"].tolist(),
+                 "D_range": arrays["D_range"].tolist(),
+                 "cell_index": "(iF*nDstar + iDstar)*nD + iD"},
+        "bvals": arrays["bvals"].tolist(),
+        "shard": arrays["shard"].tolist(),
+        "arrays": {name: ARRAY_DESCRIPTIONS[name] for name in arrays},
+        "run_time_s": None if run_time_s is None else round(run_time_s, 3),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    if str(arrays["kind"]) == "required_snr":
+        doc["search"] = {"condition": settings["condition"], "max_error_percent": settings["max_error"],
+                         "snr_start": settings["snr_start"], "snr_cap": SNR_CAP, "snr_floor": SNR_FLOOR,
+                         "rule": ("x3 while failing, /2 while passing, then bisection until the bracket "
+                                  f"is within {BISECT_ABS:g} SNR unit or {100 * BISECT_REL:g} %; "
+                                  "min_snr = upper end (condition holds); NaN = fails at the cap")}
+    if extra:
+        doc.update(extra)
+    return doc
+
+
+def _replace_atomically(path, write):
+    """Call write(file object) on a temporary file beside path, then move it into place."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_results(path, arrays, doc):
+    """Write ``path`` (.npz, no object arrays) and its JSON sidecar, each atomically."""
+    for name, value in arrays.items():
+        if np.asarray(value).dtype == object:
+            raise TypeError(f"array {name!r} has dtype object")  # would need pickle to load
+    _replace_atomically(path, lambda fh: np.savez(fh, **arrays))
+    text = json.dumps(doc, indent=2) + "\n"
+    _replace_atomically(sidecar_path(path), lambda fh: fh.write(text.encode()))
+
+
+def timer():
+    """Seconds since the call, as a function (for run_time_s)."""
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
