@@ -1,0 +1,286 @@
+"""Simulation tools: grids, noise, error statistics, required-SNR search, shards, files, figures.
+
+Tiny grids and few draws, so that the whole file runs in seconds with the fast engine.
+"""
+import glob
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+from scipy import special
+
+import ivim_simu_compute_error_noise
+import ivim_simu_compute_error_nonoise
+import ivim_simu_compute_required_snr
+import ivim_simu_plot
+from ivim_common import simulation as simu
+from ivim_common.errors import InputError
+
+BVALS = "5,10,20,30,50,75,150,250,600,700,800"
+GRID = ["-F", "0.1,0.25", "-Dstar", "8e-3,25e-3", "-D", "0.3e-3,1.5e-3", "-bval", BVALS]
+SCRIPTS = (ivim_simu_compute_error_nonoise, ivim_simu_compute_error_noise,
+           ivim_simu_compute_required_snr, ivim_simu_plot)
+ISSUE_NAMES = {
+    "error_nonoise": {"mean_abs_err"},
+    "error_noise": {"mean_abs_err", "sd_abs_err", "mean_signed_err", "pct_signed_err", "n_failed",
+                    "n_noise_draws", "snr"},
+    "required_snr": {"min_snr", "mean_err_at_min_snr", "n_noise_draws"},
+}
+COMMON_NAMES = {"kind", "F_range", "Dstar_range", "D_range", "bvals", "err_order"}
+
+
+def tiny_sim(**kw):
+    values = dict(bvals=simu.parse_bvals(BVALS), F_range=np.array([0.1, 0.25]),
+                  Dstar_range=np.array([8e-3, 25e-3]), D_range=np.array([0.3e-3, 1.5e-3]),
+                  bounds_version="2019", n_draws=40, seed=3)
+    values.update(kw)
+    return simu.Simulation(**values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing and grid
+
+def test_parse_values_linspace_and_list():
+    np.testing.assert_allclose(simu.parse_values("0.01:10:0.30", "-F"), np.linspace(0.01, 0.30, 10))
+    np.testing.assert_allclose(simu.parse_values("0.3e-3,1.5e-3", "-D"), [0.3e-3, 1.5e-3])
+    assert simu.parse_values("3.0e-3:10:35e-3", "-Dstar").size == 10
+    for bad in ("0.1:x:0.3", "a,b", "0.1:3", "", "-0.1,0.2"):
+        with pytest.raises(InputError, match="-F"):
+            simu.parse_values(bad, "-F")
+    assert simu.parse_shard("2/8") == (2, 8)
+    for bad in ("0/3", "4/3", "2", "a/b"):
+        with pytest.raises(InputError, match="--shard"):
+            simu.parse_shard(bad)
+
+
+def test_truth_and_signal_follow_the_flat_cell_order():
+    sim = tiny_sim()
+    cell = (1 * 2 + 0) * 2 + 1  # iF = 1, iDstar = 0, iD = 1
+    np.testing.assert_allclose(sim.truth([cell])[0], [0.25, 8e-3, 1.5e-3, 0.25 * 8e-3])
+    expected = 600 * np.exp(-sim.bvals * 1.5e-3) * (0.25 * np.exp(-sim.bvals * 8e-3) + 0.75)
+    np.testing.assert_allclose(sim.signal([cell])[0], expected)
+
+
+def test_shard_cells_partition_the_grid():
+    parts = [simu.shard_cells(23, k, 4) for k in range(1, 5)]
+    np.testing.assert_array_equal(np.concatenate(parts), np.arange(23))
+    assert {len(p) for p in parts} == {5, 6}
+
+
+def test_draws_depend_only_on_seed_and_cell():
+    sim = tiny_sim(noise="rician")
+    both = sim.standard_draws([2, 5])
+    np.testing.assert_array_equal(sim.standard_draws([5])[:, 0], both[:, 1])
+    assert both.shape == (2, 2, 40, 11)
+    # the Gaussian draws are the real part of the Rician ones
+    np.testing.assert_array_equal(tiny_sim().standard_draws([5])[0, 0], both[0, 1])
+    assert not np.array_equal(tiny_sim(seed=4).standard_draws([5]), sim.standard_draws([5])[:1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise
+
+@pytest.mark.parametrize("nu_over_sigma", [0.0, 0.5, 1.5, 4.0])
+def test_rician_mean_matches_the_rice_distribution(nu_over_sigma):
+    sigma = 10.0
+    nu = nu_over_sigma * sigma
+    draws = np.random.default_rng(11).standard_normal((2, 400_000))
+    sample = simu.add_noise(np.full(400_000, nu), draws, sigma, "rician")
+    x = -nu ** 2 / (2 * sigma ** 2)
+    # L_1/2(x) = exp(x/2) [(1 - x) I0(-x/2) - x I1(-x/2)], written with scaled Bessel functions
+    laguerre_half = (1 - x) * special.i0e(-x / 2) - x * special.i1e(-x / 2)
+    expected = sigma * np.sqrt(np.pi / 2) * laguerre_half
+    assert abs(sample.mean() - expected) < 4 * sample.std() / np.sqrt(sample.size)
+    assert sample.min() >= 0
+
+
+def test_gaussian_noise_is_additive_with_sd_sigma():
+    draws = np.random.default_rng(2).standard_normal((1, 200_000))
+    sample = simu.add_noise(np.full(200_000, 50.0), draws, 5.0, "gaussian")
+    assert abs(sample.mean() - 50.0) < 0.05
+    assert abs(sample.std() - 5.0) < 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+def test_error_statistics_leave_failed_fits_out():
+    errors = np.array([[[10.0, -20.0, 5.0, 1.0], [-30.0, 20.0, np.nan, 1.0], [20.0, 0.0, -5.0, -3.0]]])
+    stats = simu.error_statistics(errors)
+    assert stats["n_failed"].tolist() == [1]
+    np.testing.assert_allclose(stats["mean_abs_err"][0], [15.0, 10.0, 5.0, 2.0])
+    np.testing.assert_allclose(stats["sd_abs_err"][0], [5.0, 10.0, 0.0, 1.0])
+    np.testing.assert_allclose(stats["mean_signed_err"][0], [15.0, -10.0, 0.0, -1.0])
+    np.testing.assert_allclose(stats["pct_signed_err"][1, 0], [15.0, -10.0, 0.0, -1.0])
+    assert stats["pct_signed_err"].shape == (3, 1, 4)
+
+
+def test_no_noise_errors_are_small_on_easy_cells():
+    sim = tiny_sim(D_range=np.array([1.0e-3]))
+    arrays = simu.run_errors(sim)
+    assert arrays["mean_abs_err"].shape == (4, 2, 2, 1)
+    assert np.nanmax(arrays["mean_abs_err"]) < 1.0  # noise-free, D* well above D: nearly exact
+
+
+def test_seeded_noise_run_gives_identical_arrays():
+    first = simu.run_errors(tiny_sim(noise="rician"), snr=150)
+    second = simu.run_errors(tiny_sim(noise="rician"), snr=150)
+    assert first.keys() == second.keys()
+    for name in first:
+        np.testing.assert_array_equal(first[name], second[name])
+    other = simu.run_errors(tiny_sim(noise="rician", seed=4), snr=150)
+    assert not np.array_equal(first["mean_abs_err"], other["mean_abs_err"])
+    assert first["pct_signed_err"].shape == (3, 4, 2, 2, 2)
+    assert first["n_failed"].dtype.kind == "i" and first["n_failed"].min() >= 0
+    # percentiles are ordered
+    assert np.all(np.diff(first["pct_signed_err"], axis=0) >= 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Required SNR
+
+@pytest.mark.parametrize("condition", ["FDstar", "all"])
+def test_required_snr_bracket_holds_with_common_random_numbers(condition):
+    sim = tiny_sim(D_range=np.array([1.5e-3]))
+    cells = np.arange(sim.n_cells)
+    res = simu.required_snr(sim, cells, condition, max_error=10.0, snr_start=500.0)
+    assert np.all(np.isfinite(res["min_snr"]))
+    for i, cell in enumerate(cells):
+        hi, lo = res["min_snr"][i], res["bracket_low"][i]
+        at_hi = simu.compute_errors(sim, [cell], hi)["mean_abs_err"]
+        assert simu.condition_holds(at_hi, condition, 10.0)[0]
+        np.testing.assert_allclose(at_hi[0], res["mean_err_at_min_snr"][i])
+        assert 0 < lo < hi
+        assert hi - lo <= max(simu.BISECT_ABS, simu.BISECT_REL * hi)
+        at_lo = simu.compute_errors(sim, [cell], lo)["mean_abs_err"]
+        assert not simu.condition_holds(at_lo, condition, 10.0)[0]
+
+
+def test_required_snr_unreachable_is_nan_at_the_cap():
+    sim = tiny_sim(F_range=np.array([0.1]), Dstar_range=np.array([8e-3]), D_range=np.array([1.5e-3]))
+    res = simu.required_snr(sim, [0], "all", max_error=1e-9, snr_start=3e4)
+    assert np.isnan(res["min_snr"][0]) and np.all(np.isnan(res["mean_err_at_min_snr"][0]))
+    assert res["bracket_low"][0] == simu.SNR_CAP
+    assert res["n_steps"] == 3  # 3e4, 9e4, then the cap 1e5
+
+
+def test_required_snr_shards_merge_to_the_unsharded_run():
+    sim = tiny_sim(n_draws=20)
+    whole = simu.run_required_snr(sim, snr_start=400.0)
+    shards = [simu.run_required_snr(sim, snr_start=400.0, shard=(k, 3)) for k in (3, 1, 2)]
+    assert np.isnan(shards[0]["min_snr"]).sum() > 0  # a shard leaves other cells empty
+    merged = simu.merge_results(shards)
+    for name in whole:
+        np.testing.assert_array_equal(merged[name], whole[name])
+    with pytest.raises(InputError, match="missing"):
+        simu.merge_results(shards[:2])
+    with pytest.raises(InputError, match="twice"):
+        simu.merge_results(shards + shards[:1])
+    other = simu.run_required_snr(tiny_sim(n_draws=20, seed=9), snr_start=400.0, shard=(1, 3))
+    with pytest.raises(InputError, match="settings"):
+        simu.merge_results([shards[0], other, shards[2]])
+
+
+# ---------------------------------------------------------------------------------------------
+# Scripts, files, figures
+
+def run_script(module, args):
+    return module.main([str(a) for a in args])
+
+
+def only_result(folder):
+    (path,) = glob.glob(os.path.join(folder, "sim_results_*.npz"))
+    return path
+
+
+@pytest.mark.parametrize("module", SCRIPTS)
+def test_help_and_no_arguments(module, capsys):
+    with pytest.raises(SystemExit) as exc:
+        module.main(["--help"])
+    assert exc.value.code == 0
+    assert "example" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:
+        module.main([])
+    assert exc.value.code == 2
+
+
+def test_scripts_write_npz_json_and_figures_of_each_kind(tmp_path):
+    runs = {
+        "error_nonoise": (ivim_simu_compute_error_nonoise, []),
+        "error_noise": (ivim_simu_compute_error_noise, ["-snr", 120, "--n-draws", 20, "--noise", "rician"]),
+        "required_snr": (ivim_simu_compute_required_snr, ["-snr", 300, "--n-draws", 20]),
+    }
+    expected_figures = {"error_nonoise": ("sim", "true"), "error_noise": ("sim", "sim_STD", "true"),
+                        "required_snr": ("minSNR", "params")}
+    for kind, (module, extra) in runs.items():
+        folder = tmp_path / kind
+        # one true D keeps the figure count (and the rendering time) down
+        args = ["-model", "one-step", "-ofolder", folder, "-v", 0] + GRID + ["-D", "1.5e-3"] + extra
+        assert run_script(module, args) == 0
+        path = only_result(folder)
+        with np.load(path, allow_pickle=False) as data:
+            names = set(data.files)
+            assert str(data["kind"]) == kind
+            assert [str(v) for v in data["err_order"]] == ["f", "Dstar", "D", "fDstar"]
+            assert all(data[n].dtype != object for n in names)
+        assert COMMON_NAMES | ISSUE_NAMES[kind] <= names
+        doc = json.loads(open(path[:-4] + ".json").read())
+        assert doc["kind"] == kind and doc["seed"] == 0 and doc["engine"] == "fast"
+        assert doc["bvals"] == [float(b) for b in BVALS.split(",")] and doc["grid"]["D_range"] == [1.5e-3]
+        assert set(doc["arrays"]) == names
+
+        fmt = "pdf" if kind == "error_noise" else "png"
+        base = tmp_path / "fig" / kind
+        assert run_script(ivim_simu_plot, ["-input", path, "-oname", base, "--format", fmt, "-v", 0]) == 0
+        for name in expected_figures[kind]:
+            with open(f"{base}_{name}_D0.{fmt}", "rb") as fh:
+                assert fh.read(5) == (b"%PDF-" if fmt == "pdf" else b"\x89PNG\r")
+        assert len(glob.glob(f"{base}_*")) == len(expected_figures[kind])
+
+
+def test_sharded_script_runs_merge_to_the_unsharded_file(tmp_path):
+    args = ["-model", "two-step", "-snr", 150, "--n-draws", 15, "-v", 0] + GRID
+    assert run_script(ivim_simu_compute_error_noise, args + ["-ofolder", tmp_path / "whole"]) == 0
+    for k in (1, 2):
+        assert run_script(ivim_simu_compute_error_noise,
+                          args + ["-ofolder", tmp_path / "shards", "--shard", f"{k}/2"]) == 0
+    shard_files = sorted(glob.glob(str(tmp_path / "shards" / "sim_results_*_shard*of2.npz")))
+    assert len(shard_files) == 2
+    merged_path = tmp_path / "merged.npz"
+    assert run_script(ivim_simu_plot, ["-input", *shard_files, "--merged", merged_path, "-v", 0]) == 0
+    with np.load(only_result(tmp_path / "whole"), allow_pickle=False) as whole, \
+            np.load(merged_path, allow_pickle=False) as merged:
+        assert set(whole.files) == set(merged.files)
+        for name in whole.files:
+            np.testing.assert_array_equal(whole[name], merged[name])
+    assert json.loads(open(tmp_path / "merged.json").read())["merged_from"] == [
+        os.path.abspath(p) for p in shard_files]
+
+
+def test_outputs_are_refused_without_force_and_user_errors_exit_1(tmp_path, capsys):
+    merged = tmp_path / "merged.npz"
+    folder = tmp_path / "out"
+    assert run_script(ivim_simu_compute_error_nonoise, ["-model", "two-step", "-ofolder", folder, "-v", 0] + GRID) == 0
+    path = only_result(folder)
+    merged.write_bytes(b"not mine")
+    assert run_script(ivim_simu_plot, ["-input", path, "--merged", merged]) == 1
+    assert "exists; use --force" in capsys.readouterr().err
+    assert merged.read_bytes() == b"not mine"
+    assert run_script(ivim_simu_plot, ["-input", path, "--merged", merged, "--force", "-v", 0]) == 0
+    with np.load(merged, allow_pickle=False) as data:
+        assert str(data["kind"]) == "error_nonoise"
+
+    assert run_script(ivim_simu_compute_error_nonoise,
+                      ["-model", "one-step", "-ofolder", tmp_path / "bad", "-F", "0.1:x:0.3"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ivim_simu_compute_error_nonoise.py: error: -F") and err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()
+    not_npz = tmp_path / "x.npz"
+    not_npz.write_bytes(b"junk")
+    assert run_script(ivim_simu_plot, ["-input", not_npz, "-oname", tmp_path / "p"]) == 1
+    assert "cannot read as a simulation result" in capsys.readouterr().err
