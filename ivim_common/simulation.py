@@ -257,7 +257,7 @@ def signed_errors(sim, cells, snr=None):
     if snr is None:
         signal, n_draws = clean[:, None, :], 1
     else:
-        sigma = (S0_TRUE / np.broadcast_to(np.asarray(snr, dtype=float), cells.shape))[:, None, None]
+        sigma = S0_TRUE / np.broadcast_to(np.asarray(snr, dtype=float), cells.shape)[:, None, None]
         signal, n_draws = add_noise(clean[:, None, :], sim.standard_draws(cells), sigma, sim.noise), sim.n_draws
     voxel_ids = (cells[:, None] * n_draws + np.arange(n_draws)).ravel()
     est = _fit(sim, signal.reshape(-1, len(sim.bvals)), voxel_ids).reshape(len(cells), n_draws, 4)
@@ -285,24 +285,33 @@ def error_statistics(errors):
                     n_failed=failed.sum(axis=1))
 
 
-def _cell_chunks(sim, cells, snr):
-    """Split cells so that one chunk is at most CHUNK_VOXELS fits (at least one cell)."""
-    per_cell = 1 if snr is None else sim.n_draws
-    return np.array_split(cells, max(1, -(-len(cells) * per_cell // CHUNK_VOXELS)))
+def mean_abs_error(errors):
+    """Mean |error| per cell of signed % errors (n_cells, n_draws, 4), failed fits left out."""
+    failed = np.isnan(errors).any(axis=2, keepdims=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells -> NaN, on purpose
+        return dict(mean_abs_err=np.nanmean(np.where(failed, np.nan, np.abs(errors)), axis=1))
 
 
-def compute_errors(sim, cells, snr=None, progress=None):
-    """Error statistics of cells, without noise (``snr`` None) or at one SNR.
+def compute_errors(sim, cells, snr=None, progress=None, summary=error_statistics):
+    """Error statistics of cells, without noise (``snr`` None) or at an SNR (one, or one per cell).
 
-    Returns the dict of :func:`error_statistics`, cells in the given order.
-    ``progress(n)`` is called as cells finish.
+    Cells are fitted in chunks of at most CHUNK_VOXELS fits.  ``summary`` turns the signed
+    errors of a chunk into per-cell arrays (:func:`error_statistics` or :func:`mean_abs_error`).
+    ``progress(n)`` is called as cells finish.  Returns the dict of ``summary``, cells in order.
     """
+    cells = np.asarray(cells, dtype=int)
+    if snr is not None:
+        snr = np.broadcast_to(np.asarray(snr, dtype=float), cells.shape)
+    per_cell = 1 if snr is None else sim.n_draws
+    n_chunks = max(1, -(-len(cells) * per_cell // CHUNK_VOXELS))
     parts = []
-    for chunk in _cell_chunks(sim, np.asarray(cells, dtype=int), snr):
-        parts.append(error_statistics(signed_errors(sim, chunk, snr)))
+    for idx in np.array_split(np.arange(len(cells)), n_chunks):
+        parts.append(summary(signed_errors(sim, cells[idx], None if snr is None else snr[idx])))
         if progress:
-            progress(len(chunk))
-    return {name: np.concatenate([p[name] for p in parts], axis=-2 if name == "pct_signed_err" else 0)
+            progress(len(idx))
+    # per-cell arrays have the cell axis first, except the percentiles (3, n_cells, 4)
+    return {name: np.concatenate([p[name] for p in parts], axis=1 if name == "pct_signed_err" else 0)
             for name in parts[0]}
 
 
@@ -349,7 +358,7 @@ def required_snr(sim, cells, condition="FDstar", max_error=DEFAULT_MAX_ERROR,
     n_steps = 0
     while active.any():
         idx = np.flatnonzero(active)
-        err = compute_errors(sim, cells[idx], snr[idx])["mean_abs_err"]
+        err = compute_errors(sim, cells[idx], snr[idx], summary=mean_abs_error)["mean_abs_err"]
         ok = condition_holds(err, condition, max_error)
         passing[idx[ok]] = snr[idx[ok]]
         err_pass[idx[ok]] = err[ok]

@@ -161,6 +161,17 @@ def test_required_snr_bracket_holds_with_common_random_numbers(condition):
         assert not simu.condition_holds(at_lo, condition, 10.0)[0]
 
 
+def test_chunking_does_not_change_the_results(monkeypatch):
+    sim = tiny_sim(n_draws=20)
+    whole = simu.run_required_snr(sim, snr_start=400.0)
+    noise = simu.run_errors(sim, snr=100)
+    monkeypatch.setattr(simu, "CHUNK_VOXELS", 50)  # 2 cells per fit call, 4 calls per step
+    for name, value in simu.run_required_snr(sim, snr_start=400.0).items():
+        np.testing.assert_array_equal(value, whole[name])
+    for name, value in simu.run_errors(sim, snr=100).items():
+        np.testing.assert_array_equal(value, noise[name])
+
+
 def test_required_snr_unreachable_is_nan_at_the_cap():
     sim = tiny_sim(F_range=np.array([0.1]), Dstar_range=np.array([8e-3]), D_range=np.array([1.5e-3]))
     res = simu.required_snr(sim, [0], "all", max_error=1e-9, snr_start=3e4)
