@@ -2,6 +2,7 @@
 """Voxel-wise IVIM fitting of a 4-D diffusion-weighted NIfTI image (successor of Lévy et al., MRM 2020)."""
 import os
 import sys
+import textwrap
 import time
 
 from ivim_common import cli, fit, model
@@ -30,7 +31,7 @@ Fit the IVIM bi-exponential model voxel by voxel to a 4-D diffusion-weighted ima
 
   {model.EQUATION}
 
-b in s/mm^2, D and Dstar in mm^2/s. {model.CONVERSION}
+{textwrap.fill("b in s/mm^2, D and Dstar in mm^2/s. " + model.CONVERSION, 96)}
 
 Each voxel: a log-linear fit on the high b-values gives Dinit and S0(1-f), then a bounded fit
 of all b-values (as the original toolbox), then a refit within +/-5% of that result.
@@ -66,7 +67,8 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                         help="voxels per chunk of work (default: 5000 fast, 20 lmfit); results do not "
                              "depend on it")
     parser.add_argument("--force", action="store_true",
-                        help="write into an existing output folder, replacing only the files listed below")
+                        help="write into an existing output folder, replacing only the 8 maps and the sidecar "
+                             "(nothing else in it is touched)")
     cli.add_common_arguments(parser)
     return parser
 
