@@ -25,3 +25,13 @@ def test_no_arguments_exits_2(script):
     result = run_script(script)
     assert result.returncode == 2
     assert "error" in result.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    with open(os.path.join(REPO, ".ci", "run"), encoding="utf-8") as f:
+        ci_lines = f.read().splitlines()
+    command = 'python3 -m venv .venv && . .venv/bin/activate && pip install ".[test]" && python -m pytest -q tests'
+    assert f"```bash\n{command}\n```" in readme
+    assert command in ci_lines
