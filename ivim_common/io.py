@@ -292,12 +292,18 @@ def staged_output(folder):
     A new ``folder`` is created by renaming the temporary one; into an existing ``folder``
     each written file replaces its namesake and nothing else is touched.  On any exception
     (Ctrl-C included) the temporary folder is removed and ``folder`` is left as it was.
+
+    Raises
+    ------
+    IvimError
+        A file could not be written or moved (disk full, permissions, ...).
     """
     parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(folder))}.", suffix=".tmp",
-                           dir=parent)
+    tmp = None
     try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(folder))}.", suffix=".tmp",
+                               dir=parent)
         yield tmp
         if os.path.isdir(folder):
             for name in sorted(os.listdir(tmp)):
@@ -307,8 +313,11 @@ def staged_output(folder):
             os.umask(umask)
             os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the scratch stage only
             os.rename(tmp, folder)
+    except OSError as exc:
+        raise IvimError(f"output folder {folder}: cannot write it ({exc})") from exc
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_map(path, values, selected, reference):
