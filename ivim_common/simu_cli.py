@@ -3,13 +3,11 @@
 Only the standard library is imported at module level, so ``--help`` stays instant; numpy,
 the fitters and matplotlib are imported when the work starts.
 """
-import argparse
 import os
-import shlex
 import sys
 
-from . import __version__
-from .errors import InputError, IvimError
+from . import cli
+from .errors import InputError
 
 DEFAULT_BVALS = "5,10,15,20,30,50,75,100,125,150,200,250,600,700,800"
 DEFAULT_F = "0.01:10:0.30"
@@ -20,16 +18,14 @@ RANGE_HELP = "start:NUM:stop (NUM values, as numpy.linspace) or a comma list"
 
 
 def _common_arguments(parser):
-    parser.add_argument("--force", action="store_true", help="replace outputs that already exist")
-    parser.add_argument("-v", dest="verbose", type=int, choices=(0, 1, 2), default=1,
-                        help="verbosity: 0 quiet, 1 normal (default), 2 debug with tracebacks")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--force", action="store_true",
+                        help="replace outputs that already exist (only the files this run writes)")
+    cli.add_common_arguments(parser)
 
 
 def compute_parser(kind, prog, description, example):
     """Parser of a compute script; kind in 'error_nonoise', 'error_noise', 'required_snr'."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=example,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog=prog, description=description, epilog=example)
     noisy = kind != "error_nonoise"
     parser.add_argument("-model", required=True, choices=("one-step", "two-step"),
                         help="fitting approach (as ivim_fitting.py)")
@@ -61,13 +57,13 @@ def compute_parser(kind, prog, description, example):
                              "2019 (the code behind the published results)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default: %(default)s)")
     if noisy:
-        parser.add_argument("--n-draws", type=int, default=1000,
+        parser.add_argument("--n-draws", type=cli.positive_int, default=1000,
                             help="noise draws per grid cell (default: %(default)s)")
         parser.add_argument("--noise", choices=("gaussian", "rician"), default="gaussian",
                             help="gaussian: S + N(0,σ), as the original (default); "
                                  "rician: |S + N(0,σ) + i·N(0,σ)|, magnitude data with its noise floor")
-    parser.add_argument("-j", dest="jobs", type=int, default=1,
-                        help="worker processes for the fits (default: %(default)s)")
+    parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
+                        help="worker processes for the fits (default: all cores)")
     parser.add_argument("--shard", metavar="K/N",
                         help="compute only shard K of N of the grid (K = 1..N), e.g. for a job array; "
                              "merge the shard files with ivim_simu_plot.py")
@@ -77,8 +73,7 @@ def compute_parser(kind, prog, description, example):
 
 def plot_parser(prog, description, example):
     """Parser of ivim_simu_plot.py."""
-    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=example,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog=prog, description=description, epilog=example)
     parser.add_argument("-input", nargs="+", required=True, metavar="NPZ",
                         help="sim_results_*.npz of one run (several: the shard files, merged first)")
     parser.add_argument("-oname", help="base name of the figures, e.g. results/required_snr_plot")
@@ -89,29 +84,6 @@ def plot_parser(prog, description, example):
     return parser
 
 
-def guarded(prog, verbose, work):
-    """Run work(); user errors -> one line and exit 1, Ctrl-C -> 130, tracebacks only with -v 2."""
-    try:
-        work()
-        return 0
-    except IvimError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; no output written", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if verbose >= 2:
-            raise
-        print(f"{prog}: error: unexpected {type(exc).__name__}: {exc} (run with -v 2 for the traceback)",
-              file=sys.stderr)
-        return 1
-
-
-def _command(prog, argv):
-    return shlex.join([prog] + list(argv)) if argv is not None else shlex.join(sys.argv)
-
-
 def _progress(total, verbose):
     from tqdm import tqdm
 
@@ -120,23 +92,24 @@ def _progress(total, verbose):
 
 def run_compute(kind, parser, argv=None):
     """Parse argv and run a compute script; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
-    return guarded(parser.prog, args.verbose, lambda: _compute(kind, args, _command(parser.prog, argv)))
+    return cli.run(lambda a: _compute(kind, a, parser.prog, argv), args, parser.prog)
 
 
-def _compute(kind, args, command):
+def _compute(kind, args, prog, argv):
+    from . import io
     from . import simulation as simu
 
     values = dict(bvals=simu.parse_bvals(args.bval), F_range=simu.parse_values(args.F, "-F"),
                   Dstar_range=simu.parse_values(args.Dstar, "-Dstar"), D_range=simu.parse_values(args.D, "-D"))
     if values["F_range"].max() > 1:
         raise InputError(f"-F: f is a fraction, every value must be <= 1 (got {args.F!r})")
-    if args.jobs < 1:
-        raise InputError(f"-j: need at least 1 worker (got {args.jobs})")
     shard = simu.parse_shard(args.shard) if args.shard else (1, 1)
     sim = simu.Simulation(approach=args.model, bounds_version=args.bounds_version, engine=args.engine,
                           seed=args.seed, n_draws=getattr(args, "n_draws", 1),
-                          noise=getattr(args, "noise", "gaussian"), jobs=args.jobs, **values)
+                          noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or os.cpu_count() or 1,
+                          **values)
     if os.path.exists(args.ofolder) and not os.path.isdir(args.ofolder):
         raise InputError(f"-ofolder: {args.ofolder} exists and is not a folder")
     path = simu.result_path(args.ofolder, shard)
@@ -153,7 +126,7 @@ def _compute(kind, args, command):
         else:
             arrays = simu.run_errors(sim, args.snr if kind == "error_noise" else None, shard, bar.update)
     run_time = elapsed()
-    simu.save_results(path, arrays, simu.sidecar(arrays, sim, run_time, command=command))
+    simu.save_results(path, arrays, simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time))
     if args.verbose >= 1:
         print(f"{path} (+ .json): {n_cells} grid cells in {run_time:.1f} s")
         print(summary(arrays))
@@ -184,14 +157,15 @@ def summary(arrays):
 
 def run_plot(parser, argv=None):
     """Parse argv and run ivim_simu_plot.py; returns the exit code."""
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
     if not args.oname and not args.merged:
         parser.error("give -oname (figures) and/or --merged (merged result)")
-    return guarded(parser.prog, args.verbose, lambda: _plot(args, _command(parser.prog, argv)))
+    return cli.run(lambda a: _plot(a, parser.prog, argv), args, parser.prog)
 
 
-def _plot(args, command):
-    from . import plotting
+def _plot(args, prog, argv):
+    from . import io, plotting
     from . import simulation as simu
 
     for path in args.input:
@@ -208,8 +182,8 @@ def _plot(args, command):
     for path in outputs:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     if args.merged:
-        doc = simu.sidecar(merged, command=command,
-                           extra={"merged_from": [os.path.abspath(p) for p in args.input]})
+        doc = simu.sidecar(merged, io.provenance(prog, argv),
+                           extra={"merged_from": [io.input_record(p) for p in args.input]})
         simu.save_results(args.merged, merged, doc)
     if args.oname:
         plotting.save_simulation_figures(merged, args.oname, args.format)

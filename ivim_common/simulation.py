@@ -20,8 +20,6 @@ sidecar; no pickle.
 import datetime
 import json
 import os
-import shlex
-import sys
 import tempfile
 import time
 import warnings
@@ -29,9 +27,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import __version__, model
+from . import model
 from .errors import InputError, OutputExistsError
-from .fit import ENGINES, fit_voxels
+from .fit import ENGINES
+from .voxelpool import fit_in_chunks
 
 S0_TRUE = 600.0
 ERR_ORDER = ("f", "Dstar", "D", "fDstar")
@@ -149,7 +148,7 @@ class Simulation:
         Noise draws per grid cell.
     noise : {'gaussian', 'rician'}
     jobs : int
-        Worker processes for the fits (1: in this process).
+        Worker processes for the fits (1: in this process); the results do not depend on it.
     """
     bvals: np.ndarray
     F_range: np.ndarray
@@ -236,12 +235,16 @@ def add_noise(signal, draws, sigma, noise):
 # Fitting and error statistics
 
 def _fit(sim, signal, voxel_ids):
-    """Fit (n_voxels, n_b) -> estimates (n_voxels, 4) in ERR_ORDER, NaN where the fit failed."""
+    """Fit (n_voxels, n_b) -> estimates (n_voxels, 4) in ERR_ORDER, NaN where the fit failed.
+
+    At most CHUNK_VOXELS voxels at a time, each batch split over ``sim.jobs`` worker processes.
+    """
     est = np.empty((signal.shape[0], 4))
     for start in range(0, signal.shape[0], CHUNK_VOXELS):
         sl = slice(start, start + CHUNK_VOXELS)
-        out = fit_voxels(sim.bvals, signal[sl], sim.approach, sim.bounds_version, sim.engine,
-                         sim.seed, voxel_ids[sl])
+        out = fit_in_chunks(sim.bvals, signal[sl], voxel_ids[sl], approach=sim.approach,
+                            bounds_version=sim.bounds_version, engine=sim.engine, seed=sim.seed,
+                            jobs=sim.jobs, progress=False)
         est[sl] = np.stack([out["Fivim"], out["Dstar"], out["D"], out["FivimXDstar"]], axis=-1)
         est[sl][out["exception"] != 0] = np.nan
     return est
@@ -517,32 +520,26 @@ def check_outputs(paths, force):
             raise OutputExistsError(f"{path} is a directory")
 
 
-def sidecar(arrays, sim=None, run_time_s=None, command=None, extra=None):
-    """JSON-ready description of a result: command, version, settings, grid, noise, arrays.
-
-    ``command`` is the shell-quoted command line (default: sys.argv).
-    """
+def sidecar(arrays, provenance, sim=None, run_time_s=None, extra=None):
+    """JSON-ready description of a result: provenance (tool, version, command, cwd, date, from
+    ivim_common.io.provenance), settings, model, grid, noise, and what each array holds."""
     settings = json.loads(str(arrays["settings"]))
     approach = settings["approach"]
-    command = command or shlex.join(sys.argv)
+    noisy = str(arrays["kind"]) != "error_nonoise"
     doc = {
-        "tool": os.path.basename(shlex.split(command)[0]) if command else None,
-        "version": __version__,
-        "command": command,
-        "cwd": os.getcwd(),
+        **provenance,
         "kind": str(arrays["kind"]),
         "model": {"equation": model.EQUATION, "conversion": model.CONVERSION,
                   "units": model.UNITS, "parameters": list(model.PARAM_NAMES)},
         "approach": approach,
-        "bounds_version": settings["bounds_version"],
+        "bounds_version": settings["bounds_version"] if approach == "one-step" else None,
         "bounds": model.bounds_description(approach, settings["bounds_version"]),
         "engine": settings["engine"],
         "seed": settings["seed"],
         "jobs": sim.jobs if sim else None,
         "S0_true": S0_TRUE,
-        "noise": None if str(arrays["kind"]) == "error_nonoise" else settings["noise"],
-        "noise_definition": (None if str(arrays["kind"]) == "error_nonoise"
-                             else NOISE_DESCRIPTION[settings["noise"]]),
+        "noise": settings["noise"] if noisy else None,
+        "noise_definition": NOISE_DESCRIPTION[settings["noise"]] if noisy else None,
         "snr_definition": SNR_DEFINITION,
         "error_definition": ERROR_DEFINITION,
         "settings": settings,
@@ -553,7 +550,6 @@ def sidecar(arrays, sim=None, run_time_s=None, command=None, extra=None):
         "shard": arrays["shard"].tolist(),
         "arrays": {name: ARRAY_DESCRIPTIONS[name] for name in arrays},
         "run_time_s": None if run_time_s is None else round(run_time_s, 3),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     if str(arrays["kind"]) == "required_snr":
         doc["search"] = {"condition": settings["condition"], "max_error_percent": settings["max_error"],
@@ -567,12 +563,12 @@ def sidecar(arrays, sim=None, run_time_s=None, command=None, extra=None):
 
 
 def _replace_atomically(path, write):
-    """Call write(file object) on a temporary file beside path, then move it into place."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
+    """Call write(temporary path) beside path, then move the file into place."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_",
+                               suffix=os.path.splitext(path)[1])
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -582,12 +578,13 @@ def _replace_atomically(path, write):
 
 def save_results(path, arrays, doc):
     """Write ``path`` (.npz, no object arrays) and its JSON sidecar, each atomically."""
+    from .io import write_json
+
     for name, value in arrays.items():
         if np.asarray(value).dtype == object:
             raise TypeError(f"array {name!r} has dtype object")  # would need pickle to load
-    _replace_atomically(path, lambda fh: np.savez(fh, **arrays))
-    text = json.dumps(doc, indent=2) + "\n"
-    _replace_atomically(sidecar_path(path), lambda fh: fh.write(text.encode()))
+    _replace_atomically(path, lambda tmp: np.savez(tmp, **arrays))
+    _replace_atomically(sidecar_path(path), lambda tmp: write_json(tmp, doc))
 
 
 def timer():
