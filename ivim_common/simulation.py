@@ -47,7 +47,7 @@ SNR_CAP = 1e5        # a cell still failing at this SNR is "not reachable" (NaN)
 SNR_FLOOR = 1.0      # a cell passing at this SNR stops there
 BISECT_ABS = 1.0     # the search stops when the bracket is within 1 SNR unit ...
 BISECT_REL = 0.005   # ... or 0.5 % of its upper end
-CHUNK_VOXELS = 200_000  # voxels per fit_voxels call
+CHUNK_VOXELS = 200_000  # fits per batch: all the draws of many cells fitted together
 
 NOISE_DESCRIPTION = {
     "gaussian": "S + N(0, sigma) (real-valued, additive, as the original toolbox)",
@@ -237,16 +237,13 @@ def add_noise(signal, draws, sigma, noise):
 def _fit(sim, signal, voxel_ids):
     """Fit (n_voxels, n_b) -> estimates (n_voxels, 4) in ERR_ORDER, NaN where the fit failed.
 
-    At most CHUNK_VOXELS voxels at a time, each batch split over ``sim.jobs`` worker processes.
+    The voxels are split over ``sim.jobs`` worker processes (ivim_common.voxelpool).
     """
-    est = np.empty((signal.shape[0], 4))
-    for start in range(0, signal.shape[0], CHUNK_VOXELS):
-        sl = slice(start, start + CHUNK_VOXELS)
-        out = fit_in_chunks(sim.bvals, signal[sl], voxel_ids[sl], approach=sim.approach,
-                            bounds_version=sim.bounds_version, engine=sim.engine, seed=sim.seed,
-                            jobs=sim.jobs, progress=False)
-        est[sl] = np.stack([out["Fivim"], out["Dstar"], out["D"], out["FivimXDstar"]], axis=-1)
-        est[sl][out["exception"] != 0] = np.nan
+    out = fit_in_chunks(sim.bvals, signal, voxel_ids, approach=sim.approach,
+                        bounds_version=sim.bounds_version, engine=sim.engine, seed=sim.seed,
+                        jobs=sim.jobs, progress=False)
+    est = np.stack([out["Fivim"], out["Dstar"], out["D"], out["FivimXDstar"]], axis=-1)
+    est[out["exception"] != 0] = np.nan
     return est
 
 
@@ -268,6 +265,12 @@ def signed_errors(sim, cells, snr=None):
     return 100.0 * (est - truth) / truth
 
 
+def _mask_failed(errors):
+    """Errors (n_cells, n_draws, 4) with every value of a failed draw NaN, and the failed draws."""
+    failed = np.isnan(errors).any(axis=2)
+    return np.where(failed[..., None], np.nan, errors), failed
+
+
 def error_statistics(errors):
     """Per-cell statistics of signed % errors (n_cells, n_draws, 4), NaN = failed fit.
 
@@ -276,30 +279,29 @@ def error_statistics(errors):
     dict with mean_abs_err, sd_abs_err, mean_signed_err (n_cells, 4), pct_signed_err
     (3, n_cells, 4) for PERCENTILES, n_failed (n_cells,).  All-failed cells give NaN.
     """
-    failed = np.isnan(errors).any(axis=2)
-    errors = np.where(failed[..., None], np.nan, errors)
+    errors, failed = _mask_failed(errors)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells -> NaN, on purpose
-        abs_err = np.abs(errors)
-        return dict(mean_abs_err=np.nanmean(abs_err, axis=1),
-                    sd_abs_err=np.nanstd(abs_err, axis=1),
+        return dict(mean_abs_err=np.nanmean(np.abs(errors), axis=1),
+                    sd_abs_err=np.nanstd(np.abs(errors), axis=1),
                     mean_signed_err=np.nanmean(errors, axis=1),
                     pct_signed_err=np.nanpercentile(errors, PERCENTILES, axis=1),
                     n_failed=failed.sum(axis=1))
 
 
 def mean_abs_error(errors):
-    """Mean |error| per cell of signed % errors (n_cells, n_draws, 4), failed fits left out."""
-    failed = np.isnan(errors).any(axis=2, keepdims=True)
+    """Only the mean |error| of :func:`error_statistics` (what the required-SNR search needs)."""
+    errors, _ = _mask_failed(errors)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells -> NaN, on purpose
-        return dict(mean_abs_err=np.nanmean(np.where(failed, np.nan, np.abs(errors)), axis=1))
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return dict(mean_abs_err=np.nanmean(np.abs(errors), axis=1))
 
 
 def compute_errors(sim, cells, snr=None, progress=None, summary=error_statistics):
     """Error statistics of cells, without noise (``snr`` None) or at an SNR (one, or one per cell).
 
-    Cells are fitted in chunks of at most CHUNK_VOXELS fits.  ``summary`` turns the signed
+    Cells are fitted in batches of at most CHUNK_VOXELS fits (at least one cell), which bounds
+    the memory.  ``summary`` turns the signed
     errors of a chunk into per-cell arrays (:func:`error_statistics` or :func:`mean_abs_error`).
     ``progress(n)`` is called as cells finish.  Returns the dict of ``summary``, cells in order.
     """
