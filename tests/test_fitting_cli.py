@@ -284,3 +284,12 @@ def test_no_mask_fits_the_automatic_selection(dataset, tmp_path, capsys):
     assert sidecar["counts"] == {"mask_voxels": 9, "fitted": 7, "failed": 2}
     exception = read_maps(tmp_path / "out")["exception"].get_fdata()
     assert exception[NAN_VOXEL] == 1 and exception[NONPOS_VOXEL] == 1 and exception.sum() == 2
+
+
+def test_mt_0_runs_one_job_and_summary_is_printed(dataset, tmp_path, capsys):
+    code = ivim_fitting.main([str(a) for a in base_args(dataset, tmp_path / "out")] + ["-j", "2", "-mt", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "fitted 4 voxels, 2 failed" in out and "1 job(s)" in out and str(tmp_path / "out") in out
+    with open(tmp_path / "out" / "ivim_fitting.json") as f:
+        assert json.load(f)["jobs"] == 1
