@@ -1,0 +1,205 @@
+"""Reading and checking inputs, writing maps and JSON sidecars."""
+import json
+import os
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+
+from . import fit
+from .errors import InputError
+
+
+# =============================================================================
+# Viewer: a folder of fitted maps, with the DWI, b-values and mask behind them
+# (used by ivim_view_fits.py; self-contained)
+# =============================================================================
+
+SIDECAR_NAME = "ivim_fitting.json"
+MODEL_PARAMS = ("S0", "D", "Fivim", "Dstar")
+
+
+@dataclass
+class FitFolder:
+    """Maps of one fit and, where found, the data they were fitted to.
+
+    Attributes
+    ----------
+    name : str
+        Name of the map the user opened (a key of ``maps``), e.g. 'Fivim'.
+    path : str
+        Path of that map.
+    maps : dict of str -> ndarray, shape (nx, ny, nz)
+        Every map found (float64; D, Dstar, FivimXDstar in mm²/s).
+    zooms : tuple of float
+        Voxel size (mm) along x, y, z.
+    bvals : ndarray, shape (n_b,), or None
+        b-values in s/mm².
+    dwi : ndarray, shape (nx, ny, nz, n_b), or None
+        Measured signal (None: map-only view).
+    mask : ndarray of bool, shape (nx, ny, nz), or None
+    sidecar : dict or None
+        Contents of ivim_fitting.json.
+    notes : list of str
+        Things the user should know (inputs named by the sidecar but not found).
+    """
+    name: str
+    path: str
+    maps: dict
+    zooms: tuple
+    bvals: np.ndarray = None
+    dwi: np.ndarray = None
+    mask: np.ndarray = None
+    sidecar: dict = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def shape(self):
+        return self.maps[self.name].shape
+
+    def has_model(self):
+        """True when the four model parameter maps are all present."""
+        return all(p in self.maps for p in MODEL_PARAMS)
+
+    def values(self, ijk):
+        """Value of every map at voxel ``ijk`` (0-based x, y, z)."""
+        return {name: float(data[ijk]) for name, data in self.maps.items()}
+
+    def signal(self, ijk):
+        """Measured signal at voxel ``ijk``, shape (n_b,), or None without a DWI."""
+        return None if self.dwi is None else self.dwi[ijk]
+
+    def status(self, ijk):
+        """'fitted', 'outside mask' or 'failed' for voxel ``ijk``.
+
+        Without a mask, a voxel whose four parameters are all 0 counts as outside the mask
+        (ivim_fitting.py writes 0 there).
+        """
+        values = self.values(ijk)
+        if self.mask is not None and not self.mask[ijk]:
+            return "outside mask"
+        if values.get("exception", 0) >= 0.5 or any(np.isnan(v) for v in values.values()):
+            return "failed"
+        if self.mask is None and self.has_model() and all(values[p] == 0 for p in MODEL_PARAMS):
+            return "outside mask"
+        return "fitted"
+
+
+def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
+    """Load a map, the other maps beside it and the inputs named by its sidecar.
+
+    The sidecar ``ivim_fitting.json`` in the map's folder names the other maps, the DWI, the
+    mask and holds the b-values.  Each argument given here overrides what the sidecar says.
+
+    Parameters
+    ----------
+    map_path : str
+        A map written by ivim_fitting.py (e.g. params_map/Fivim_map.nii.gz).
+    dwi, bvals, mask : str, optional
+        Paths of the 4-D DWI, the b-value text file (s/mm²) and the mask.
+    maps_dir : str, optional
+        Folder of the other maps (default: the map's folder).
+
+    Returns
+    -------
+    FitFolder
+
+    Raises
+    ------
+    InputError
+        A file given here or a map is missing or unreadable, or the images do not match.
+    """
+    folder = os.path.dirname(os.path.abspath(map_path))
+    sidecar = _read_sidecar(os.path.join(folder, SIDECAR_NAME))
+    main_img = _load_nifti(map_path, 3)
+    map_files = (sidecar or {}).get("maps") or {n: f"{n}_map.nii.gz" for n in fit.OUTPUT_NAMES}
+    name = _map_name(map_path, map_files)
+    maps = {}
+    for other, filename in {**map_files, name: None}.items():
+        path = map_path if other == name else os.path.join(maps_dir or folder, filename)
+        if os.path.isfile(path):
+            maps[other] = _image_data(main_img if other == name else _load_nifti(path, 3), path,
+                                      main_img.shape)
+    out = FitFolder(name=name, path=map_path, maps=maps, sidecar=sidecar,
+                    zooms=tuple(float(z) for z in main_img.header.get_zooms()[:3]))
+
+    dwi_path = dwi or _sidecar_input(sidecar, "dwi", out.notes)
+    mask_path = mask or _sidecar_input(sidecar, "mask", out.notes)
+    if bvals:
+        out.bvals = _read_bvals(bvals)
+    elif sidecar and sidecar.get("bvals"):
+        out.bvals = np.asarray(sidecar["bvals"], dtype=float)
+    if dwi_path:
+        if out.bvals is None:
+            raise InputError(f"{dwi_path}: no b-values for this DWI (give -bval FILE; "
+                             f"no {SIDECAR_NAME} in {folder})")
+        dwi_img = _load_nifti(dwi_path, 4)
+        if dwi_img.shape[3] != len(out.bvals):
+            raise InputError(f"{dwi_path}: {dwi_img.shape[3]} volumes but {len(out.bvals)} b-values "
+                             f"(from {bvals or SIDECAR_NAME})")
+        out.dwi = _image_data(dwi_img, dwi_path, main_img.shape)
+    if mask_path:
+        out.mask = _image_data(_load_nifti(mask_path, 3), mask_path, main_img.shape) > 0
+    return out
+
+
+def _read_sidecar(path):
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable JSON sidecar ({err})") from None
+
+
+def _map_name(map_path, map_files):
+    """The map's name: its key in the sidecar, else the file name without '_map.nii[.gz]'."""
+    filename = os.path.basename(map_path)
+    for name, other in map_files.items():
+        if other == filename:
+            return name
+    for suffix in (".gz", ".nii", "_map"):
+        filename = filename.removesuffix(suffix)
+    return filename
+
+
+def _sidecar_input(sidecar, key, notes):
+    """Path of an input named by the sidecar, if it still exists (else a note, and None)."""
+    entry = ((sidecar or {}).get("inputs") or {}).get(key)
+    if not entry:
+        return None
+    for path in (entry.get("abspath"), entry.get("path")):
+        if path and os.path.isfile(path):
+            return path
+    notes.append(f"{key} {entry.get('abspath') or entry.get('path')} (named in {SIDECAR_NAME}) "
+                 f"not found; give -{key} FILE")
+    return None
+
+
+def _load_nifti(path, ndim):
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        img = nib.load(path)
+    except Exception as err:  # nibabel raises many types for unreadable files
+        raise InputError(f"{path}: not a readable NIfTI image ({err})") from None
+    if len(img.shape) != ndim:
+        raise InputError(f"{path}: expected a {ndim}-D image, got shape {img.shape}")
+    return img
+
+
+def _image_data(img, path, grid):
+    """Float64 data of ``img``, checked against the map's grid (nx, ny, nz)."""
+    if img.shape[:3] != tuple(grid):
+        raise InputError(f"{path}: grid {img.shape[:3]} does not match the map's {tuple(grid)}")
+    return img.get_fdata()
+
+
+def _read_bvals(path):
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    try:
+        return np.loadtxt(path, ndmin=1).ravel()
+    except ValueError as err:
+        raise InputError(f"{path}: not a text file of b-values ({err})") from None
