@@ -36,7 +36,7 @@ MAP_DISPLAY = {
     "FivimXDstar": ("f·D* (mm²/s)", "viridis", (0.0, 0.01)),
     "AIC": ("AIC", "viridis", None),
     "R2": ("R² (on the signal)", "viridis", (0.0, 1.0)),
-    "exception": ("exception (1 = fit failed)", "gray", (0.0, 1.0)),
+    "exception": ("exception (1 = failed)", "gray", (0.0, 1.0)),
 }
 # Lines of the parameter panel: map, label, unit, format.
 VALUE_LINES = (
@@ -274,7 +274,8 @@ def montage_figure(folder):
     x0, x1, y0, y1 = view_box(folder)
     cell = min(1.8, 16.0 / nz)
     aspect = (y1 - y0) * folder.zooms[1] / ((x1 - x0) * folder.zooms[0])
-    fig = Figure(figsize=(cell * nz + 1.8, cell * aspect * len(names) + 0.9), layout="constrained")
+    fig = Figure(figsize=(cell * nz + 2.5, cell * aspect * len(names) + 0.8), layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.1)  # the default leaves the row labels on the page edge
     axes = fig.subplots(len(names), nz, squeeze=False)
     for row, name in zip(axes, names):
         label, cmap, clim = map_display(name, folder.maps[name], folder.mask)
