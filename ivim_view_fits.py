@@ -29,7 +29,7 @@ examples:
   ivim_view_fits.py -i params_map/Fivim_map.nii.gz --voxel 64,68,2 --save voxel.png \
       --montage maps.png
 
-  # maps with no sidecar (e.g. from the original toolbox): name the data
+  # maps with no sidecar, e.g. the original toolbox's results in test_data/: name the data
   ivim_view_fits.py -i ivim_maps_rl/Fivim_map.nii.gz -dwi dwi_rl.nii.gz -bval bval_rl.txt \
       -mask cord_seg_dilated.nii.gz
 """

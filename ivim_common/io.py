@@ -69,19 +69,24 @@ class FitFolder:
         """Measured signal at voxel ``ijk``, shape (n_b,), or None without a DWI."""
         return None if self.dwi is None else self.dwi[ijk]
 
-    def status(self, ijk):
-        """'fitted', 'outside mask' or 'failed' for voxel ``ijk``.
+    @property
+    def region(self):
+        """Voxels that were fitted: the mask, else where a parameter map is not 0.
 
-        Without a mask, a voxel whose four parameters are all 0 counts as outside the mask
-        (ivim_fitting.py writes 0 there).
+        ivim_fitting.py writes 0 outside the mask and NaN where a fit failed.
         """
-        values = self.values(ijk)
-        if self.mask is not None and not self.mask[ijk]:
+        if self.mask is not None:
+            return self.mask
+        names = [p for p in MODEL_PARAMS if p in self.maps] or [self.name]
+        return np.any([self.maps[n] != 0 for n in names], axis=0)
+
+    def status(self, ijk):
+        """'fitted', 'outside mask' or 'failed' for voxel ``ijk``."""
+        if not self.region[ijk]:
             return "outside mask"
+        values = self.values(ijk)
         if values.get("exception", 0) >= 0.5 or any(np.isnan(v) for v in values.values()):
             return "failed"
-        if self.mask is None and self.has_model() and all(values[p] == 0 for p in MODEL_PARAMS):
-            return "outside mask"
         return "fitted"
 
 

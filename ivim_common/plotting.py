@@ -38,6 +38,8 @@ MAP_DISPLAY = {
     "R2": ("R² (on the signal)", "viridis", (0.0, 1.0)),
     "exception": ("exception (1 = failed)", "gray", (0.0, 1.0)),
 }
+STATUS_TEXT = {"fitted": "status: fitted", "outside mask": "status: outside the mask\n(not fitted)",
+               "failed": "status: fit failed\n(exception = 1)"}
 # Lines of the parameter panel: map, label, unit, format.
 VALUE_LINES = (
     ("S0", "S0", "", ".4g"),
@@ -50,28 +52,28 @@ VALUE_LINES = (
 )
 
 
-def map_display(name, data, mask=None, cmap=None, clim=None):
-    """Colour map and limits of a map: the given ones, else the defaults of MAP_DISPLAY.
+def map_display(name, data, region=None, cmap=None, clim=None):
+    """Colour-bar label, colour map and limits of a map (defaults from MAP_DISPLAY).
 
     Maps without default limits (S0, AIC, others) get the 1st-99th percentiles of their finite
-    values in the mask (all voxels without a mask).
+    values in ``region`` (boolean, like ``data``; default all voxels).
     """
     label, default_cmap, default_clim = MAP_DISPLAY.get(name, (name, "viridis", None))
     if clim is None:
         clim = default_clim
     if clim is None:
-        values = data[mask] if mask is not None else data
+        values = data[region] if region is not None else data
         values = values[np.isfinite(values)]
         clim = tuple(np.percentile(values, [1, 99])) if values.size else (0.0, 1.0)
     return label, cmap or default_cmap, clim
 
 
 def view_box(folder, margin=0.3):
-    """(x0, x1, y0, y1) display limits: the mask's bounding box plus a margin, else the image."""
+    """(x0, x1, y0, y1) display limits: the fitted region's bounding box plus a margin."""
     nx, ny = folder.shape[:2]
-    if folder.mask is None or not folder.mask.any():
+    if not folder.region.any():
         return -0.5, nx - 0.5, -0.5, ny - 0.5
-    xs, ys = np.nonzero(folder.mask.any(axis=2))
+    xs, ys = np.nonzero(folder.region.any(axis=2))
     pad = max(5, int(margin * max(np.ptp(xs), np.ptp(ys))))
     return (max(xs.min() - pad, 0) - 0.5, min(xs.max() + pad, nx - 1) + 0.5,
             max(ys.min() - pad, 0) - 0.5, min(ys.max() + pad, ny - 1) + 0.5)
@@ -115,10 +117,8 @@ class FitViewer:
         self.ax_text.set_axis_off()
 
         data = folder.maps[folder.name]
-        label, self.cmap, self.clim = map_display(folder.name, data, folder.mask, cmap, clim)
-        # Start on the slice with the most mask voxels (the middle one without a mask).
-        mask = folder.mask if folder.mask is not None else np.ones(self.shape, dtype=bool)
-        self.z = int(np.argmax(mask.sum(axis=(0, 1))))
+        label, self.cmap, self.clim = map_display(folder.name, data, folder.region, cmap, clim)
+        self.z = int(np.argmax(folder.region.sum(axis=(0, 1))))  # the slice with most fitted voxels
         self.image = _show_slice(self.ax_map, data, self.z, folder.zooms, self.cmap, self.clim)
         self.fig.colorbar(self.image, ax=self.ax_map, shrink=0.8, label=label)
         x0, x1, y0, y1 = view_box(folder)
@@ -216,13 +216,10 @@ class FitViewer:
             self._plot("measured", folder.bvals, signal, "o", color="black", ms=5,
                        label="measured signal")
         else:
-            notes.append("no DWI: measured signal not shown\n(give -dwi and -bval)")
-        if status != "fitted":
-            notes.append({"outside mask": "outside the mask: not fitted",
-                          "failed": "the fit failed at this voxel"}[status])
-        elif folder.has_model() and folder.bvals is not None:
+            notes.append("no DWI: signal not shown\n(give -dwi and -bval)")
+        if status == "fitted" and folder.has_model() and folder.bvals is not None:
             self._plot_model(folder.values(ijk))
-        elif not folder.has_model():
+        if not folder.has_model():
             notes.append("S0, D, Fivim and Dstar maps not all found:\nno fitted curve")
         self._write_values(status, notes)
         if self.lines:
@@ -244,7 +241,7 @@ class FitViewer:
         self._plot("tissue", b, model.ivim_signal(b, s0 * (1 - f), d, 0.0, dstar), "--",
                    color="tab:blue", label=r"tissue $S_0(1-f)\,e^{-bD}$")
         self._plot("perfusion", b, model.ivim_signal(b, s0 * f, d, 1.0, dstar), ":",
-                   color="tab:green", lw=2, label=r"perfusion $S_0 f\,e^{-b(D+D^*)}$")
+                   color="tab:green", lw=2, label=r"perfusion $S_0\,f\,e^{-b(D+D^*)}$")
 
     def _limit_log_axis(self):
         """Log panel: down to 1/10 of the lowest measured or fitted signal, not to the
@@ -258,7 +255,7 @@ class FitViewer:
         values = self.folder.values(self.voxel)
         rows = [f"{label:<5} = {values[name]:{fmt}} {unit}"
                 for name, label, unit, fmt in VALUE_LINES if name in values]
-        text = "\n".join([f"status: {status}", ""] + rows + [""] + notes)
+        text = "\n".join([STATUS_TEXT[status], ""] + rows + [""] + notes)
         self.ax_text.text(0.03, 0.7, text, va="top", family="monospace", fontsize=10,
                           transform=self.ax_text.transAxes)
 
@@ -278,7 +275,7 @@ def montage_figure(folder):
     fig.get_layout_engine().set(w_pad=0.1)  # the default leaves the row labels on the page edge
     axes = fig.subplots(len(names), nz, squeeze=False)
     for row, name in zip(axes, names):
-        label, cmap, clim = map_display(name, folder.maps[name], folder.mask)
+        label, cmap, clim = map_display(name, folder.maps[name], folder.region)
         for z, ax in enumerate(row):
             image = _show_slice(ax, folder.maps[name], z, folder.zooms, cmap, clim)
             ax.set(xlim=(x0, x1), ylim=(y0, y1), xticks=[], yticks=[])

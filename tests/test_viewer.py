@@ -107,17 +107,17 @@ def test_click_plots_the_voxel_signal_and_the_model_at_its_parameters(fit_dir):
     assert viewer.ax_log.get_yscale() == "log" and len(log_lines) == 4
     assert np.allclose(log_lines[1].get_ydata(), curve)
     text = viewer.ax_text.texts[0].get_text()
-    assert "status: fitted" in text and f"{d:.3e} mm²/s" in text
+    assert text.startswith("status: fitted\n") and f"{d:.3e} mm²/s" in text
     assert len(reports) == 1 and reports[0].startswith(f"voxel (x, y, z) = {ijk} [fitted]")
     assert f"Fivim={f:.4g}" in reports[0]
 
 
 def test_outside_mask_and_failed_voxels_are_reported_not_fitted(fit_dir):
     viewer = make_viewer(io.load_fit_folder(str(fit_dir / "D_map.nii.gz")))
-    for ijk, message in ((OUTSIDE, "outside the mask"), (FAILED, "the fit failed")):
+    for ijk, message in ((OUTSIDE, "status: outside the mask"), (FAILED, "status: fit failed")):
         viewer.select(*ijk)
         assert "fit" not in viewer.lines and "measured" in viewer.lines
-        assert message in viewer.ax_text.texts[0].get_text()
+        assert viewer.ax_text.texts[0].get_text().startswith(message)
         assert viewer.z == ijk[2]
 
 
