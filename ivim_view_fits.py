@@ -66,7 +66,8 @@ def display_param(text):
         elif key == "cmap":
             raise argparse.ArgumentTypeError(f"unknown matplotlib colour map {value!r}")
         else:
-            raise argparse.ArgumentTypeError(f"expected cmap=NAME and/or clim=MIN;MAX, got {item!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected cmap=NAME and/or clim=MIN;MAX, got {item!r}")
     return out
 
 
@@ -161,7 +162,8 @@ def run(args):
 
     if plt.get_backend().lower() in NON_INTERACTIVE_BACKENDS:
         raise IvimError(f"no display for the interactive window (matplotlib backend "
-                        f"{plt.get_backend()}): use --voxel X,Y,Z --save FIG.png or --montage PAGE.png")
+                        f"{plt.get_backend()}): use --voxel X,Y,Z --save FIG.png "
+                        "or --montage PAGE.png")
     viewer = plotting.FitViewer(folder, fig=plt.figure(), report=report, **args.param)
     if args.voxel is not None:
         viewer.select(*args.voxel)

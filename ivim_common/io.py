@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import nibabel as nib
 import numpy as np
 
-from . import fit
+from . import fit, model
 from .errors import InputError
 
 
@@ -16,7 +16,6 @@ from .errors import InputError
 # =============================================================================
 
 SIDECAR_NAME = "ivim_fitting.json"
-MODEL_PARAMS = ("S0", "D", "Fivim", "Dstar")
 
 
 @dataclass
@@ -59,7 +58,7 @@ class FitFolder:
 
     def has_model(self):
         """True when the four model parameter maps are all present."""
-        return all(p in self.maps for p in MODEL_PARAMS)
+        return all(p in self.maps for p in model.PARAM_NAMES)
 
     def values(self, ijk):
         """Value of every map at voxel ``ijk`` (0-based x, y, z)."""
@@ -77,7 +76,7 @@ class FitFolder:
         """
         if self.mask is not None:
             return self.mask
-        names = [p for p in MODEL_PARAMS if p in self.maps] or [self.name]
+        names = [p for p in model.PARAM_NAMES if p in self.maps] or [self.name]
         return np.any([self.maps[n] != 0 for n in names], axis=0)
 
     def status(self, ijk):
@@ -119,12 +118,10 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
     main_img = _load_nifti(map_path, 3)
     map_files = (sidecar or {}).get("maps") or {n: f"{n}_map.nii.gz" for n in fit.OUTPUT_NAMES}
     name = _map_name(map_path, map_files)
-    maps = {}
-    for other, filename in {**map_files, name: None}.items():
-        path = map_path if other == name else os.path.join(maps_dir or folder, filename)
-        if os.path.isfile(path):
-            maps[other] = _image_data(main_img if other == name else _load_nifti(path, 3), path,
-                                      main_img.shape)
+    paths = {n: os.path.join(maps_dir or folder, f) for n, f in map_files.items()}
+    paths[name] = map_path  # the opened map, wherever the others are
+    maps = {n: _image_data(main_img if n == name else _load_nifti(p, 3), p, main_img.shape)
+            for n, p in paths.items() if n == name or os.path.isfile(p)}
     out = FitFolder(name=name, path=map_path, maps=maps, sidecar=sidecar,
                     zooms=tuple(float(z) for z in main_img.header.get_zooms()[:3]))
 
@@ -140,8 +137,8 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
                              f"no {SIDECAR_NAME} in {folder})")
         dwi_img = _load_nifti(dwi_path, 4)
         if dwi_img.shape[3] != len(out.bvals):
-            raise InputError(f"{dwi_path}: {dwi_img.shape[3]} volumes but {len(out.bvals)} b-values "
-                             f"(from {bvals or SIDECAR_NAME})")
+            raise InputError(f"{dwi_path}: {dwi_img.shape[3]} volumes but {len(out.bvals)} "
+                             f"b-values (from {bvals or SIDECAR_NAME})")
         out.dwi = _image_data(dwi_img, dwi_path, main_img.shape)
     if mask_path:
         out.mask = _image_data(_load_nifti(mask_path, 3), mask_path, main_img.shape) > 0

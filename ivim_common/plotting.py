@@ -158,6 +158,7 @@ class FitViewer:
             self.set_slice(self.z + step)
 
     def on_scroll(self, event):
+        """Scroll over the map: next/previous slice."""
         if event.inaxes is self.ax_map:
             self.set_slice(self.z + (1 if event.button == "up" else -1))
 
@@ -233,7 +234,7 @@ class FitViewer:
         self.ax_log.plot(b, np.where(s > 0, s, np.nan), *style, **kwargs)
 
     def _plot_model(self, values):
-        s0, d, f, dstar = (values[p] for p in ("S0", "D", "Fivim", "Dstar"))
+        s0, d, f, dstar = (values[p] for p in model.PARAM_NAMES)
         b = np.linspace(0.0, 1.05 * np.max(self.folder.bvals), 200)
         self._plot("fit", b, model.ivim_signal(b, s0, d, f, dstar), "-", color="tab:red", lw=2,
                    label="fit = tissue + perfusion")
@@ -246,7 +247,8 @@ class FitViewer:
     def _limit_log_axis(self):
         """Log panel: down to 1/10 of the lowest measured or fitted signal, not to the
         vanishing tail of the perfusion compartment."""
-        lows = [np.nanmin(self.lines[k].get_ydata()) for k in ("measured", "fit") if k in self.lines]
+        lows = [np.nanmin(self.lines[k].get_ydata()) for k in ("measured", "fit")
+                if k in self.lines]
         lows = [v for v in lows if v > 0]
         if lows:
             self.ax_log.set_ylim(bottom=min(lows) / 10)

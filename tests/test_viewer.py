@@ -144,6 +144,21 @@ def test_voxel_save_and_montage_write_images(fit_dir, tmp_path, capsys):
                                                          "params_map", "voxel.png"]
 
 
+def test_interactive_window_opens_on_the_given_voxel(fit_dir, monkeypatch, capsys):
+    import matplotlib.pyplot as plt
+
+    shown = []
+    monkeypatch.setattr(ivim_view_fits, "NON_INTERACTIVE_BACKENDS", ())
+    monkeypatch.setattr(plt, "show", lambda: shown.append(plt.gcf()))
+    assert ivim_view_fits.main(["-i", str(fit_dir / "Dstar_map.nii.gz"), "--voxel", "1,2,0"]) == 0
+    (fig,) = shown
+    assert capsys.readouterr().out.startswith("voxel (x, y, z) = (1, 2, 0) [fitted]")
+    measured = [line for line in fig.axes[1].get_lines() if line.get_label() == "measured signal"]
+    dwi = nib.load(fit_dir.parent / "dwi.nii.gz").get_fdata()
+    assert np.allclose(measured[0].get_ydata(), dwi[1, 2, 0])
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["-i", "missing_map.nii.gz"], "missing_map.nii.gz: no such file"),
     (["--voxel", "6,0,0", "--save", "{tmp}/v.png"], "voxel (6, 0, 0) outside the image"),
