@@ -36,10 +36,11 @@ MAP_DISPLAY = {
     "FivimXDstar": ("f·D* (mm²/s)", "viridis", (0.0, 0.01)),
     "AIC": ("AIC", "viridis", None),
     "R2": ("R² (on the signal)", "viridis", (0.0, 1.0)),
-    "exception": ("exception (1 = failed)", "gray", (0.0, 1.0)),
+    "exception": ("exception (1 = failed)", "viridis", (0.0, 1.0)),
 }
 STATUS_TEXT = {"fitted": "status: fitted", "outside mask": "status: outside the mask\n(not fitted)",
                "failed": "status: fit failed\n(exception = 1)"}
+OUTSIDE_COLOR = "white"  # behind voxels outside the fitted region and failed (NaN) voxels
 # Lines of the parameter panel: map, label, unit, format.
 VALUE_LINES = (
     ("S0", "S0", "", ".4g"),
@@ -79,9 +80,15 @@ def view_box(folder, margin=0.3):
             max(ys.min() - pad, 0) - 0.5, min(ys.max() + pad, ny - 1) + 0.5)
 
 
-def _show_slice(ax, data, z, zooms, cmap, clim):
-    """Axial slice z with x to the right and y up (voxel centres at integer coordinates)."""
-    return ax.imshow(data[:, :, z].T, origin="lower", cmap=cmap, vmin=clim[0], vmax=clim[1],
+def _axial_slice(data, region, z):
+    """Slice z of a map, transposed for display, blank outside the fitted region."""
+    return np.ma.masked_where(~region[:, :, z].T, data[:, :, z].T)
+
+
+def _show_slice(ax, image, zooms, cmap, clim):
+    """An axial slice with x to the right and y up (voxel centres at integer coordinates)."""
+    ax.set_facecolor(OUTSIDE_COLOR)
+    return ax.imshow(image, origin="lower", cmap=cmap, vmin=clim[0], vmax=clim[1],
                      interpolation="nearest", aspect=zooms[1] / zooms[0])
 
 
@@ -119,7 +126,8 @@ class FitViewer:
         data = folder.maps[folder.name]
         label, self.cmap, self.clim = map_display(folder.name, data, folder.region, cmap, clim)
         self.z = int(np.argmax(folder.region.sum(axis=(0, 1))))  # the slice with most fitted voxels
-        self.image = _show_slice(self.ax_map, data, self.z, folder.zooms, self.cmap, self.clim)
+        self.image = _show_slice(self.ax_map, _axial_slice(data, folder.region, self.z),
+                                 folder.zooms, self.cmap, self.clim)
         self.fig.colorbar(self.image, ax=self.ax_map, shrink=0.8, label=label)
         x0, x1, y0, y1 = view_box(folder)
         self.ax_map.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x (voxel)", ylabel="y (voxel)")
@@ -165,7 +173,8 @@ class FitViewer:
     def set_slice(self, z):
         """Show slice z (clipped to the volume)."""
         self.z = int(np.clip(z, 0, self.shape[2] - 1))
-        self.image.set_data(self.folder.maps[self.folder.name][:, :, self.z].T)
+        self.image.set_data(_axial_slice(self.folder.maps[self.folder.name], self.folder.region,
+                                         self.z))
         on_slice = self.voxel is not None and self.voxel[2] == self.z
         self.marker.set_visible(on_slice)
         self._set_map_title()
@@ -279,7 +288,8 @@ def montage_figure(folder):
     for row, name in zip(axes, names):
         label, cmap, clim = map_display(name, folder.maps[name], folder.region)
         for z, ax in enumerate(row):
-            image = _show_slice(ax, folder.maps[name], z, folder.zooms, cmap, clim)
+            image = _show_slice(ax, _axial_slice(folder.maps[name], folder.region, z),
+                                folder.zooms, cmap, clim)
             ax.set(xlim=(x0, x1), ylim=(y0, y1), xticks=[], yticks=[])
             if name == names[0]:
                 ax.set_title(f"z = {z}", fontsize=9)
