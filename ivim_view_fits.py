@@ -11,7 +11,8 @@ from ivim_common.errors import InputError, IvimError, OutputExistsError
 PROG = "ivim_view_fits.py"
 EPILOG = r"""
 The DWI, b-values, mask and the other maps are found through ivim_fitting.json, the sidecar
-that ivim_fitting.py writes beside the maps; -dwi, -bval, -mask and -maps override it. Without
+that ivim_fitting.py writes beside the maps; -dwi, -b, -ma and -maps override it (-b and -ma
+as in ivim_fitting.py). Without
 a DWI the viewer still shows the maps, the values and the fitted curve.
 
 Interactive window: the map's axial slices, one at a time (up/down arrow keys or the scroll
@@ -30,8 +31,8 @@ examples:
       --montage maps.png
 
   # maps with no sidecar, e.g. the original toolbox's results in test_data/: name the data
-  ivim_view_fits.py -i ivim_maps_rl/Fivim_map.nii.gz -dwi dwi_rl.nii.gz -bval bval_rl.txt \
-      -mask cord_seg_dilated.nii.gz
+  ivim_view_fits.py -i results_you_should_get/ivim_maps_rl/Fivim_map.nii.gz \
+      -dwi dwi_rl.nii.gz -b bval_rl.txt -ma cord_seg_dilated.nii.gz
 """
 NON_INTERACTIVE_BACKENDS = ("agg", "cairo", "pdf", "pgf", "ps", "svg", "template")
 
@@ -85,10 +86,12 @@ def get_parser():
                         help="ignored (kept for the original's command lines): fits are drawn "
                              "from the maps, no per-voxel images are needed")
     data = parser.add_argument_group("data (default: found through ivim_fitting.json)")
-    data.add_argument("-dwi", metavar="FILE", help="4-D DWI the maps were fitted to")
-    data.add_argument("-bval", metavar="FILE", help="b-values (s/mm^2), text file")
-    data.add_argument("-mask", metavar="FILE", help="mask of the fitted voxels")
-    data.add_argument("-maps", metavar="DIR", help="folder of the other maps (default: the map's)")
+    data.add_argument("-dwi", "--dwi", metavar="FILE", help="4-D DWI the maps were fitted to")
+    data.add_argument("-b", "--bval", metavar="FILE",
+                      help="b-values (s/mm^2), one per volume, text file (FSL .bval works)")
+    data.add_argument("-ma", "--mask", metavar="FILE", help="mask of the fitted voxels")
+    data.add_argument("-maps", "--maps", metavar="DIR",
+                      help="folder of the other maps (default: the map's)")
     headless = parser.add_argument_group("headless use (no display needed)")
     headless.add_argument("--voxel", metavar="X,Y,Z", type=voxel_indices,
                           help="select this voxel (0-based indices) at start")
@@ -143,7 +146,7 @@ def run(args):
                                 maps_dir=args.maps)
     if args.verbose >= 1:
         for note in folder.notes + ([] if folder.dwi is not None else
-                                    ["no DWI: map-only view (give -dwi and -bval)"]):
+                                    ["no DWI: map-only view (give -dwi and -b)"]):
             print(f"{PROG}: note: {note}", file=sys.stderr)
     if args.voxel is not None and any(v >= n for v, n in zip(args.voxel, folder.shape)):
         raise InputError(f"{args.i}: voxel {args.voxel} outside the image of shape {folder.shape}")

@@ -133,8 +133,8 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
         out.bvals = np.asarray(sidecar["bvals"], dtype=float)
     if dwi_path:
         if out.bvals is None:
-            raise InputError(f"{dwi_path}: no b-values for this DWI (give -bval FILE; "
-                             f"no {SIDECAR_NAME} in {folder})")
+            raise InputError(f"{dwi_path}: no b-values for this DWI (no {SIDECAR_NAME} in "
+                             f"{folder}; give the b-value file)")
         dwi_img = _load_nifti(dwi_path, 4)
         if dwi_img.shape[3] != len(out.bvals):
             raise InputError(f"{dwi_path}: {dwi_img.shape[3]} volumes but {len(out.bvals)} "
@@ -175,7 +175,7 @@ def _sidecar_input(sidecar, key, notes):
         if path and os.path.isfile(path):
             return path
     notes.append(f"{key} {entry.get('abspath') or entry.get('path')} (named in {SIDECAR_NAME}) "
-                 f"not found; give -{key} FILE")
+                 "not found")
     return None
 
 
@@ -199,9 +199,11 @@ def _image_data(img, path, grid):
 
 
 def _read_bvals(path):
+    """b-values separated by spaces, tabs, commas or new lines (FSL .bval works)."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
     try:
-        return np.loadtxt(path, ndmin=1).ravel()
-    except ValueError as err:
+        with open(path, encoding="utf-8") as f:
+            return np.array(f.read().replace(",", " ").split(), dtype=float)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
         raise InputError(f"{path}: not a text file of b-values ({err})") from None

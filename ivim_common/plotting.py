@@ -226,7 +226,7 @@ class FitViewer:
             self._plot("measured", folder.bvals, signal, "o", color="black", ms=5,
                        label="measured signal")
         else:
-            notes.append("no DWI: signal not shown\n(give -dwi and -bval)")
+            notes.append("no DWI: signal not shown\n(give -dwi and -b)")
         if status == "fitted" and folder.has_model() and folder.bvals is not None:
             self._plot_model(folder.values(ijk))
         if not folder.has_model():

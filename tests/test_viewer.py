@@ -80,6 +80,10 @@ def test_load_fit_folder_finds_everything_through_the_sidecar(fit_dir):
     assert [folder.status(v) for v in (OUTSIDE, FAILED, (1, 1, 1))] == \
         ["outside mask", "failed", "fitted"]
     assert folder.notes == []
+    comma_bvals = fit_dir.parent / "bvals.txt"
+    comma_bvals.write_text(",".join(f"{b:g}" for b in BVALS) + "\n")
+    np.testing.assert_array_equal(
+        io.load_fit_folder(str(fit_dir / "D_map.nii.gz"), bvals=str(comma_bvals)).bvals, BVALS)
 
 
 def test_click_plots_the_voxel_signal_and_the_model_at_its_parameters(fit_dir):
@@ -165,7 +169,7 @@ def test_interactive_window_opens_on_the_given_voxel(fit_dir, monkeypatch, capsy
 @pytest.mark.parametrize("extra, message", [
     (["-i", "missing_map.nii.gz"], "missing_map.nii.gz: no such file"),
     (["--voxel", "6,0,0", "--save", "{tmp}/v.png"], "voxel (6, 0, 0) outside the image"),
-    (["-bval", "{tmp}/bvals.txt", "--montage", "{tmp}/m.png"], "9 volumes but 3 b-values"),
+    (["-b", "{tmp}/bvals.txt", "--montage", "{tmp}/m.png"], "9 volumes but 3 b-values"),
     (["--montage", "{tmp}/exists.png"], "already exists (use --force"),
     (["--montage", "{tmp}/no/m.png"], "does not exist"),
     ([], "no display for the interactive window"),
