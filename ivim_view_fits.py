@@ -79,9 +79,9 @@ def get_parser():
     parser.add_argument("-i", metavar="MAP", required=True,
                         help="map to show, e.g. params_map/Fivim_map.nii.gz")
     parser.add_argument("-param", metavar="SPEC", type=display_param, default={},
-                        help=r"display of the map: cmap=NAME,clim=MIN\;MAX (either part optional; "
-                             "default per map, e.g. f 0-0.35, D 0-3e-3, D* 0-0.04 mm^2/s, "
-                             "S0 1st-99th percentile)")
+                        help=r"display of the map (and of its --montage row): "
+                             r"cmap=NAME,clim=MIN\;MAX (either part optional; default per map, "
+                             "e.g. f 0-0.35, D 0-3e-3, D* 0-0.04 mm^2/s, S0 1st-99th percentile)")
     parser.add_argument("-plotdir", metavar="DIR",
                         help="ignored (kept for the original's command lines): fits are drawn "
                              "from the maps, no per-voxel images are needed")
@@ -153,7 +153,7 @@ def run(args):
     report = print if args.verbose >= 1 else None
 
     if args.montage:
-        plotting.save_figure(plotting.montage_figure(folder), args.montage)
+        plotting.save_figure(plotting.montage_figure(folder, **args.param), args.montage)
     if args.save:
         viewer = plotting.FitViewer(folder, report=report, **args.param)
         viewer.select(*args.voxel)

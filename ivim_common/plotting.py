@@ -271,11 +271,12 @@ class FitViewer:
                           transform=self.ax_text.transAxes)
 
 
-def montage_figure(folder):
+def montage_figure(folder, cmap=None, clim=None):
     """Every axial slice of every map of ``folder`` on one page, one row per map.
 
-    Each row has its colour bar and the limits of :func:`map_display`; the view is the
-    mask's bounding box (:func:`view_box`).
+    Each row has its colour bar and the defaults of :func:`map_display`, except the opened
+    map's row, which takes ``cmap`` and ``clim`` when given; the view is the fitted region's
+    bounding box (:func:`view_box`).
     """
     names = list(folder.maps)
     nz = folder.shape[2]
@@ -286,10 +287,11 @@ def montage_figure(folder):
     fig.get_layout_engine().set(w_pad=0.1)  # the default leaves the row labels on the page edge
     axes = fig.subplots(len(names), nz, squeeze=False)
     for row, name in zip(axes, names):
-        label, cmap, clim = map_display(name, folder.maps[name], folder.region)
+        given = (cmap, clim) if name == folder.name else (None, None)
+        label, row_cmap, row_clim = map_display(name, folder.maps[name], folder.region, *given)
         for z, ax in enumerate(row):
             image = _show_slice(ax, _axial_slice(folder.maps[name], folder.region, z),
-                                folder.zooms, cmap, clim)
+                                folder.zooms, row_cmap, row_clim)
             ax.set(xlim=(x0, x1), ylim=(y0, y1), xticks=[], yticks=[])
             if name == names[0]:
                 ax.set_title(f"z = {z}", fontsize=9)

@@ -200,3 +200,16 @@ def test_display_param_and_defaults():
     assert plotting.map_display("Fivim", data) == ("f (fraction)", "viridis", (0.0, 0.35))
     assert plotting.map_display("S0", data)[2] == pytest.approx((1.0, 99.0))
     assert plotting.map_display("D", data, cmap="jet", clim=(0, 1))[1:] == ("jet", (0, 1))
+
+
+def test_montage_has_every_slice_of_every_map_and_param_applies_to_the_opened_map(fit_dir):
+    folder = io.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
+    fig = plotting.montage_figure(folder, cmap="jet", clim=(0.0, 0.3))
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == len(fit.OUTPUT_NAMES) * SHAPE[2]
+    by_map = dict(zip(folder.maps, images[::SHAPE[2]]))
+    assert by_map["Fivim"].get_cmap().name == "jet" and by_map["Fivim"].get_clim() == (0.0, 0.3)
+    assert by_map["D"].get_cmap().name == "viridis" and by_map["D"].get_clim() == (0.0, 3e-3)
+    shown, inside = images[SHAPE[2] + 1].get_array(), folder.mask[:, :, 1].T  # D, slice 1
+    assert np.array_equal(np.ma.getmaskarray(shown), ~inside)
+    assert np.allclose(shown.compressed(), folder.maps["D"][:, :, 1].T[inside])
