@@ -29,7 +29,7 @@ def save_figure(fig, path, dpi=100):
 
 # Per map: colour-bar label, default colour map, default limits (None: 1st-99th percentile).
 MAP_DISPLAY = {
-    "S0": ("S0 (signal units)", "gray", None),
+    "S0": ("S0 (DWI units)", "gray", None),
     "D": ("D (mm²/s)", "viridis", (0.0, 3e-3)),
     "Dstar": ("D* (mm²/s)", "viridis", (0.0, 0.04)),
     "Fivim": ("f (fraction)", "viridis", (0.0, 0.35)),
