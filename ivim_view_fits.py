@@ -108,6 +108,7 @@ def get_parser():
 
 
 def main(argv=None):
+    """Run the command line; returns the exit code (0, 1 user error, 2 usage, 130 Ctrl-C)."""
     parser = get_parser()
     args = parser.parse_args(argv)
     if args.save and args.voxel is None:
@@ -138,6 +139,7 @@ def check_outputs(paths, force):
 
 
 def run(args):
+    """Load the maps and data, write the requested images or open the window."""
     outputs = [p for p in (args.save, args.montage) if p]
     check_outputs(outputs, args.force)
     from ivim_common import io, plotting
