@@ -3,9 +3,8 @@
 import argparse
 import os
 import sys
-import traceback
 
-from ivim_common import __version__
+from ivim_common import cli
 from ivim_common.errors import InputError, IvimError, OutputExistsError
 
 PROG = "ivim_view_fits.py"
@@ -73,9 +72,7 @@ def display_param(text):
 
 
 def get_parser():
-    parser = argparse.ArgumentParser(
-        prog=PROG, description=__doc__, epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__, epilog=EPILOG)
     parser.add_argument("-i", metavar="MAP", required=True,
                         help="map to show, e.g. params_map/Fivim_map.nii.gz")
     parser.add_argument("-param", metavar="SPEC", type=display_param, default={},
@@ -100,10 +97,7 @@ def get_parser():
     headless.add_argument("--montage", metavar="PAGE.png",
                           help="write every slice of every map, with colour bars, to PAGE.png")
     headless.add_argument("--force", action="store_true", help="replace existing output images")
-    parser.add_argument("-v", type=int, choices=(0, 1, 2), default=1, dest="verbose",
-                        help="verbosity: 0 quiet, 1 voxel values and notes (default), "
-                             "2 also tracebacks")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    cli.add_common_arguments(parser)
     return parser
 
 
@@ -113,17 +107,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.save and args.voxel is None:
         parser.error("--save needs --voxel X,Y,Z")
-    try:
-        run(args)
-    except IvimError as err:
-        if args.verbose >= 2:
-            traceback.print_exc()
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return cli.run(run, args, PROG)
 
 
 def check_outputs(paths, force):

@@ -124,7 +124,7 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     if engine == "lmfit":
         params = fit_lmfit(bvals, signal[ok], init, lo, hi, vary, voxel_seeds(seed, voxel_ids[ok]))
     else:
-        params = fit_fast(bvals, signal[ok], init, lo, hi, vary)
+        params = fit_fast(bvals, signal[ok], lo, hi, vary)
 
     out = {name: np.full(n, np.nan) for name in OUTPUT_NAMES}
     for j, name in enumerate(model.PARAM_NAMES):
@@ -133,3 +133,251 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     _, out["AIC"][ok], out["R2"][ok] = goodness_of_fit(bvals, signal[ok], params, int(vary.sum()))
     out["exception"] = np.where(ok, 0.0, 1.0)
     return out
+
+
+# --- The fast engine ---------------------------------------------------------------------------
+# Variable projection: for fixed (D, D*) the signal is linear in the amplitudes a = S0·f and
+# c = S0·(1 - f), and the bounds on S0 and f are linear constraints on them, so each point of a
+# (D, D*) grid costs a closed-form 2-variable constrained least squares.  The two best local
+# minima of each voxel's grid seed a box-constrained Newton (Levenberg-Marquardt damped, exact
+# Hessian, so large residuals still converge fast), run in the nominal box and then in the ±5 %
+# refinement box.
+
+GRID_D = 12          # points over D in each voxel's box (one-step)
+GRID_DSTAR = 20      # points over D* in each voxel's box
+GRID_CHUNK = 512     # voxels per grid block: keeps its temporaries in cache
+
+
+def _geomspace(lo, hi, num):
+    """Per-voxel geometric grids, shape (n_voxels, num); a single point where lo == hi."""
+    t = np.linspace(0.0, 1.0, num) if num > 1 else np.zeros(1)
+    return lo[:, None] * (hi / lo)[:, None] ** t
+
+
+def _amplitudes(gram, yy, box):
+    """Exact best (S0, f) for y ≈ S0·f·x1 + S0·(1-f)·x2, S0 in [s_lo, s_hi], f in [f_lo, f_hi].
+
+    ``gram`` = (g11, g12, g22, h1, h2) = (x1·x1, x1·x2, x2·x2, x1·y, x2·y), yy = y·y, all
+    broadcast together.  The feasible set is a quadrilateral in (S0·f, S0·(1-f)), so the minimum
+    is the unconstrained one when feasible, else the best point of one of its four edges, each a
+    1-D least squares.
+
+    Returns
+    -------
+    s0, f, rss : ndarray
+    rss_face : ndarray
+        The best RSS on the edge f = f_hi.
+    """
+    g11, g12, g22, h1, h2 = gram
+    s_lo, s_hi, f_lo, f_hi = box
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        cands = []
+        for f in (f_hi, f_lo):                    # f on a bound: S0 = (h·u)/(u·Gu), u = (f, 1-f)
+            hu = f * h1 + (1 - f) * h2
+            uu = f * f * g11 + 2 * f * (1 - f) * g12 + (1 - f) ** 2 * g22
+            s0 = np.clip(hu / uu, s_lo, s_hi)
+            cands.append((s0, f, yy - s0 * (2 * hu - s0 * uu)))
+        hd, gd = h1 - h2, g12 - g22
+        dd = g11 - g12 - gd                       # |x1 - x2|²
+        for s0 in (s_lo, s_hi):                   # S0 on a bound: f is a 1-D least squares
+            lin = hd - s0 * gd
+            f = np.clip(lin / (s0 * dd), f_lo, f_hi)
+            cands.append((s0, f, yy - s0 * (2 * h2 - s0 * g22) - f * s0 * (2 * lin - f * s0 * dd)))
+        det = g11 * g22 - g12 * g12
+        a = (g22 * h1 - g12 * h2) / det
+        s_free = a + (g11 * h2 - g12 * h1) / det
+        f_free = a / s_free
+        inside = ((det > 1e-12 * g11 * g22) & (s_free >= s_lo) & (s_free <= s_hi)
+                  & (f_free >= f_lo) & (f_free <= f_hi))
+        cands.append((s_free, f_free, np.where(inside, yy - a * h1 - (s_free - a) * h2, np.inf)))
+    shape = np.broadcast_shapes(*(np.shape(v) for c in cands for v in c))
+    s0, f, rss = (np.broadcast_to(v, shape) for v in cands[0])
+    for s0_c, f_c, rss_c in cands[1:]:
+        m = rss_c < rss
+        s0, f, rss = np.where(m, s0_c, s0), np.where(m, f_c, f), np.where(m, rss_c, rss)
+    return s0, f, rss, np.broadcast_to(cands[0][2], shape)
+
+
+def _gram(bvals, signal, d, dstar):
+    """Gram terms for every (D, D*) pair of per-voxel grids d (n, nD), dstar (n, nS)."""
+    e_d = np.exp(-bvals * d[:, :, None])                     # (n, nD, nb)
+    e_p = np.exp(-bvals * dstar[:, None, :, None])[:, 0]     # (n, nS, nb)
+    e_p_t = e_p.transpose(0, 2, 1)
+    e_d2 = e_d * e_d
+    e_dy = e_d * signal[:, None, :]
+    return (e_d2 @ (e_p_t * e_p_t), e_d2 @ e_p_t, e_d2.sum(-1)[:, :, None],
+            e_dy @ e_p_t, e_dy.sum(-1)[:, :, None])
+
+
+def _grid_starts(bvals, signal, lo, hi, vary):
+    """Three starting points per voxel from a (D, D*) grid, amplitudes solved exactly.
+
+    The two lowest local minima of the grid (the same point twice where it has one), and the
+    best grid point on the face f = f_hi.  Returns an array of shape (3, n_voxels, 4).
+    """
+    starts = np.empty((3, len(signal), 4))
+    for i in range(0, len(signal), GRID_CHUNK):
+        part = slice(i, i + GRID_CHUNK)
+        starts[:, part] = _grid_block(bvals, signal[part], lo[part], hi[part], vary)
+    return starts
+
+
+def _grid_block(bvals, signal, lo, hi, vary):
+    n = len(signal)
+    d = _geomspace(lo[:, 1], hi[:, 1], GRID_D if vary[1] else 1)
+    dstar = _geomspace(lo[:, 3], hi[:, 3], GRID_DSTAR)
+    gram = _gram(bvals, signal, d, dstar)
+    yy = np.einsum("ij,ij->i", signal, signal)
+    box = [v[:, None, None] for v in (lo[:, 0], hi[:, 0], lo[:, 2], hi[:, 2])]
+    s0, f, rss, rss_face = _amplitudes(gram, yy[:, None, None], box)
+    # local minima: no lower value among the 8 neighbours
+    pad = np.pad(rss, ((0, 0), (1, 1), (1, 1)), constant_values=np.inf)
+    is_min = np.ones(rss.shape, dtype=bool)
+    for di in (0, 1, 2):
+        for dj in (0, 1, 2):
+            if (di, dj) != (1, 1):
+                is_min &= rss <= pad[:, di:di + rss.shape[1], dj:dj + rss.shape[2]]
+    flat = np.where(is_min, rss, np.inf).reshape(n, -1)
+    two = np.argsort(flat, axis=1)[:, :2]
+    two[:, 1] = np.where(np.isfinite(np.take_along_axis(flat, two[:, 1:], 1)[:, 0]), two[:, 1], two[:, 0])
+    rows = np.arange(n)
+    starts = np.empty((3, n, 4))
+    for k, idx in enumerate((two[:, 0], two[:, 1], rss_face.reshape(n, -1).argmin(axis=1))):
+        i_d, i_s = np.unravel_index(idx, rss.shape[1:])
+        starts[k] = np.column_stack([s0[rows, i_d, i_s], d[rows, i_d], f[rows, i_d, i_s], dstar[rows, i_s]])
+    # the face start: its own amplitudes, f = f_hi
+    i_d, i_s = np.unravel_index(rss_face.reshape(n, -1).argmin(axis=1), rss.shape[1:])
+    g = tuple(np.broadcast_to(t, rss.shape)[rows, i_d, i_s] for t in gram)
+    starts[2, :, 0] = _amplitudes(g, yy, (lo[:, 0], hi[:, 0], hi[:, 2], hi[:, 2]))[0]
+    starts[2, :, 2] = hi[:, 2]
+    return starts
+
+
+def _cholesky_solve(a, g):
+    """Solve a·x = g for a batch of small symmetric matrices a (n, k, k), elementwise in numpy.
+
+    Much cheaper than one LAPACK call per matrix.  Returns x (n, k) and a boolean (n,) that is
+    False where a is not positive definite (x is then meaningless).
+    """
+    n, k = g.shape
+    low = np.zeros_like(a)
+    ok = np.ones(n, dtype=bool)
+    for j in range(k):
+        d = a[:, j, j] - np.einsum("ni,ni->n", low[:, j, :j], low[:, j, :j])
+        ok &= d > 0
+        low[:, j, j] = np.sqrt(np.where(d > 0, d, 1.0))
+        for i in range(j + 1, k):
+            low[:, i, j] = (a[:, i, j] - np.einsum("ni,ni->n", low[:, i, :j], low[:, j, :j])) / low[:, j, j]
+    y = np.empty_like(g)
+    for i in range(k):
+        y[:, i] = (g[:, i] - np.einsum("ni,ni->n", low[:, i, :i], y[:, :i])) / low[:, i, i]
+    x = np.empty_like(g)
+    for i in reversed(range(k)):
+        x[:, i] = (y[:, i] - np.einsum("ni,ni->n", low[:, i + 1:, i], x[:, i + 1:])) / low[:, i, i]
+    return x, ok
+
+
+def _newton(bvals, signal, params, lo, hi, vary, max_iter=100, rtol=1e-13):
+    """Box-constrained damped Newton from ``params``; each voxel is frozen once converged.
+
+    Works in coordinates scaled to [0, 1] over each voxel's box; fixed parameters, and those
+    on a bound whose gradient points outwards, are held (projected Newton).  The Hessian is
+    exact (Gauss-Newton plus the residual-weighted second derivatives, so large residuals still
+    converge fast), damped Levenberg-Marquardt style.  Returns the parameters (n, 4) and their
+    RSS (n,).
+    """
+    width = np.where(vary, hi - lo, 0.0)
+    params = np.clip(params, lo, hi)
+    x = np.divide(params - lo, width, out=np.zeros_like(params), where=width > 0)
+    resid = model.ivim_signal(bvals, *params.T) - signal
+    rss = np.einsum("ij,ij->i", resid, resid)
+    lam = np.full(len(signal), 1e-4)
+    todo = np.arange(len(signal))
+    eye = np.eye(4)
+    for _ in range(max_iter):
+        if todo.size == 0:
+            break
+        p, xi, w, l = params[todo], x[todo], width[todo], lam[todo]
+        grad, gn, hess = model.ivim_newton_terms(bvals, p, resid[todo])
+        ww = w[:, :, None] * w[:, None, :]
+        grad, gn, hess = grad * w, gn * ww, hess * ww
+        held = (w == 0) | ((xi <= 0.0) & (grad > 0.0)) | ((xi >= 1.0) & (grad < 0.0))
+        outer = held[:, :, None] | held[:, None, :]
+        damp = (l[:, None] * np.abs(np.einsum("nii->ni", gn)) + 1e-300 + held)[:, :, None] * eye
+        grad[held] = 0.0
+        # Newton where the damped exact Hessian is positive definite, else Gauss-Newton
+        step, pd = _cholesky_solve(np.where(outer, 0.0, hess) + damp, -grad)
+        if not pd.all():
+            gn_step = _cholesky_solve(np.where(outer, 0.0, gn) + damp, -grad)[0]
+            step = np.where(pd[:, None], step, gn_step)
+        # two trial points: the step clipped to the box, and the step shortened to its first bound
+        with np.errstate(divide="ignore", invalid="ignore"):
+            room = np.where(step > 0, (1.0 - xi) / step, np.where(step < 0, -xi / step, np.inf))
+        short = np.clip(xi + np.minimum(room.min(axis=1), 1.0)[:, None] * step, 0.0, 1.0)
+        x_new = np.clip(xi + step, 0.0, 1.0)
+        unclipped = np.all(x_new == xi + step, axis=1)
+        rss_new, p_new, r_new = None, None, None
+        for trial in (x_new, short):
+            p_t = np.where(w > 0, lo[todo] + trial * w, p)
+            r_t = model.ivim_signal(bvals, *p_t.T) - signal[todo]
+            rss_t = np.einsum("ij,ij->i", r_t, r_t)
+            if rss_new is None:
+                rss_new, p_new, r_new, x_best = rss_t, p_t, r_t, trial
+            else:
+                m = rss_t < rss_new
+                rss_new = np.where(m, rss_t, rss_new)
+                p_new[m], r_new[m], x_best = p_t[m], r_t[m], np.where(m[:, None], trial, x_best)
+        old = rss[todo]
+        better = rss_new < old
+        acc = todo[better]
+        params[acc], x[acc], resid[acc], rss[acc] = p_new[better], x_best[better], r_new[better], rss_new[better]
+        lam[todo] = np.where(better, np.maximum(l * 0.2, 1e-9), l * 8.0)
+        # converged: an undamped, unclipped Newton step changes nothing that matters
+        settled = (np.abs(old - rss_new) <= rtol * old) & unclipped & (l <= 1e-2)
+        done = settled | (np.abs(step).max(axis=1) < 1e-12) | (~better & (l > 1e8))
+        todo = todo[~done]
+    return params, rss
+
+
+def fit_fast(bvals, signal, lo, hi, vary):
+    """The vectorised engine.
+
+    Step-2 candidates come from the two lowest local minima of a (D, D*) grid and from the best
+    point of the face f = f_max (where the ±5 % refinement can go past the bound); each is
+    polished by Newton in the nominal box, then refined by Newton in its ±5 % box.  The candidate
+    whose refined fit has the lowest RSS wins.  Where step-2 f is 0, D* is undetermined, so the
+    refinement searches D* over its whole nominal range (±5 %).
+
+    Parameters
+    ----------
+    bvals : ndarray (n_b,); signal : ndarray (n_voxels, n_b)
+    lo, hi : ndarray (n_voxels, 4), nominal bounds; vary : ndarray of bool (4,)
+
+    Returns
+    -------
+    params : ndarray (n_voxels, 4)
+    """
+    face_lo = lo.copy()
+    face_lo[:, 2] = hi[:, 2]
+    on_face = vary & (np.arange(4) != 2)
+    starts = _grid_starts(bvals, signal, lo, hi, vary)
+    best, best_rss = _step2_and_refine(bvals, signal, starts[0], lo, hi, vary, vary)
+    for start, box_lo, free in ((starts[1], lo, vary), (starts[2], face_lo, on_face)):
+        todo = np.flatnonzero(np.any(start != starts[0], axis=1))
+        p, r = _step2_and_refine(bvals, signal[todo], start[todo], box_lo[todo], hi[todo], free, vary)
+        better = r < best_rss[todo]
+        best[todo[better]], best_rss[todo[better]] = p[better], r[better]
+    return best
+
+
+def _step2_and_refine(bvals, signal, start, lo, hi, free, vary):
+    """Newton in the box (lo, hi) over the ``free`` parameters, then in the refinement box."""
+    step2, _ = _newton(bvals, signal, start, lo, hi, free)
+    r_lo, r_hi = model.refinement_bounds(step2, vary)
+    zero_f = step2[:, 2] <= model.REFINE_F_ZERO[0]
+    r_lo[zero_f, 3] = lo[zero_f, 3] * (1 - model.REFINE)
+    r_hi[zero_f, 3] = hi[zero_f, 3] * (1 + model.REFINE)
+    start = step2.copy()
+    if zero_f.any():
+        start[zero_f] = _grid_starts(bvals, signal[zero_f], r_lo[zero_f], r_hi[zero_f], vary)[0]
+    return _newton(bvals, signal, start, r_lo, r_hi, vary)

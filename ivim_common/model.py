@@ -61,19 +61,50 @@ def ivim_signal(bvals, S0, D, Fivim, Dstar):
     return S0 * e_d * (Fivim * np.exp(-b * Dstar) + 1.0 - Fivim)
 
 
-def ivim_jacobian(bvals, S0, D, Fivim, Dstar):
-    """Derivatives of :func:`ivim_signal`, shape (..., n_b, 4) in the order of PARAM_NAMES."""
+def ivim_newton_terms(bvals, params, resid):
+    """Gradient and exact Hessian of ½·RSS for residuals ``resid`` = model - data.
+
+    Parameters
+    ----------
+    bvals : ndarray (n_b,)
+    params : ndarray (n, 4), in the order of PARAM_NAMES
+    resid : ndarray (n, n_b)
+
+    Returns
+    -------
+    grad : ndarray (n, 4)
+        Jᵀr.
+    gauss_newton : ndarray (n, 4, 4)
+        JᵀJ.
+    hess : ndarray (n, 4, 4)
+        JᵀJ + Σ_b r_b·∇²S_b (the second derivatives of S are -b times its first ones,
+        except those involving S0, which are the first ones over S0, and d²S/dD*df).
+    """
     b = np.asarray(bvals, dtype=float)
-    S0, D, Fivim, Dstar = (np.asarray(p, dtype=float)[..., None] for p in (S0, D, Fivim, Dstar))
+    S0, D, Fivim, Dstar = (params[:, k:k + 1] for k in range(4))
     e_d = np.exp(-b * D)
-    e_p = np.exp(-b * Dstar)
-    shape = e_d * (Fivim * e_p + 1.0 - Fivim)
-    return np.stack([
-        shape,                                  # dS/dS0
-        -b * S0 * shape,                        # dS/dD
-        S0 * e_d * (e_p - 1.0),                 # dS/dFivim
-        -b * S0 * e_d * Fivim * e_p,            # dS/dDstar
-    ], axis=-1)
+    perf = e_d * np.exp(-b * Dstar)       # perfusing pool, per unit S0·f
+    diff = perf - e_d
+    shape = e_d + Fivim * diff
+    jac = np.empty(shape.shape + (4,))
+    jac[..., 0] = shape
+    jac[..., 1] = -b * S0 * shape
+    jac[..., 2] = S0 * diff
+    jac[..., 3] = -b * S0 * Fivim * perf
+    jac_t = jac.transpose(0, 2, 1)
+    rb = resid * b
+    grad, q = (jac_t @ np.stack([resid, rb], axis=-1)).transpose(2, 0, 1)   # Jᵀr, Jᵀ(b·r)
+    gauss_newton = jac_t @ jac
+    hess = gauss_newton.copy()
+    s0 = params[:, 0]
+    second = {(0, 1): -q[:, 0], (0, 2): grad[:, 2] / s0, (0, 3): grad[:, 3] / s0, (1, 1): -q[:, 1],
+              (1, 2): -q[:, 2], (1, 3): -q[:, 3], (2, 3): -s0 * np.einsum("nb,nb->n", rb, perf),
+              (3, 3): -q[:, 3]}
+    for (i, j), v in second.items():
+        hess[:, i, j] += v
+        if i != j:
+            hess[:, j, i] += v
+    return grad, gauss_newton, hess
 
 
 def settings(approach, bounds_version="2020"):

@@ -1,0 +1,70 @@
+"""What every command-line script shares: the parser, the common flags and the exit codes.
+
+Exit codes: 0 success, 1 user error (:class:`ivim_common.errors.IvimError`, one line on
+stderr), 2 usage error (one line on stderr), 130 interrupted by Ctrl-C.  Tracebacks are shown
+only with ``-v 2``.  Only the standard library is imported here, so ``--help`` stays instant.
+"""
+import argparse
+import sys
+import traceback
+
+from . import __version__
+from .errors import IvimError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the description and epilog kept as written and one-line usage errors."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_common_arguments(parser):
+    """Add ``-v 0|1|2`` and ``--version``."""
+    parser.add_argument("-v", dest="verbose", type=int, choices=(0, 1, 2), default=1,
+                        help="verbosity: 0 quiet, 1 progress and summary (default), 2 debug and tracebacks")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
+def run(body, args, prog):
+    """Call ``body(args)`` and turn the outcome into an exit code.
+
+    Parameters
+    ----------
+    body : callable
+        Does the work; raises IvimError for user mistakes.
+    args : argparse.Namespace
+        Parsed arguments (with ``verbose``).
+    prog : str
+        Script name for messages.
+
+    Returns
+    -------
+    int
+        0, 1 (IvimError) or 130 (KeyboardInterrupt).
+    """
+    try:
+        body(args)
+    except IvimError as exc:
+        if args.verbose >= 2:
+            traceback.print_exc()
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if args.verbose >= 2:
+            traceback.print_exc()
+        print(f"{prog}: interrupted, no output written", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Voxel-wise IVIM fitting of a 4-D diffusion-weighted NIfTI image (successor of Lévy et al., MRM 2020)."""
+import os
+import sys
+import textwrap
+import time
+
+from ivim_common import cli, fit, model
+
+PROG = "ivim_fitting.py"
+SIDECAR = "ivim_fitting.json"
+MAP_FILES = {name: f"{name}_map.nii.gz" for name in fit.OUTPUT_NAMES}
+
+EXAMPLE = f"""\
+example (the bundled test data, the published maps' bounds):
+  {PROG} -i test_data/dwi_rl.nii.gz -b test_data/bval_rl.txt \\
+      -ma test_data/cord_seg_dilated.nii.gz -mo one-step --bounds-version 2019 -o ivim_maps_rl
+
+writes ivim_maps_rl/{{S0,D,Dstar,Fivim,FivimXDstar,AIC,R2,exception}}_map.nii.gz (float32, the
+DWI's affine; 0 outside the mask; NaN where a fit failed, with exception_map = 1) and the
+sidecar ivim_maps_rl/{SIDECAR} (inputs with sha256, command, equation, bounds, seed, counts,
+median and IQR of each map).  Exit codes: 0 done, 1 input/output error, 2 usage, 130 Ctrl-C."""
+
+
+def get_parser():
+    """The command-line parser (argparse), with the model equation and a worked example."""
+    parser = cli.ArgumentParser(
+        prog=PROG,
+        description=f"""\
+Fit the IVIM bi-exponential model voxel by voxel to a 4-D diffusion-weighted image:
+
+  {model.EQUATION}
+
+{textwrap.fill("b in s/mm^2, D and Dstar in mm^2/s. " + model.CONVERSION, 96)}
+
+Each voxel: a log-linear fit on the high b-values gives Dinit and S0(1-f), then a bounded fit
+of all b-values (as the original toolbox), then a refit within +/-5% of that result.
+Without a mask (-ma), every voxel whose signal is finite and positive at the lowest b-value is
+fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the run goes on.""",
+        epilog=EXAMPLE)
+    parser.add_argument("-i", "--input", required=True, metavar="DWI",
+                        help="4-D diffusion-weighted NIfTI image (x, y, z, volume)")
+    parser.add_argument("-b", "--bval", required=True, metavar="BVAL",
+                        help="b-values (s/mm^2), one per volume, as one row or one column, separated by "
+                             "spaces, commas or tabs (FSL .bval works)")
+    parser.add_argument("-ma", "--mask", metavar="MASK",
+                        help="3-D NIfTI mask on the DWI's grid; voxels > 0 are fitted (default: see above)")
+    parser.add_argument("-mo", "--model", default="one-step", choices=model.APPROACHES,
+                        help="one-step: S0, D, f, D* free (default); two-step: D fixed at Dinit")
+    parser.add_argument("-o", "--ofolder", default="params_map", metavar="FOLDER",
+                        help="output folder (default: %(default)s)")
+    parser.add_argument("--bounds-version", choices=model.BOUNDS_VERSIONS,
+                        help="one-step bounds: 2020 (default; b >= 400 for Dinit, f in [0, 0.20], "
+                             "D* in [2*Dinit, 50e-3]) or 2019 (the published maps; b >= 500, f in [0, 0.35], "
+                             "D* in [0.8*Dinit, 35.5e-3])")
+    parser.add_argument("--engine", default="fast", choices=fit.ENGINES,
+                        help="fast: vectorised (default); lmfit: differential evolution as the original, "
+                             "about 1-2 s of CPU per voxel")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the lmfit engine; each voxel's seed derives from it and the voxel's "
+                             "index (default: %(default)s)")
+    parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
+                        help=f"worker processes (default: all cores, here {os.cpu_count()})")
+    parser.add_argument("-mt", type=int, choices=(0, 1), default=1,
+                        help="original flag: 0 = a single process (as -j 1), 1 = use --jobs (default)")
+    parser.add_argument("--chunk-size", type=cli.positive_int, metavar="N",
+                        help="voxels per chunk of work (default: 5000 fast, 20 lmfit); results do not "
+                             "depend on it")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an existing output folder, replacing only the 8 maps and the sidecar "
+                             "(nothing else in it is touched)")
+    cli.add_common_arguments(parser)
+    return parser
+
+
+def fit_to_folder(args, argv):
+    """Load and check the inputs, fit every selected voxel, write the maps and the sidecar."""
+    from ivim_common import io, voxelpool
+
+    start = time.perf_counter()
+    io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), SIDECAR])
+    inputs = io.load_fit_inputs(args.input, args.bval, args.mask)
+    bounds_version = args.bounds_version or "2020"
+    jobs = 1 if args.mt == 0 else (args.jobs or os.cpu_count())
+    if args.verbose >= 2:
+        print(f"{PROG}: {inputs.signal.shape[0]} voxels x {inputs.bvals.size} b-values, "
+              f"{inputs.selection}; engine {args.engine}, {jobs} job(s)", file=sys.stderr)
+    maps = voxelpool.fit_in_chunks(inputs.bvals, inputs.signal, inputs.voxel_ids, approach=args.model,
+                                   bounds_version=bounds_version, engine=args.engine, seed=args.seed,
+                                   jobs=jobs, chunk_size=args.chunk_size, progress=args.verbose >= 1)
+    fitted = maps["exception"] == 0
+    sidecar = {
+        **io.provenance(PROG, argv),
+        "inputs": inputs.records,
+        "voxel_selection": inputs.selection,
+        "bvals": inputs.bvals,
+        "model": {"equation": model.EQUATION, "conversion": model.CONVERSION, "units": model.UNITS,
+                  "parameters": list(model.PARAM_NAMES)},
+        "approach": args.model,
+        "bounds_version": bounds_version if args.model == "one-step" else None,
+        "bounds": model.bounds_description(args.model, bounds_version),
+        "engine": args.engine,
+        "seed": args.seed,
+        "jobs": jobs,
+        "maps": MAP_FILES,
+        "counts": {"mask_voxels": fitted.size, "fitted": int(fitted.sum()), "failed": int((~fitted).sum())},
+        "summary": io.median_iqr({k: v for k, v in maps.items() if k != "exception"}, fitted),
+        "run_time_s": round(time.perf_counter() - start, 3),
+    }
+    with io.staged_output(args.ofolder) as tmp:
+        for name, filename in MAP_FILES.items():
+            io.write_map(os.path.join(tmp, filename), maps[name], inputs.selected, inputs.image)
+        io.write_json(os.path.join(tmp, SIDECAR), sidecar)
+    if args.verbose >= 1:
+        print(f"{PROG}: fitted {int(fitted.sum())} voxels, {int((~fitted).sum())} failed, "
+              f"in {sidecar['run_time_s']:.1f} s ({args.model}, engine {args.engine}, {jobs} job(s)); "
+              f"maps in {args.ofolder}{os.sep}")
+
+
+def main(argv=None):
+    """Run the command line; returns the exit code (0, 1, 2 or 130)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
+    if args.model == "two-step" and args.bounds_version is not None:
+        parser.error("--bounds-version applies to -mo one-step only (two-step has one set of bounds)")
+    return cli.run(lambda a: fit_to_folder(a, argv), args, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""ivim_fitting.py end to end: input checks, outputs, sidecar, --force, -j, Ctrl-C."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import ivim_fitting
+from conftest import AFFINE, BVALS, NAN_VOXEL, NONPOS_VOXEL, REPO, run_script, write_dataset
+from ivim_common import fit, io, model
+from ivim_common.errors import InputError
+
+CLI_ENGINE = "lmfit"  # the CLI runs below fit at most 6 voxels
+
+
+def call_main(argv, capsys):
+    """Run ivim_fitting.main in this process; returns (exit code, stderr)."""
+    try:
+        code = ivim_fitting.main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse usage errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def base_args(data, out):
+    return ["-i", data["dwi"], "-b", data["bval"], "-ma", data["mask"], "-o", out, "--engine", CLI_ENGINE,
+            "-j", 1]
+
+
+def read_maps(folder):
+    """{name: nibabel image} of the 8 maps in an output folder."""
+    return {name: nib.load(os.path.join(folder, f"{name}_map.nii.gz")) for name in fit.OUTPUT_NAMES}
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+def _write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def _save(path, data, affine=AFFINE):
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return path
+
+
+def _replace(args, flag, value):
+    args[args.index(flag) + 1] = value
+    return args
+
+
+BAD_INPUTS = {
+    # name: (change of the arguments, expected exit code, text expected in the message)
+    "missing DWI": (lambda a, d, t: _replace(a, "-i", t / "nope.nii.gz"), 1, "nope.nii.gz: no such file"),
+    "missing b-values": (lambda a, d, t: _replace(a, "-b", t / "nope.bval"), 1, "nope.bval: no such file"),
+    "missing mask": (lambda a, d, t: _replace(a, "-ma", t / "nope.nii.gz"), 1, "nope.nii.gz: no such file"),
+    "DWI unreadable": (lambda a, d, t: _replace(a, "-i", _write(t / "junk.nii.gz", "not an image")), 1,
+                       "junk.nii.gz: not a readable NIfTI"),
+    "DWI not NIfTI": (lambda a, d, t: _replace(a, "-i", _mgh(t / "dwi.mgz")), 1, "dwi.mgz: not a NIfTI"),
+    "DWI 3-D": (lambda a, d, t: _replace(a, "-i", _save(t / "dwi3d.nii.gz", np.ones((3, 3, 1), np.float32))),
+                1, "dwi3d.nii.gz: expected a 4-D image"),
+    "b-value count": (lambda a, d, t: _replace(a, "-b", _write(t / "b10.txt", " ".join(["5"] * 10))), 1,
+                      "11 volumes but b-value file"),
+    "negative b-value": (lambda a, d, t: _replace(a, "-b", _write(t / "bneg.txt", "-5 " + "10 " * 10)), 1,
+                         "bneg.txt: negative b-value -5"),
+    "non-numeric b-value": (lambda a, d, t: _replace(a, "-b", _write(t / "babc.txt", "abc " + "10 " * 10)), 1,
+                            "babc.txt: non-numeric b-value 'abc'"),
+    "b-value matrix": (lambda a, d, t: _replace(a, "-b", _write(t / "b2d.txt", ("5 " * 11 + "\n") * 2)), 1,
+                       "b2d.txt: expected one row or one column"),
+    "empty b-value file": (lambda a, d, t: _replace(a, "-b", _write(t / "bnone.txt", "\n")), 1,
+                           "bnone.txt: no b-values"),
+    "mask shape": (lambda a, d, t: _replace(a, "-ma", _save(t / "m2.nii.gz", np.ones((3, 3, 2), np.int8))), 1,
+                   "m2.nii.gz: shape (3, 3, 2) differs"),
+    "mask affine": (lambda a, d, t: _replace(a, "-ma", _save(t / "maff.nii.gz", np.ones((3, 3, 1), np.int8),
+                                                             np.eye(4))), 1, "maff.nii.gz: affine"),
+    "empty mask": (lambda a, d, t: _replace(a, "-ma", _save(t / "m0.nii.gz", np.zeros((3, 3, 1), np.int8))), 1,
+                   "m0.nii.gz: empty"),
+    "unknown approach": (lambda a, d, t: a + ["-mo", "three-step"], 2, "invalid choice: 'three-step'"),
+    "bounds version with two-step": (lambda a, d, t: a + ["-mo", "two-step", "--bounds-version", "2019"], 2,
+                                     "--bounds-version applies to -mo one-step only"),
+    "output is a file": (lambda a, d, t: _replace(a, "-o", _write(t / "afile", "")), 1,
+                         "afile: exists and is not a folder"),
+}
+
+
+def _mgh(path):
+    nib.save(nib.MGHImage(np.ones((3, 3, 1, 11), np.float32), AFFINE), path)
+    return path
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_one_line_no_output(case, dataset, tmp_path, capsys):
+    change, expected_code, expected_text = BAD_INPUTS[case]
+    args = change(base_args(dataset, tmp_path / "out"), dataset, tmp_path)
+    before = set(os.listdir(tmp_path))  # the bad files are made by change()
+    code, err = call_main(args, capsys)
+    assert code == expected_code
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("ivim_fitting.py: error: ")
+    assert expected_text in err
+    assert set(os.listdir(tmp_path)) == before  # no output folder, no temporary folder
+
+
+def test_existing_output_refused_untouched(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    code, err = call_main(base_args(dataset, out), capsys)
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1
+    assert "already exists (use --force" in err
+    assert os.listdir(out) == ["notes.txt"]
+
+
+# --------------------------------------------------------------------------- b-values and selection
+
+@pytest.mark.parametrize("text", ["5 10 20 600\n", "5,10,20,600", "5\t10\t20\t600 \n", "5\n10\n20\n600\n",
+                                  "5, 10, 20, 600\n", "  5 10  20 600  \n\n"])
+def test_bval_formats(text, tmp_path):
+    path = _write(tmp_path / "b.bval", text)
+    np.testing.assert_array_equal(io.read_bvals(path), [5, 10, 20, 600])
+
+
+def test_no_mask_selects_finite_positive_at_lowest_b(dataset):
+    image = nib.load(dataset["dwi"])
+    data = image.get_fdata()
+    data[0, 0, 0, 0] = -1.0        # non-positive at the lowest b: not selected
+    data[0, 1, 0, 0] = np.inf      # non-finite at the lowest b: not selected
+    nib.save(nib.Nifti1Image(data, AFFINE), dataset["dwi"])
+    inputs = io.load_fit_inputs(dataset["dwi"], dataset["bval"])
+    expected = np.ones((3, 3, 1), bool)
+    expected[0, 0, 0] = expected[0, 1, 0] = False
+    np.testing.assert_array_equal(inputs.selected, expected)  # NAN_VOXEL is selected: NaN at b = 30
+    np.testing.assert_array_equal(inputs.voxel_ids, np.flatnonzero(expected))
+    assert inputs.signal.shape == (7, BVALS.size)
+    assert inputs.records["mask"] is None
+
+
+def test_no_voxel_selected_is_an_error(dataset):
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 1, BVALS.size), np.float32), AFFINE), dataset["dwi"])
+    with pytest.raises(InputError, match="no voxel has a finite, positive signal"):
+        io.load_fit_inputs(dataset["dwi"], dataset["bval"])
+
+
+# --------------------------------------------------------------------------- a successful run
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory):
+    """One run on the 6-voxel mask (2 of them with bad samples): (data set, output folder)."""
+    tmp = tmp_path_factory.mktemp("run")
+    data = write_dataset(tmp / "data")
+    out = tmp / "maps"
+    assert ivim_fitting.main([str(a) for a in base_args(data, out)] + ["-v", "0"]) == 0
+    return data, out
+
+
+def test_maps_float32_affine_mask_and_failures(fitted_run):
+    data, out = fitted_run
+    mask = nib.load(data["mask"]).get_fdata() > 0
+    failed = np.zeros_like(mask)
+    failed[NAN_VOXEL] = failed[NONPOS_VOXEL] = True
+    for name, image in read_maps(out).items():
+        values = image.get_fdata()
+        assert image.get_data_dtype() == np.float32
+        assert image.shape == mask.shape
+        np.testing.assert_allclose(image.affine, AFFINE, atol=1e-6)
+        assert (values[~mask] == 0).all(), name
+        if name == "exception":
+            np.testing.assert_array_equal(values[mask], failed[mask].astype(float))
+        else:
+            assert np.isnan(values[failed]).all(), name
+            assert np.isfinite(values[mask & ~failed]).all(), name
+
+
+def test_maps_recover_the_truth(fitted_run):
+    data, out = fitted_run
+    fitted = nib.load(data["mask"]).get_fdata() > 0
+    fitted[NAN_VOXEL] = fitted[NONPOS_VOXEL] = False
+    maps = read_maps(out)
+    for j, name in enumerate(model.PARAM_NAMES):
+        np.testing.assert_allclose(maps[name].get_fdata()[fitted], data["params"][fitted][:, j], rtol=1e-3)
+
+
+def test_sidecar(fitted_run):
+    data, out = fitted_run
+    with open(os.path.join(out, "ivim_fitting.json")) as f:
+        sidecar = json.load(f)
+    for key, path in (("dwi", data["dwi"]), ("bvals", data["bval"]), ("mask", data["mask"])):
+        with open(path, "rb") as f:
+            assert sidecar["inputs"][key]["sha256"] == hashlib.sha256(f.read()).hexdigest()
+        assert sidecar["inputs"][key]["abspath"] == os.path.abspath(path)
+    assert sidecar["model"]["equation"] == model.EQUATION
+    assert sidecar["model"]["conversion"] == model.CONVERSION
+    assert sidecar["counts"] == {"mask_voxels": 6, "fitted": 4, "failed": 2}
+    assert sidecar["bvals"] == BVALS.tolist()
+    assert (sidecar["approach"], sidecar["bounds_version"], sidecar["engine"], sidecar["seed"]) == \
+        ("one-step", "2020", CLI_ENGINE, 0)
+    assert sidecar["bounds"] == model.bounds_description("one-step", "2020")
+    assert sidecar["maps"] == {name: f"{name}_map.nii.gz" for name in fit.OUTPUT_NAMES}
+    assert sidecar["command"].startswith("ivim_fitting.py -i ")
+    d_map = read_maps(out)["D"].get_fdata()
+    d_fitted = d_map[np.isfinite(d_map) & (d_map != 0)]
+    assert sidecar["summary"]["D"]["median"] == pytest.approx(np.median(d_fitted), rel=1e-6)
+    assert sidecar["summary"]["D"]["iqr"] == pytest.approx(np.percentile(d_fitted, [25, 75]), rel=1e-6)
+    assert sidecar["run_time_s"] > 0
+
+
+def test_force_replaces_only_toolbox_files(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data", mask_voxels=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "S0_map.nii.gz").write_text("stale")
+    code, err = call_main(base_args(data, out) + ["--force", "-v", "0"], capsys)
+    assert code == 0, err
+    assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(os.listdir(out)) == sorted(["notes.txt", "ivim_fitting.json"] +
+                                             [f"{name}_map.nii.gz" for name in fit.OUTPUT_NAMES])
+    assert nib.load(out / "S0_map.nii.gz").get_data_dtype() == np.float32
+    assert sorted(os.listdir(tmp_path)) == ["data", "out"]  # no temporary folder left
+
+
+# --------------------------------------------------------------------------- processes
+
+@pytest.mark.parametrize("engine", ["lmfit"])
+def test_jobs_and_chunks_give_identical_maps(engine, tmp_path):
+    data = write_dataset(tmp_path / "data", mask_voxels=3)  # 2 voxels to fit, NAN_VOXEL between them
+    common = ["-i", data["dwi"], "-b", data["bval"], "-ma", data["mask"], "--engine", engine, "-v", "0"]
+    one = run_script("ivim_fitting.py", *common, "-o", tmp_path / "j1", "-j", "1", "--chunk-size", "3")
+    two = run_script("ivim_fitting.py", *common, "-o", tmp_path / "j2", "-j", "2", "--chunk-size", "1")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    maps1, maps2 = read_maps(tmp_path / "j1"), read_maps(tmp_path / "j2")
+    for name in fit.OUTPUT_NAMES:
+        np.testing.assert_array_equal(maps1[name].get_fdata(), maps2[name].get_fdata(), err_msg=name)
+
+
+def test_ctrl_c_exits_130_and_writes_nothing(dataset, tmp_path):
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(REPO, "ivim_fitting.py"), "-i", dataset["dwi"], "-b", dataset["bval"],
+         "-ma", dataset["mask"], "-o", out, "--engine", "lmfit", "-j", "2", "--chunk-size", "1", "-v", "2"],
+        cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stderr.readline()  # printed once the inputs are loaded, just before the fit starts
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "interrupted" in err
+    assert sorted(os.listdir(tmp_path)) == ["data"]
