@@ -1,5 +1,6 @@
 """ivim_view_fits.py: loading a fit folder, the click-to-fit figure, headless outputs, errors."""
 import json
+import os
 
 import matplotlib
 
@@ -164,6 +165,22 @@ def test_interactive_window_opens_on_the_given_voxel(fit_dir, monkeypatch, capsy
     dwi = nib.load(fit_dir.parent / "dwi.nii.gz").get_fdata()
     assert np.allclose(measured[0].get_ydata(), dwi[1, 2, 0])
     plt.close(fig)
+
+
+def test_headless_outputs_on_test_data(tmp_path, capsys):
+    """The original's maps (no sidecar) with the DWI, b-values and mask named on the command line."""
+    data = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test_data")
+    maps = os.path.join(data, "results_you_should_get", "ivim_maps_rl")
+    argv = ["-i", os.path.join(maps, "Dstar_map.nii.gz"), "-dwi", os.path.join(data, "dwi_rl.nii.gz"),
+            "-b", os.path.join(data, "bval_rl.txt"), "-ma", os.path.join(data, "cord_seg_dilated.nii.gz"),
+            "--voxel", "64,64,2", "--save", str(tmp_path / "v.png"), "--montage", str(tmp_path / "m.png")]
+    assert ivim_view_fits.main(argv) == 0
+    out = capsys.readouterr().out
+    f = nib.load(os.path.join(maps, "Fivim_map.nii.gz")).get_fdata()[64, 64, 2]
+    assert out.startswith("voxel (x, y, z) = (64, 64, 2) [fitted]") and f"Fivim={f:.4g}" in out
+    for name in ("v.png", "m.png"):
+        image = mpimg.imread(tmp_path / name)
+        assert min(image.shape[:2]) > 600 and image[..., :3].std() > 0.05
 
 
 @pytest.mark.parametrize("extra, message", [
