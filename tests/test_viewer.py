@@ -171,8 +171,9 @@ def test_headless_outputs_on_test_data(tmp_path, capsys):
     """The original's maps (no sidecar) with the DWI, b-values and mask named on the command line."""
     data = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "test_data")
     maps = os.path.join(data, "results_you_should_get", "ivim_maps_rl")
-    argv = ["-i", os.path.join(maps, "Dstar_map.nii.gz"), "-dwi", os.path.join(data, "dwi_rl.nii.gz"),
-            "-b", os.path.join(data, "bval_rl.txt"), "-ma", os.path.join(data, "cord_seg_dilated.nii.gz"),
+    argv = ["-i", os.path.join(maps, "Dstar_map.nii.gz"),
+            "-dwi", os.path.join(data, "dwi_rl.nii.gz"), "-b", os.path.join(data, "bval_rl.txt"),
+            "-ma", os.path.join(data, "cord_seg_dilated.nii.gz"),
             "--voxel", "64,64,2", "--save", str(tmp_path / "v.png"), "--montage", str(tmp_path / "m.png")]
     assert ivim_view_fits.main(argv) == 0
     out = capsys.readouterr().out
