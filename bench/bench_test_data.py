@@ -39,6 +39,7 @@ def get_parser():
     parser.add_argument("-j", "--jobs", type=int, help="worker processes (default: all cores)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chunk-size", type=int)
+    parser.add_argument("--maps", help="compare this existing maps folder (of a full test_data fit) instead of fitting")
     parser.add_argument("--max-voxels", type=int,
                         help="fit only this many mask voxels, evenly spread over the mask (default: all 2523)")
     return parser
@@ -73,6 +74,12 @@ def compare(folder, mask):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     mask_path = os.path.join(DATA, "cord_seg_dilated.nii.gz")
+    if args.maps:
+        mask = nib.load(mask_path).get_fdata() > 0
+        rows = compare(args.maps, mask)
+        print(f"\nmaps {args.maps}: {int(mask.sum())} mask voxels")
+        print_rows(rows)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         if args.max_voxels:
             mask_path = subset_mask(mask_path, args.max_voxels, tmp)
@@ -92,6 +99,10 @@ def main(argv=None):
     n = int(mask.sum())
     print(f"\nengine {args.engine}, one-step, bounds {args.bounds_version}, seed {args.seed}: {n} mask voxels "
           f"({failed} failed) in {elapsed:.2f} s wall ({1e3 * elapsed / n:.2f} ms/voxel, files included)")
+    print_rows(rows)
+
+
+def print_rows(rows):
     print(f"{'map':8s}{'step':>12s}{'within 1 step':>16s}{'target':>9s}{'median |diff|':>16s}")
     for name, (step, percent, median) in rows.items():
         print(f"{name:8s}{step:12.3g}{percent:15.1f}%{TARGETS[name]:8.0f}%{median:16.3g}")

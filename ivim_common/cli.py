@@ -60,7 +60,8 @@ def run(body, args, prog):
     except IvimError as exc:
         if args.verbose >= 2:
             traceback.print_exc()
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split())  # one line, even if a library's message had several
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if args.verbose >= 2:

@@ -29,7 +29,7 @@ def goodness_of_fit(bvals, signal, params, n_varied):
     rss = np.einsum("ij,ij->i", resid, resid)
     n_b = signal.shape[1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        aic = n_b * np.log(rss / n_b) + 2 * n_varied
+        aic = n_b * np.log(np.maximum(rss, 1e-250 * n_b) / n_b) + 2 * n_varied  # floor as lmfit
         tss = ((signal - signal.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
         r2 = 1.0 - rss / tss
     return rss, aic, r2
@@ -145,7 +145,7 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
 
 GRID_D = 12          # points over D in each voxel's box (one-step)
 GRID_DSTAR = 20      # points over D* in each voxel's box
-GRID_CHUNK = 512     # voxels per grid block: keeps its temporaries in cache
+GRID_CHUNK = 128     # voxels per grid block: keeps its temporaries in cache
 
 
 def _geomspace(lo, hi, num):
@@ -154,7 +154,7 @@ def _geomspace(lo, hi, num):
     return lo[:, None] * (hi / lo)[:, None] ** t
 
 
-def _amplitudes(gram, yy, box):
+def _amplitudes(gram, yy, box, with_args=True):
     """Exact best (S0, f) for y ≈ S0·f·x1 + S0·(1-f)·x2, S0 in [s_lo, s_hi], f in [f_lo, f_hi].
 
     ``gram`` = (g11, g12, g22, h1, h2) = (x1·x1, x1·x2, x2·x2, x1·y, x2·y), yy = y·y, all
@@ -165,16 +165,18 @@ def _amplitudes(gram, yy, box):
     Returns
     -------
     s0, f, rss : ndarray
-    rss_face : ndarray
-        The best RSS on the edge f = f_hi.
+        With ``with_args``; without, ``rss`` and ``rss_face``, the best RSS on the edge f = f_hi.
     """
     g11, g12, g22, h1, h2 = gram
     s_lo, s_hi, f_lo, f_hi = box
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         cands = []
         for f in (f_hi, f_lo):                    # f on a bound: S0 = (h·u)/(u·Gu), u = (f, 1-f)
-            hu = f * h1 + (1 - f) * h2
-            uu = f * f * g11 + 2 * f * (1 - f) * g12 + (1 - f) ** 2 * g22
+            if np.all(f == 0):                    # the common f_lo: no D* dependence, cheap
+                hu, uu = h2, g22
+            else:
+                hu = f * h1 + (1 - f) * h2
+                uu = f * f * g11 + 2 * f * (1 - f) * g12 + (1 - f) ** 2 * g22
             s0 = np.clip(hu / uu, s_lo, s_hi)
             cands.append((s0, f, yy - s0 * (2 * hu - s0 * uu)))
         hd, gd = h1 - h2, g12 - g22
@@ -190,12 +192,17 @@ def _amplitudes(gram, yy, box):
         inside = ((det > 1e-12 * g11 * g22) & (s_free >= s_lo) & (s_free <= s_hi)
                   & (f_free >= f_lo) & (f_free <= f_hi))
         cands.append((s_free, f_free, np.where(inside, yy - a * h1 - (s_free - a) * h2, np.inf)))
+    if not with_args:                             # the grid needs the minimum only
+        rss = cands[0][2]
+        for c in cands[1:]:
+            rss = np.minimum(rss, c[2])
+        return rss, cands[0][2]
     shape = np.broadcast_shapes(*(np.shape(v) for c in cands for v in c))
     s0, f, rss = (np.broadcast_to(v, shape) for v in cands[0])
     for s0_c, f_c, rss_c in cands[1:]:
         m = rss_c < rss
         s0, f, rss = np.where(m, s0_c, s0), np.where(m, f_c, f), np.where(m, rss_c, rss)
-    return s0, f, rss, np.broadcast_to(cands[0][2], shape)
+    return s0, f, rss
 
 
 def _gram(bvals, signal, d, dstar):
@@ -229,7 +236,7 @@ def _grid_block(bvals, signal, lo, hi, vary):
     gram = _gram(bvals, signal, d, dstar)
     yy = np.einsum("ij,ij->i", signal, signal)
     box = [v[:, None, None] for v in (lo[:, 0], hi[:, 0], lo[:, 2], hi[:, 2])]
-    s0, f, rss, rss_face = _amplitudes(gram, yy[:, None, None], box)
+    rss, rss_face = _amplitudes(gram, yy[:, None, None], box, with_args=False)
     # local minima: no lower value among the 8 neighbours
     pad = np.pad(rss, ((0, 0), (1, 1), (1, 1)), constant_values=np.inf)
     is_min = np.ones(rss.shape, dtype=bool)
@@ -241,50 +248,51 @@ def _grid_block(bvals, signal, lo, hi, vary):
     two = np.argsort(flat, axis=1)[:, :2]
     two[:, 1] = np.where(np.isfinite(np.take_along_axis(flat, two[:, 1:], 1)[:, 0]), two[:, 1], two[:, 0])
     rows = np.arange(n)
+    face_box = (lo[:, 0], hi[:, 0], hi[:, 2], hi[:, 2])
+    flat_box = (lo[:, 0], hi[:, 0], lo[:, 2], hi[:, 2])
     starts = np.empty((3, n, 4))
-    for k, idx in enumerate((two[:, 0], two[:, 1], rss_face.reshape(n, -1).argmin(axis=1))):
+    for k, (idx, amp_box) in enumerate(((two[:, 0], flat_box), (two[:, 1], flat_box),
+                                        (rss_face.reshape(n, -1).argmin(axis=1), face_box))):
         i_d, i_s = np.unravel_index(idx, rss.shape[1:])
-        starts[k] = np.column_stack([s0[rows, i_d, i_s], d[rows, i_d], f[rows, i_d, i_s], dstar[rows, i_s]])
-    # the face start: its own amplitudes, f = f_hi
-    i_d, i_s = np.unravel_index(rss_face.reshape(n, -1).argmin(axis=1), rss.shape[1:])
-    g = tuple(np.broadcast_to(t, rss.shape)[rows, i_d, i_s] for t in gram)
-    starts[2, :, 0] = _amplitudes(g, yy, (lo[:, 0], hi[:, 0], hi[:, 2], hi[:, 2]))[0]
-    starts[2, :, 2] = hi[:, 2]
+        g = tuple(np.broadcast_to(t, rss.shape)[rows, i_d, i_s] for t in gram)
+        s0, f, _ = _amplitudes(g, yy, amp_box)
+        starts[k] = np.column_stack([s0, d[rows, i_d], f, dstar[rows, i_s]])
     return starts
 
 
 def _cholesky_solve(a, g):
     """Solve a·x = g for a batch of small symmetric matrices a (n, k, k), elementwise in numpy.
 
-    Much cheaper than one LAPACK call per matrix.  Returns x (n, k) and a boolean (n,) that is
-    False where a is not positive definite (x is then meaningless).
+    Returns x (n, k) and a boolean (n,) that is False where a is not positive definite (x is
+    then meaningless).
     """
-    n, k = g.shape
-    low = np.zeros_like(a)
-    ok = np.ones(n, dtype=bool)
+    k = g.shape[1]
+    low = [[None] * k for _ in range(k)]
+    ok = np.ones(len(g), dtype=bool)
     for j in range(k):
-        d = a[:, j, j] - np.einsum("ni,ni->n", low[:, j, :j], low[:, j, :j])
+        d = a[:, j, j] - sum(low[j][m] * low[j][m] for m in range(j))
         ok &= d > 0
-        low[:, j, j] = np.sqrt(np.where(d > 0, d, 1.0))
+        low[j][j] = np.sqrt(np.where(d > 0, d, 1.0))
         for i in range(j + 1, k):
-            low[:, i, j] = (a[:, i, j] - np.einsum("ni,ni->n", low[:, i, :j], low[:, j, :j])) / low[:, j, j]
-    y = np.empty_like(g)
+            low[i][j] = (a[:, i, j] - sum(low[i][m] * low[j][m] for m in range(j))) / low[j][j]
+    y = [None] * k
     for i in range(k):
-        y[:, i] = (g[:, i] - np.einsum("ni,ni->n", low[:, i, :i], y[:, :i])) / low[:, i, i]
-    x = np.empty_like(g)
+        y[i] = (g[:, i] - sum(low[i][m] * y[m] for m in range(i))) / low[i][i]
+    x = [None] * k
     for i in reversed(range(k)):
-        x[:, i] = (y[:, i] - np.einsum("ni,ni->n", low[:, i + 1:, i], x[:, i + 1:])) / low[:, i, i]
-    return x, ok
+        x[i] = (y[i] - sum(low[m][i] * x[m] for m in range(i + 1, k))) / low[i][i]
+    return np.stack(x, axis=1), ok
 
 
-def _newton(bvals, signal, params, lo, hi, vary, max_iter=100, rtol=1e-13):
+def _newton(bvals, signal, params, lo, hi, vary, max_iter=100, rtol=1e-11):
     """Box-constrained damped Newton from ``params``; each voxel is frozen once converged.
 
     Works in coordinates scaled to [0, 1] over each voxel's box; fixed parameters, and those
     on a bound whose gradient points outwards, are held (projected Newton).  The Hessian is
     exact (Gauss-Newton plus the residual-weighted second derivatives, so large residuals still
-    converge fast), damped Levenberg-Marquardt style.  Returns the parameters (n, 4) and their
-    RSS (n,).
+    converge fast) where, damped Levenberg-Marquardt style, it is positive definite; else the
+    Gauss-Newton one.  Each step is tried clipped to the box and, where clipping changed it,
+    also shortened to its first bound.  Returns the parameters (n, 4) and their RSS (n,).
     """
     width = np.where(vary, hi - lo, 0.0)
     params = np.clip(params, lo, hi)
@@ -294,43 +302,45 @@ def _newton(bvals, signal, params, lo, hi, vary, max_iter=100, rtol=1e-13):
     lam = np.full(len(signal), 1e-4)
     todo = np.arange(len(signal))
     eye = np.eye(4)
+
+    def trial(idx, x_t):
+        p_t = lo[idx] + x_t * width[idx]
+        p_t = np.where(width[idx] > 0, p_t, params[idx])
+        r_t = model.ivim_signal(bvals, *p_t.T) - signal[idx]
+        return p_t, r_t, np.einsum("ij,ij->i", r_t, r_t)
+
     for _ in range(max_iter):
         if todo.size == 0:
             break
-        p, xi, w, l = params[todo], x[todo], width[todo], lam[todo]
-        grad, gn, hess = model.ivim_newton_terms(bvals, p, resid[todo])
+        xi, w, l = x[todo], width[todo], lam[todo]
+        grad, gn, hess = model.ivim_newton_terms(bvals, params[todo], resid[todo])
         ww = w[:, :, None] * w[:, None, :]
         grad, gn, hess = grad * w, gn * ww, hess * ww
         held = (w == 0) | ((xi <= 0.0) & (grad > 0.0)) | ((xi >= 1.0) & (grad < 0.0))
         outer = held[:, :, None] | held[:, None, :]
         damp = (l[:, None] * np.abs(np.einsum("nii->ni", gn)) + 1e-300 + held)[:, :, None] * eye
         grad[held] = 0.0
-        # Newton where the damped exact Hessian is positive definite, else Gauss-Newton
         step, pd = _cholesky_solve(np.where(outer, 0.0, hess) + damp, -grad)
         if not pd.all():
-            gn_step = _cholesky_solve(np.where(outer, 0.0, gn) + damp, -grad)[0]
-            step = np.where(pd[:, None], step, gn_step)
-        # two trial points: the step clipped to the box, and the step shortened to its first bound
-        with np.errstate(divide="ignore", invalid="ignore"):
-            room = np.where(step > 0, (1.0 - xi) / step, np.where(step < 0, -xi / step, np.inf))
-        short = np.clip(xi + np.minimum(room.min(axis=1), 1.0)[:, None] * step, 0.0, 1.0)
+            npd = ~pd
+            step[npd] = _cholesky_solve(np.where(outer[npd], 0.0, gn[npd]) + damp[npd], -grad[npd])[0]
         x_new = np.clip(xi + step, 0.0, 1.0)
         unclipped = np.all(x_new == xi + step, axis=1)
-        rss_new, p_new, r_new = None, None, None
-        for trial in (x_new, short):
-            p_t = np.where(w > 0, lo[todo] + trial * w, p)
-            r_t = model.ivim_signal(bvals, *p_t.T) - signal[todo]
-            rss_t = np.einsum("ij,ij->i", r_t, r_t)
-            if rss_new is None:
-                rss_new, p_new, r_new, x_best = rss_t, p_t, r_t, trial
-            else:
-                m = rss_t < rss_new
-                rss_new = np.where(m, rss_t, rss_new)
-                p_new[m], r_new[m], x_best = p_t[m], r_t[m], np.where(m[:, None], trial, x_best)
+        p_new, r_new, rss_new = trial(todo, x_new)
+        clipped = np.flatnonzero(~unclipped)
+        if clipped.size:
+            s_c, x_c = step[clipped], xi[clipped]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                room = np.where(s_c > 0, (1.0 - x_c) / s_c, np.where(s_c < 0, -x_c / s_c, np.inf))
+            x_short = np.clip(x_c + np.minimum(room.min(axis=1), 1.0)[:, None] * s_c, 0.0, 1.0)
+            p_s, r_s, rss_s = trial(todo[clipped], x_short)
+            m = rss_s < rss_new[clipped]
+            take = clipped[m]
+            p_new[take], r_new[take], rss_new[take], x_new[take] = p_s[m], r_s[m], rss_s[m], x_short[m]
         old = rss[todo]
         better = rss_new < old
         acc = todo[better]
-        params[acc], x[acc], resid[acc], rss[acc] = p_new[better], x_best[better], r_new[better], rss_new[better]
+        params[acc], x[acc], resid[acc], rss[acc] = p_new[better], x_new[better], r_new[better], rss_new[better]
         lam[todo] = np.where(better, np.maximum(l * 0.2, 1e-9), l * 8.0)
         # converged: an undamped, unclipped Newton step changes nothing that matters
         settled = (np.abs(old - rss_new) <= rtol * old) & unclipped & (l <= 1e-2)

@@ -24,7 +24,7 @@ import zlib
 import nibabel as nib
 import numpy as np
 
-from . import __version__
+from . import __version__, fit, model
 from .errors import InputError, IvimError, OutputExistsError
 
 
@@ -367,3 +367,179 @@ def median_iqr(maps, fitted):
         else:
             out[name] = {"median": None, "iqr": [None, None]}
     return out
+
+
+# --------------------------------------------------------------------------- viewer: a fit folder
+# The maps of one fit and the DWI, b-values and mask behind them (ivim_view_fits.py).
+
+SIDECAR_NAME = "ivim_fitting.json"
+
+
+@dataclasses.dataclass
+class FitFolder:
+    """Maps of one fit and, where found, the data they were fitted to.
+
+    Attributes
+    ----------
+    name : str
+        Name of the map the user opened (a key of ``maps``), e.g. 'Fivim'.
+    path : str
+        Path of that map.
+    maps : dict of str -> ndarray, shape (nx, ny, nz)
+        Every map found (float64; D, Dstar, FivimXDstar in mm²/s).
+    zooms : tuple of float
+        Voxel size (mm) along x, y, z.
+    bvals : ndarray, shape (n_b,), or None
+        b-values in s/mm².
+    dwi : ndarray, shape (nx, ny, nz, n_b), or None
+        Measured signal (None: map-only view).
+    mask : ndarray of bool, shape (nx, ny, nz), or None
+    sidecar : dict or None
+        Contents of ivim_fitting.json.
+    notes : list of str
+        Things the user should know (inputs named by the sidecar but not found).
+    """
+    name: str
+    path: str
+    maps: dict
+    zooms: tuple
+    bvals: np.ndarray = None
+    dwi: np.ndarray = None
+    mask: np.ndarray = None
+    sidecar: dict = None
+    notes: list = dataclasses.field(default_factory=list)
+
+    @property
+    def shape(self):
+        return self.maps[self.name].shape
+
+    def has_model(self):
+        """True when the four model parameter maps are all present."""
+        return all(p in self.maps for p in model.PARAM_NAMES)
+
+    def values(self, ijk):
+        """Value of every map at voxel ``ijk`` (0-based x, y, z)."""
+        return {name: float(data[ijk]) for name, data in self.maps.items()}
+
+    def signal(self, ijk):
+        """Measured signal at voxel ``ijk``, shape (n_b,), or None without a DWI."""
+        return None if self.dwi is None else self.dwi[ijk]
+
+    @property
+    def region(self):
+        """Voxels that were fitted: the mask, else where a parameter map is not 0.
+
+        ivim_fitting.py writes 0 outside the mask and NaN where a fit failed.
+        """
+        if self.mask is not None:
+            return self.mask
+        names = [p for p in model.PARAM_NAMES if p in self.maps] or [self.name]
+        return np.any([self.maps[n] != 0 for n in names], axis=0)
+
+    def status(self, ijk):
+        """'fitted', 'outside mask' or 'failed' for voxel ``ijk``."""
+        if not self.region[ijk]:
+            return "outside mask"
+        values = self.values(ijk)
+        if values.get("exception", 0) >= 0.5 or any(np.isnan(v) for v in values.values()):
+            return "failed"
+        return "fitted"
+
+
+def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
+    """Load a map, the other maps beside it and the inputs named by its sidecar.
+
+    The sidecar ``ivim_fitting.json`` in the map's folder names the other maps, the DWI, the
+    mask and holds the b-values.  Each argument given here overrides what the sidecar says.
+
+    Parameters
+    ----------
+    map_path : str
+        A map written by ivim_fitting.py (e.g. params_map/Fivim_map.nii.gz).
+    dwi, bvals, mask : str, optional
+        Paths of the 4-D DWI, the b-value text file (s/mm²) and the mask.
+    maps_dir : str, optional
+        Folder of the other maps (default: the map's folder).
+
+    Returns
+    -------
+    FitFolder
+
+    Raises
+    ------
+    InputError
+        A file given here or a map is missing or unreadable, or the images do not match.
+    """
+    folder = os.path.dirname(os.path.abspath(map_path))
+    sidecar = _read_sidecar(os.path.join(folder, SIDECAR_NAME))
+    image, data = _load_on_grid(map_path, "map", 3)
+    map_files = (sidecar or {}).get("maps") or {n: f"{n}_map.nii.gz" for n in fit.OUTPUT_NAMES}
+    name = _map_name(map_path, map_files)
+    paths = {n: os.path.join(maps_dir or folder, f) for n, f in map_files.items()}
+    paths[name] = map_path  # the opened map, wherever the others are
+    maps = {n: data if n == name else _load_on_grid(p, f"{n} map", 3, data.shape)[1]
+            for n, p in paths.items() if n == name or os.path.isfile(p)}
+    out = FitFolder(name=name, path=map_path, maps=maps, sidecar=sidecar,
+                    zooms=tuple(float(z) for z in image.header.get_zooms()[:3]))
+
+    dwi_path = dwi or _sidecar_input(sidecar, "dwi", out.notes)
+    mask_path = mask or _sidecar_input(sidecar, "mask", out.notes)
+    if bvals:
+        out.bvals = read_bvals(bvals)
+    elif sidecar and sidecar.get("bvals"):
+        out.bvals = np.asarray(sidecar["bvals"], dtype=float)
+    if dwi_path:
+        if out.bvals is None:
+            raise InputError(f"DWI {dwi_path}: no b-values for it (no {SIDECAR_NAME} in {folder}; "
+                             "give the b-value file)")
+        out.dwi = _load_on_grid(dwi_path, "DWI", 4, data.shape)[1]
+        if out.dwi.shape[3] != len(out.bvals):
+            raise InputError(f"DWI {dwi_path}: {out.dwi.shape[3]} volumes but {len(out.bvals)} "
+                             f"b-values (from {bvals or SIDECAR_NAME})")
+    if mask_path:
+        out.mask = _load_on_grid(mask_path, "mask", 3, data.shape)[1] > 0
+    return out
+
+
+def _read_sidecar(path):
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as err:
+        raise InputError(f"{path}: not a readable JSON sidecar ({err})") from None
+
+
+def _map_name(map_path, map_files):
+    """The map's name: its key in the sidecar, else the file name without '_map.nii[.gz]'."""
+    filename = os.path.basename(map_path)
+    for name, other in map_files.items():
+        if other == filename:
+            return name
+    for suffix in (".gz", ".nii", "_map"):
+        filename = filename.removesuffix(suffix)
+    return filename
+
+
+def _sidecar_input(sidecar, key, notes):
+    """Path of an input named by the sidecar, if it still exists (else a note, and None)."""
+    entry = ((sidecar or {}).get("inputs") or {}).get(key)
+    if not entry:
+        return None
+    for path in (entry.get("abspath"), entry.get("path")):
+        if path and os.path.isfile(path):
+            return path
+    notes.append(f"{key} {entry.get('abspath') or entry.get('path')} (named in {SIDECAR_NAME}) "
+                 "not found")
+    return None
+
+
+def _load_on_grid(path, role, ndim, grid=None):
+    """:func:`load_nifti`, checked for its number of dimensions and the map's grid (nx, ny, nz)."""
+    image, data = load_nifti(path, role)
+    if data.ndim != ndim:
+        raise InputError(f"{role} {path}: expected a {ndim}-D image, got shape {data.shape}")
+    if grid is not None and data.shape[:3] != tuple(grid):
+        raise InputError(f"{role} {path}: grid {data.shape[:3]} does not match the map's {tuple(grid)}")
+    return image, data

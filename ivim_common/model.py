@@ -62,7 +62,7 @@ def ivim_signal(bvals, S0, D, Fivim, Dstar):
 
 
 def ivim_newton_terms(bvals, params, resid):
-    """Gradient and exact Hessian of ½·RSS for residuals ``resid`` = model - data.
+    """Gradient, Gauss-Newton matrix and exact Hessian of ½·RSS, for residuals model - data.
 
     Parameters
     ----------
@@ -77,34 +77,53 @@ def ivim_newton_terms(bvals, params, resid):
     gauss_newton : ndarray (n, 4, 4)
         JᵀJ.
     hess : ndarray (n, 4, 4)
-        JᵀJ + Σ_b r_b·∇²S_b (the second derivatives of S are -b times its first ones,
-        except those involving S0, which are the first ones over S0, and d²S/dD*df).
+        JᵀJ + Σ_b r_b·∇²S_b.
+
+    Notes
+    -----
+    With u = exp(-b·D) and v = u·(exp(-b·D*) - 1), S = S0·(u + f·v) and every derivative is
+    S0, f and powers of b times u or v.  So all the sums over b reduce to 15 moments
+    Σ b^k·{u², u·v, v², r·u, r·v} (k = 0, 1, 2), computed in one matrix product.
     """
     b = np.asarray(bvals, dtype=float)
-    S0, D, Fivim, Dstar = (params[:, k:k + 1] for k in range(4))
-    e_d = np.exp(-b * D)
-    perf = e_d * np.exp(-b * Dstar)       # perfusing pool, per unit S0·f
-    diff = perf - e_d
-    shape = e_d + Fivim * diff
-    jac = np.empty(shape.shape + (4,))
-    jac[..., 0] = shape
-    jac[..., 1] = -b * S0 * shape
-    jac[..., 2] = S0 * diff
-    jac[..., 3] = -b * S0 * Fivim * perf
-    jac_t = jac.transpose(0, 2, 1)
-    rb = resid * b
-    grad, q = (jac_t @ np.stack([resid, rb], axis=-1)).transpose(2, 0, 1)   # Jᵀr, Jᵀ(b·r)
-    gauss_newton = jac_t @ jac
-    hess = gauss_newton.copy()
-    s0 = params[:, 0]
-    second = {(0, 1): -q[:, 0], (0, 2): grad[:, 2] / s0, (0, 3): grad[:, 3] / s0, (1, 1): -q[:, 1],
-              (1, 2): -q[:, 2], (1, 3): -q[:, 3], (2, 3): -s0 * np.einsum("nb,nb->n", rb, perf),
-              (3, 3): -q[:, 3]}
-    for (i, j), v in second.items():
-        hess[:, i, j] += v
+    S0, D, f, Dstar = (params[:, k:k + 1] for k in range(4))
+    u = np.exp(-b * D)
+    v = u * np.expm1(-b * Dstar)
+    n = len(params)
+    prods = np.stack([u * u, u * v, v * v, resid * u, resid * v], axis=1)          # (n, 5, n_b)
+    mom = (prods.reshape(-1, b.size) @ np.stack([np.ones_like(b), b, b * b], axis=1)).reshape(n, 5, 3)
+    (U, X, V, Ru, Rv) = (mom[:, i] for i in range(5))                                # each (n, 3)
+    S0, f = params[:, 0], params[:, 2]
+    s2 = S0 * S0
+    jj = np.empty((n, 4, 4))
+    entries = {
+        (0, 0): U[:, 0] + 2 * f * X[:, 0] + f * f * V[:, 0],
+        (0, 1): -S0 * (U[:, 1] + 2 * f * X[:, 1] + f * f * V[:, 1]),
+        (1, 1): s2 * (U[:, 2] + 2 * f * X[:, 2] + f * f * V[:, 2]),
+        (0, 2): S0 * (X[:, 0] + f * V[:, 0]),
+        (1, 2): -s2 * (X[:, 1] + f * V[:, 1]),
+        (2, 2): s2 * V[:, 0],
+        (0, 3): -S0 * f * (U[:, 1] + (1 + f) * X[:, 1] + f * V[:, 1]),
+        (1, 3): s2 * f * (U[:, 2] + (1 + f) * X[:, 2] + f * V[:, 2]),
+        (2, 3): -s2 * f * (X[:, 1] + V[:, 1]),
+        (3, 3): s2 * f * f * (U[:, 2] + 2 * X[:, 2] + V[:, 2]),
+    }
+    for (i, j), val in entries.items():
+        jj[:, i, j] = jj[:, j, i] = val
+    grad = np.column_stack([Ru[:, 0] + f * Rv[:, 0], -S0 * (Ru[:, 1] + f * Rv[:, 1]), S0 * Rv[:, 0],
+                            -S0 * f * (Ru[:, 1] + Rv[:, 1])])
+    # Σ b·r·J, and the second derivatives: -b times the first ones, except those with S0
+    # (the first ones over S0) and d²S/df dD* = -b·S0·(u + v)
+    q = np.column_stack([Ru[:, 1] + f * Rv[:, 1], -S0 * (Ru[:, 2] + f * Rv[:, 2]), S0 * Rv[:, 1],
+                         -S0 * f * (Ru[:, 2] + Rv[:, 2])])
+    hess = jj.copy()
+    second = {(0, 1): -q[:, 0], (0, 2): grad[:, 2] / S0, (0, 3): grad[:, 3] / S0, (1, 1): -q[:, 1],
+              (1, 2): -q[:, 2], (1, 3): -q[:, 3], (2, 3): -S0 * (Ru[:, 1] + Rv[:, 1]), (3, 3): -q[:, 3]}
+    for (i, j), val in second.items():
+        hess[:, i, j] += val
         if i != j:
-            hess[:, j, i] += v
-    return grad, gauss_newton, hess
+            hess[:, j, i] += val
+    return grad, jj, hess
 
 
 def settings(approach, bounds_version="2020"):

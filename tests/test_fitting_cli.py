@@ -12,10 +12,12 @@ import pytest
 
 import ivim_fitting
 from conftest import AFFINE, BVALS, NAN_VOXEL, NONPOS_VOXEL, REPO, run_script, write_dataset
+
+TEST_DATA = os.path.join(REPO, "test_data")
 from ivim_common import fit, io, model
 from ivim_common.errors import InputError
 
-CLI_ENGINE = "lmfit"  # the CLI runs below fit at most 6 voxels
+CLI_ENGINE = "fast"
 
 
 def call_main(argv, capsys):
@@ -228,7 +230,7 @@ def test_force_replaces_only_toolbox_files(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- processes
 
-@pytest.mark.parametrize("engine", ["lmfit"])
+@pytest.mark.parametrize("engine", fit.ENGINES)
 def test_jobs_and_chunks_give_identical_maps(engine, tmp_path):
     data = write_dataset(tmp_path / "data", mask_voxels=3)  # 2 voxels to fit, NAN_VOXEL between them
     common = ["-i", data["dwi"], "-b", data["bval"], "-ma", data["mask"], "--engine", engine, "-v", "0"]
@@ -252,3 +254,42 @@ def test_ctrl_c_exits_130_and_writes_nothing(dataset, tmp_path):
     assert process.returncode == 130, err
     assert "interrupted" in err
     assert sorted(os.listdir(tmp_path)) == ["data"]
+
+
+def test_test_data_matches_published_maps_whatever_the_jobs(tmp_path):
+    """Fast engine, 2019 bounds: -j 1 and -j 2 agree exactly, and both agree with the original's maps."""
+    common = ["-i", os.path.join(TEST_DATA, "dwi_rl.nii.gz"), "-b", os.path.join(TEST_DATA, "bval_rl.txt"),
+              "-ma", os.path.join(TEST_DATA, "cord_seg_dilated.nii.gz"), "--bounds-version", "2019", "-v", "0"]
+    one = run_script("ivim_fitting.py", *common, "-o", tmp_path / "j1", "-j", "1")
+    two = run_script("ivim_fitting.py", *common, "-o", tmp_path / "j2", "-j", "2", "--chunk-size", "700")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    maps1, maps2 = read_maps(tmp_path / "j1"), read_maps(tmp_path / "j2")
+    for name in fit.OUTPUT_NAMES:
+        np.testing.assert_array_equal(maps1[name].get_fdata(), maps2[name].get_fdata(), err_msg=name)
+    mask = nib.load(os.path.join(TEST_DATA, "cord_seg_dilated.nii.gz")).get_fdata() > 0
+    reference = os.path.join(TEST_DATA, "results_you_should_get", "ivim_maps_rl")
+    for name, percent in {"S0": 90, "D": 90, "Fivim": 70, "Dstar": 65}.items():  # issue 3's targets
+        ref = nib.load(os.path.join(reference, f"{name}_map.nii.gz"))
+        diff = np.abs(maps1[name].get_fdata()[mask] - ref.get_fdata()[mask])
+        assert 100 * np.mean(diff <= ref.dataobj.slope * (1 + 1e-6)) >= percent, name
+
+
+def test_no_mask_fits_the_automatic_selection(dataset, tmp_path, capsys):
+    args = ["-i", dataset["dwi"], "-b", dataset["bval"], "-o", tmp_path / "out", "-v", "0"]
+    code, err = call_main(args, capsys)
+    assert code == 0, err
+    with open(tmp_path / "out" / "ivim_fitting.json") as f:
+        sidecar = json.load(f)
+    assert sidecar["inputs"]["mask"] is None
+    assert sidecar["counts"] == {"mask_voxels": 9, "fitted": 7, "failed": 2}
+    exception = read_maps(tmp_path / "out")["exception"].get_fdata()
+    assert exception[NAN_VOXEL] == 1 and exception[NONPOS_VOXEL] == 1 and exception.sum() == 2
+
+
+def test_mt_0_runs_one_job_and_summary_is_printed(dataset, tmp_path, capsys):
+    code = ivim_fitting.main([str(a) for a in base_args(dataset, tmp_path / "out")] + ["-j", "2", "-mt", "0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "fitted 4 voxels, 2 failed" in out and "1 job(s)" in out and str(tmp_path / "out") in out
+    with open(tmp_path / "out" / "ivim_fitting.json") as f:
+        assert json.load(f)["jobs"] == 1

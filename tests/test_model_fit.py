@@ -15,19 +15,7 @@ TRUTHS = {
 }
 
 
-def _fast_engine_missing():
-    try:
-        fit.fit_voxels(BVALS, model.ivim_signal(BVALS, 600, 1e-3, 0.1, 20e-3)[None], engine="fast")
-    except (NotImplementedError, ImportError, NameError):
-        return True
-    return False
-
-
-ENGINES = [pytest.param("fast", marks=pytest.mark.skipif(_fast_engine_missing(), reason="fast engine not on main yet")),
-           "lmfit"]
-
-
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine", fit.ENGINES)
 @pytest.mark.parametrize("approach, bounds_version", TRUTHS)
 def test_noise_free_recovery(approach, bounds_version, engine):
     truth = np.array(TRUTHS[approach, bounds_version], dtype=float)
@@ -65,12 +53,13 @@ def test_initial_estimate_without_high_b():
     np.testing.assert_array_equal(s0_1mf, signal.max(axis=1))
 
 
-def test_failed_voxels_get_nan_and_exception():
+@pytest.mark.parametrize("engine", fit.ENGINES)
+def test_failed_voxels_get_nan_and_exception(engine):
     signal = model.ivim_signal(BVALS, [600.0] * 3, 1e-3, 0.1, 20e-3)
     signal[0, 2] = np.nan
     signal[1, 5] = np.inf
     signal[2, -1] = -1.0
-    out = fit.fit_voxels(BVALS, signal, engine="lmfit")
+    out = fit.fit_voxels(BVALS, signal, engine=engine)
     np.testing.assert_array_equal(out["exception"], 1)
     for name in fit.OUTPUT_NAMES[:-1]:
         assert np.isnan(out[name]).all(), name

@@ -1,6 +1,9 @@
 """Every top-level script: --help exits 0 with a worked example, no arguments is a usage error."""
 import glob
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -25,6 +28,31 @@ def test_no_arguments_exits_2(script):
     result = run_script(script)
     assert result.returncode == 2
     assert "error" in result.stderr
+
+
+def _entry_points():
+    """{command: (module, function)} from pyproject.toml's [project.scripts]."""
+    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
+        section = f.read().split("[project.scripts]")[1].split("\n[")[0]
+    return {name: (module, func) for name, module, func in re.findall(r'"([^"]+)" = "([\w.]+):(\w+)"', section)}
+
+
+def test_every_script_is_an_installed_command():
+    assert set(SCRIPTS) <= set(_entry_points())
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_installed_command_runs(script, tmp_path):
+    """pip's launcher bin/<script> must not shadow the module it imports (both are named ivim_xxx)."""
+    module, func = _entry_points()[script]
+    launcher = tmp_path / "bin" / script
+    launcher.parent.mkdir()
+    launcher.write_text(f"import sys\nfrom {module} import {func}\n"
+                        f"if __name__ == '__main__':\n    sys.exit({func}())\n")
+    result = subprocess.run([sys.executable, str(launcher), "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": REPO}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"usage: {script}" in result.stdout
 
 
 def test_ci_runs_the_readme_test_command():

@@ -1,0 +1,93 @@
+"""The fast engine: exact amplitude step, agreement with the lmfit reference, determinism."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import BVALS
+from ivim_common import fit, model, voxelpool
+
+
+def _noisy(n, snr, seed, bvals=BVALS):
+    """Seeded voxels with truths inside every approach's bounds, Rician noise at S0/SNR."""
+    rng = np.random.default_rng(seed)
+    truth = np.column_stack([rng.uniform(300, 900, n), rng.uniform(0.4e-3, 1.8e-3, n),
+                             rng.uniform(0.04, 0.18, n), rng.uniform(10e-3, 30e-3, n)])
+    clean = model.ivim_signal(bvals, *truth.T)
+    sigma = truth[:, :1] / snr
+    return truth, np.hypot(clean + rng.normal(0, 1, clean.shape) * sigma, rng.normal(0, 1, clean.shape) * sigma)
+
+
+def _rss(bvals, signal, out):
+    params = np.column_stack([out[k] for k in model.PARAM_NAMES])
+    resid = model.ivim_signal(bvals, *params.T) - signal
+    return np.einsum("ij,ij->i", resid, resid)
+
+
+def test_amplitudes_match_brute_force():
+    """The closed-form constrained 2-amplitude least squares beats a dense search of its box."""
+    rng = np.random.default_rng(3)
+    for _ in range(40):
+        d, dstar = rng.uniform(0.2e-3, 3e-3), rng.uniform(1e-3, 40e-3)
+        x2 = np.exp(-BVALS * d)
+        x1 = x2 * np.exp(-BVALS * dstar)
+        y = rng.uniform(100, 800) * (rng.uniform(0, 0.5) * x1 + x2) + rng.normal(0, 30, BVALS.size)
+        box = (rng.uniform(50, 400), rng.uniform(500, 900), rng.uniform(0, 0.1), rng.uniform(0.15, 0.4))
+        gram = (x1 @ x1, x1 @ x2, x2 @ x2, x1 @ y, x2 @ y)
+        s0, f, rss = fit._amplitudes(gram, y @ y, box)
+        assert box[0] <= s0 <= box[1] and box[2] <= f <= box[3]
+        np.testing.assert_allclose(rss, np.sum((s0 * f * x1 + s0 * (1 - f) * x2 - y) ** 2), rtol=1e-7)
+        s_grid, f_grid = np.meshgrid(np.linspace(box[0], box[1], 301), np.linspace(box[2], box[3], 301))
+        brute = ((s_grid[..., None] * (f_grid[..., None] * x1 + (1 - f_grid[..., None]) * x2) - y) ** 2).sum(-1)
+        assert rss <= brute.min() * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("approach, bounds_version", [("one-step", "2020"), ("one-step", "2019"), ("two-step", "2020")])
+def test_fast_recovers_many_noise_free_voxels(approach, bounds_version):
+    rng = np.random.default_rng(11)
+    n = 200
+    f_max = 0.18 if bounds_version == "2020" else 0.3
+    truth = np.column_stack([rng.uniform(200, 1000, n), rng.uniform(0.3e-3, 2.0e-3, n),
+                             rng.uniform(0.02, f_max, n), rng.uniform(12e-3, 33e-3, n)])
+    if approach == "two-step":   # D is fixed at Dinit: keep D* high enough for Dinit = D
+        truth[:, 3] = rng.uniform(20e-3, 33e-3, n)
+    out = fit.fit_voxels(BVALS, model.ivim_signal(BVALS, *truth.T), approach, bounds_version, engine="fast")
+    for j, name in enumerate(model.PARAM_NAMES):
+        np.testing.assert_allclose(out[name], truth[:, j], rtol=1e-3, err_msg=name)
+
+
+@pytest.mark.parametrize("approach, bounds_version", [("one-step", "2020"), ("two-step", "2020")])
+def test_fast_rss_no_worse_than_lmfit_reference(approach, bounds_version):
+    _, signal = _noisy(4, snr=30, seed=5)
+    fast = fit.fit_voxels(BVALS, signal, approach, bounds_version, engine="fast")
+    ref = fit.fit_voxels(BVALS, signal, approach, bounds_version, engine="lmfit", seed=0)
+    assert np.all(_rss(BVALS, signal, fast) <= _rss(BVALS, signal, ref) * (1 + 1e-6))
+
+
+def test_fast_results_do_not_depend_on_chunks_or_jobs():
+    _, signal = _noisy(300, snr=20, seed=9)
+    runs = [voxelpool.fit_in_chunks(BVALS, signal, jobs=1, chunk_size=c, progress=False) for c in (7, 64, 300)]
+    runs.append(voxelpool.fit_in_chunks(BVALS, signal, jobs=2, chunk_size=64, progress=False))
+    for other in runs[1:]:
+        for name in fit.OUTPUT_NAMES:
+            np.testing.assert_array_equal(other[name], runs[0][name], err_msg=name)
+
+
+def test_fast_path_imports_neither_lmfit_nor_matplotlib():
+    code = ("import sys, numpy as np; from ivim_common import fit, model;"
+            "b = np.array([5., 50, 200, 600, 800]);"
+            "fit.fit_voxels(b, model.ivim_signal(b, 600, 1e-3, 0.1, 20e-3)[None], engine='fast');"
+            "print(sorted(m for m in ('lmfit', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_zero_f_refinement_searches_dstar():
+    """Where step-2 f is 0 the refinement may pick any D* of the nominal range (±5 %)."""
+    signal = model.ivim_signal(BVALS, [500.0], 1e-3, 0.0, 0.0) * np.array([1.0] * 8 + [1.002, 0.998, 1.0])
+    out = fit.fit_voxels(BVALS, signal, "one-step", "2019", engine="fast")
+    assert 0.0 <= out["Fivim"][0] <= 0.05
+    cfg = model.settings("one-step", "2019")
+    dinit, _ = model.initial_estimate(BVALS, signal, cfg["bval_threshold"])
+    assert 0.95 * 0.8 * dinit[0] <= out["Dstar"][0] <= 1.05 * 35.5e-3
