@@ -52,9 +52,9 @@ def compute_parser(kind, prog, description, example):
     parser.add_argument("--engine", choices=("fast", "lmfit"), default="fast",
                         help="fitting engine: fast (vectorised, default) or lmfit (the original's "
                              "differential evolution, ~2 s per fit: tiny grids only)")
-    parser.add_argument("--bounds-version", choices=("2020", "2019"), default="2020",
+    parser.add_argument("--bounds-version", choices=("2020", "2019"),
                         help="one-step bounds: 2020 (the original's code since Dec 2020, default) or "
-                             "2019 (the code behind the published results)")
+                             "2019 (the code behind the published results); not for two-step")
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default: %(default)s)")
     if noisy:
         parser.add_argument("--n-draws", type=cli.positive_int, default=1000,
@@ -94,6 +94,9 @@ def run_compute(kind, parser, argv=None):
     """Parse argv and run a compute script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
+    if args.model == "two-step" and args.bounds_version is not None:
+        parser.error("--bounds-version applies to -model one-step only (two-step has one set of bounds)")
+    args.bounds_version = args.bounds_version or "2020"
     return cli.run(lambda a: _compute(kind, a, parser.prog, argv), args, parser.prog)
 
 

@@ -286,6 +286,11 @@ def test_outputs_are_refused_without_force_and_user_errors_exit_1(tmp_path, caps
     err = capsys.readouterr().err
     assert err.startswith("ivim_simu_compute_error_nonoise.py: error: -F") and err.count("\n") == 1
     assert not (tmp_path / "bad").exists()
+    with pytest.raises(SystemExit) as exc:
+        run_script(ivim_simu_compute_error_nonoise,
+                   ["-model", "two-step", "--bounds-version", "2019", "-ofolder", tmp_path / "bad"])
+    assert exc.value.code == 2
+    assert "--bounds-version applies to -model one-step only" in capsys.readouterr().err
     not_npz = tmp_path / "x.npz"
     not_npz.write_bytes(b"junk")
     assert run_script(ivim_simu_plot, ["-input", not_npz, "-oname", tmp_path / "p"]) == 1
