@@ -21,10 +21,10 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from ivim_common import fit, model  # noqa: E402
+from ivim_common import fit, model  # noqa: E402  (first: it sets the BLAS threads before numpy loads)
+
+import numpy as np  # noqa: E402
 
 BSETS = {
     "test_data": [5, 10, 20, 30, 50, 75, 150, 250, 600, 700, 800],

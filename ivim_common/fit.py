@@ -217,12 +217,12 @@ def _gram(bvals, signal, d, dstar):
 
 
 def _grid_starts(bvals, signal, lo, hi, vary):
-    """Three starting points per voxel from a (D, D*) grid, amplitudes solved exactly.
+    """Four starting points per voxel from a (D, D*) grid, amplitudes solved exactly.
 
     The two lowest local minima of the grid (the same point twice where it has one), and the
-    best grid point on the face f = f_hi.  Returns an array of shape (3, n_voxels, 4).
+    best grid points on the faces f = f_hi and D* = D*_hi.  Returns an array (4, n_voxels, 4).
     """
-    starts = np.empty((3, len(signal), 4))
+    starts = np.empty((4, len(signal), 4))
     for i in range(0, len(signal), GRID_CHUNK):
         part = slice(i, i + GRID_CHUNK)
         starts[:, part] = _grid_block(bvals, signal[part], lo[part], hi[part], vary)
@@ -250,9 +250,11 @@ def _grid_block(bvals, signal, lo, hi, vary):
     rows = np.arange(n)
     face_box = (lo[:, 0], hi[:, 0], hi[:, 2], hi[:, 2])
     flat_box = (lo[:, 0], hi[:, 0], lo[:, 2], hi[:, 2])
-    starts = np.empty((3, n, 4))
+    dstar_face = rss[:, :, -1].argmin(axis=1) * rss.shape[2] + rss.shape[2] - 1
+    starts = np.empty((4, n, 4))
     for k, (idx, amp_box) in enumerate(((two[:, 0], flat_box), (two[:, 1], flat_box),
-                                        (rss_face.reshape(n, -1).argmin(axis=1), face_box))):
+                                        (rss_face.reshape(n, -1).argmin(axis=1), face_box),
+                                        (dstar_face, flat_box))):
         i_d, i_s = np.unravel_index(idx, rss.shape[1:])
         g = tuple(np.broadcast_to(t, rss.shape)[rows, i_d, i_s] for t in gram)
         s0, f, _ = _amplitudes(g, yy, amp_box)
@@ -353,10 +355,11 @@ def fit_fast(bvals, signal, lo, hi, vary):
     """The vectorised engine.
 
     Step-2 candidates come from the two lowest local minima of a (D, D*) grid and from the best
-    point of the face f = f_max (where the ±5 % refinement can go past the bound); each is
-    polished by Newton in the nominal box, then refined by Newton in its ±5 % box.  The candidate
-    whose refined fit has the lowest RSS wins.  Where step-2 f is 0, D* is undetermined, so the
-    refinement searches D* over its whole nominal range (±5 %).
+    points of the faces f = f_max and D* = D*_max (where the ±5 % refinement goes past the
+    bound: a differential evolution may stop on the face); each is polished by Newton in the
+    nominal box (on its face for the last two), then refined by Newton in its ±5 % box.  The
+    candidate whose refined fit has the lowest RSS wins.  Where step-2 f is 0, D* is
+    undetermined, so the refinement searches D* over its whole nominal range (±5 %).
 
     Parameters
     ----------
@@ -367,12 +370,14 @@ def fit_fast(bvals, signal, lo, hi, vary):
     -------
     params : ndarray (n_voxels, 4)
     """
-    face_lo = lo.copy()
-    face_lo[:, 2] = hi[:, 2]
-    on_face = vary & (np.arange(4) != 2)
     starts = _grid_starts(bvals, signal, lo, hi, vary)
     best, best_rss = _step2_and_refine(bvals, signal, starts[0], lo, hi, vary, vary)
-    for start, box_lo, free in ((starts[1], lo, vary), (starts[2], face_lo, on_face)):
+    candidates = [(starts[1], lo, vary)]
+    for k, j in ((2, 2), (3, 3)):               # faces: parameter j held at its upper bound
+        face_lo = lo.copy()
+        face_lo[:, j] = hi[:, j]
+        candidates.append((starts[k], face_lo, vary & (np.arange(4) != j)))
+    for start, box_lo, free in candidates:
         todo = np.flatnonzero(np.any(start != starts[0], axis=1))
         p, r = _step2_and_refine(bvals, signal[todo], start[todo], box_lo[todo], hi[todo], free, vary)
         better = r < best_rss[todo]
