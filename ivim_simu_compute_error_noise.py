@@ -10,7 +10,7 @@ import sys
 from ivim_common import simu_cli
 
 EXAMPLE = """\
-example (the original toolbox's README example, two-step at SNR 180; 15-30 s on 2 cores):
+example (the original toolbox's README example, two-step at SNR 180; about 10 s on 2 cores):
   ivim_simu_compute_error_noise.py -model two-step -snr 180 -ofolder err_snr180 \\
       -bval 5,10,20,30,50,75,150,250,600,700,800
   ivim_simu_plot.py -input err_snr180/sim_results_*.npz -oname err_snr180/error_plot

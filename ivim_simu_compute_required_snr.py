@@ -13,7 +13,7 @@ import sys
 from ivim_common import simu_cli
 
 EXAMPLE = """\
-example (the original toolbox's README example, 26.5 h on 40 CPUs there; 6-8 minutes on 2 cores here):
+example (the original toolbox's README example, 26.5 h on 40 CPUs there; about 6 minutes on 2 cores here):
   ivim_simu_compute_required_snr.py -model one-step -ofolder required_snr -condition FDstar \\
       -bval 5,10,20,30,50,75,150,250,600,700,800 -F 0.01:10:0.30 -Dstar 3.0e-3:10:35e-3 -D 0.3e-3,1.5e-3
   ivim_simu_plot.py -input required_snr/sim_results_*.npz -oname required_snr/required_snr_plot
