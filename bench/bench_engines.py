@@ -146,10 +146,11 @@ def compare(args, approach, bounds_version, report):
 def peers(args):
     """dipy's IvimModel (trr), if installed; osipy needs Python >= 3.12 and is tried too."""
     bvals = np.asarray(BSETS["with_b0"], dtype=float)
-    truth, signal = phantom(bvals, args.n_ref, 50, args.seed)
+    truth, signal = phantom(bvals, args.n_voxels, 50, args.seed)
     print("\n=== peers (with_b0, SNR 50), where installed")
     fast, t_fast, _ = timed(lambda: fit.fit_voxels(bvals, signal, "one-step", "2020", "fast"))
     print(f"  fast: {1e6 * t_fast / len(signal):.1f} µs/voxel on {len(signal)} voxels")
+    truth, signal = truth[:args.n_ref], signal[:args.n_ref]
     try:
         from dipy.core.gradients import gradient_table
         from dipy.reconst.ivim import IvimModel
