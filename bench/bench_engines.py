@@ -149,8 +149,10 @@ def peers(args):
     truth, signal = phantom(bvals, args.n_voxels, 50, args.seed)
     print("\n=== peers (with_b0, SNR 50), where installed")
     fast, t_fast, _ = timed(lambda: fit.fit_voxels(bvals, signal, "one-step", "2020", "fast"))
-    print(f"  fast: {1e6 * t_fast / len(signal):.1f} µs/voxel on {len(signal)} voxels")
     truth, signal = truth[:args.n_ref], signal[:args.n_ref]
+    print(f"  fast: {1e6 * t_fast / args.n_voxels:.1f} µs/voxel on {args.n_voxels} voxels; median rel. error "
+          "f, D, D* on the first {}: ".format(args.n_ref)
+          + ", ".join(f"{m:.3f}" for m, _ in rel_err_stats(as_params(fast)[:args.n_ref], truth).values()))
     try:
         from dipy.core.gradients import gradient_table
         from dipy.reconst.ivim import IvimModel
