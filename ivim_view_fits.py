@@ -78,7 +78,7 @@ def get_parser():
     parser.add_argument("-param", metavar="SPEC", type=display_param, default={},
                         help=r"display of the map (and of its --montage row): "
                              r"cmap=NAME,clim=MIN\;MAX (either part optional; default per map, "
-                             "e.g. f 0-0.35, D 0-3e-3, D* 0-0.04 mm^2/s, S0 1st-99th percentile)")
+                             "e.g. f 0-0.35, D 0-3e-3, D* 0-0.0525 mm^2/s, S0 1st-99th percentile)")
     parser.add_argument("-plotdir", metavar="DIR",
                         help="ignored (kept for the original's command lines): fits are drawn "
                              "from the maps, no per-voxel images are needed")

@@ -31,7 +31,7 @@ def save_figure(fig, path, dpi=100):
 MAP_DISPLAY = {
     "S0": ("S0 (DWI units)", "gray", None),
     "D": ("D (mm²/s)", "viridis", (0.0, 3e-3)),
-    "Dstar": ("D* (mm²/s)", "viridis", (0.0, 0.04)),
+    "Dstar": ("D* (mm²/s)", "viridis", (0.0, 0.0525)),
     "Fivim": ("f (fraction)", "viridis", (0.0, 0.35)),
     "FivimXDstar": ("f·D* (mm²/s)", "viridis", (0.0, 0.01)),
     "AIC": ("AIC", "viridis", None),
