@@ -14,11 +14,11 @@ MAP_FILES = {name: f"{name}_map.nii.gz" for name in fit.OUTPUT_NAMES}
 EXAMPLE = f"""\
 example (the bundled test data, the published maps' bounds):
   {PROG} -i test_data/dwi_rl.nii.gz -b test_data/bval_rl.txt \\
-      -ma test_data/cord_seg_dilated.nii.gz -mo one-step --bounds-version 2019 -o ivim_maps_rl
+      -ma test_data/cord_seg_dilated.nii.gz -mo one-step --bounds-version 2019 -o ivim_maps_rl_2019
 
-writes ivim_maps_rl/{{S0,D,Dstar,Fivim,FivimXDstar,AIC,R2,exception}}_map.nii.gz (float32, the
+writes ivim_maps_rl_2019/{{S0,D,Dstar,Fivim,FivimXDstar,AIC,R2,exception}}_map.nii.gz (float32, the
 DWI's affine; 0 outside the mask; NaN where a fit failed, with exception_map = 1) and the
-sidecar ivim_maps_rl/{SIDECAR} (inputs with sha256, command, equation, bounds, seed, counts,
+sidecar ivim_maps_rl_2019/{SIDECAR} (inputs with sha256, command, equation, bounds, seed, counts,
 median and IQR of each map).  Exit codes: 0 done, 1 input/output error, 2 usage, 130 Ctrl-C."""
 
 

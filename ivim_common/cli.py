@@ -31,6 +31,14 @@ def positive_int(text):
     return value
 
 
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def add_common_arguments(parser):
     """Add ``-v 0|1|2`` and ``--version``."""
     parser.add_argument("-v", dest="verbose", type=int, choices=(0, 1, 2), default=1,

@@ -34,15 +34,15 @@ def compute_parser(kind, prog, description, example):
     parser.add_argument("-bval", default=DEFAULT_BVALS,
                         help="comma-separated b-values in s/mm² (default: %(default)s)")
     if kind == "error_noise":
-        parser.add_argument("-snr", type=float, required=True,
+        parser.add_argument("-snr", type=cli.positive_float, required=True,
                             help="SNR = S0/σ of the noise, with S0 = 600 the true b = 0 signal")
     if kind == "required_snr":
-        parser.add_argument("-snr", type=float, default=1500.0,
+        parser.add_argument("-snr", type=cli.positive_float, default=1500.0,
                             help="SNR where the search starts (default: %(default)g)")
         parser.add_argument("-condition", choices=("FDstar", "all"), default="FDstar",
                             help="FDstar: error of f·D* <= --max-error; all: the errors of f, D*, D "
                                  "and f·D* all <= --max-error (default: %(default)s)")
-        parser.add_argument("--max-error", type=float, default=10.0,
+        parser.add_argument("--max-error", type=cli.positive_float, default=10.0,
                             help="largest acceptable mean |error| in %% (default: %(default)g)")
     parser.add_argument("-F", default=DEFAULT_F, help=f"true f values: {RANGE_HELP} (default: %(default)s)")
     parser.add_argument("-Dstar", default=DEFAULT_DSTAR,

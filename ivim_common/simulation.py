@@ -482,6 +482,9 @@ def merge_results(results, names=None):
         if n != n_shards:
             raise InputError(f"{name}: shard {k}/{n} does not belong with {names[0]} (N = {n_shards})")
         if k in seen:
+            if n == 1:
+                raise InputError(f"{name} and {seen[k]} are two complete runs, not shards of one: "
+                                 "give one of them")
             raise InputError(f"{name}: shard {k}/{n} given twice (also {seen[k]})")
         seen[k] = name
     missing = sorted(set(range(1, n_shards + 1)) - set(seen))
@@ -569,6 +572,9 @@ def _replace_atomically(path, write):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_",
                                suffix=os.path.splitext(path)[1])
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes it owner-only; results are meant to be shared
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -5,6 +5,7 @@ Tiny grids and few draws, so that the whole file runs in seconds with the fast e
 import glob
 import json
 import os
+import time
 
 import matplotlib
 
@@ -295,3 +296,35 @@ def test_outputs_are_refused_without_force_and_user_errors_exit_1(tmp_path, caps
     not_npz.write_bytes(b"junk")
     assert run_script(ivim_simu_plot, ["-input", not_npz, "-oname", tmp_path / "p"]) == 1
     assert "cannot read as a simulation result" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("module, flag, value", [(ivim_simu_compute_error_noise, "-snr", 0),
+                                                 (ivim_simu_compute_required_snr, "-snr", -5),
+                                                 (ivim_simu_compute_required_snr, "--max-error", -1)])
+def test_non_positive_snr_or_error_margin_is_a_usage_error(tmp_path, capsys, module, flag, value):
+    args = ["-model", "two-step", "-ofolder", tmp_path / "out", flag, value] + GRID
+    if flag != "-snr":
+        args += ["-snr", 100]
+    with pytest.raises(SystemExit) as exc:
+        run_script(module, args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and flag in err and "must be a finite number > 0" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_results_follow_the_umask_and_two_runs_are_not_shards(tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        for _ in range(2):
+            assert run_script(ivim_simu_compute_error_nonoise,
+                              ["-model", "two-step", "-ofolder", tmp_path, "-v", 0] + GRID) == 0
+            time.sleep(1.1)   # a new timestamp, a new file name
+    finally:
+        os.umask(old)
+    paths = sorted(glob.glob(str(tmp_path / "sim_results_*.npz")))
+    assert len(paths) == 2
+    for path in paths + [p[:-4] + ".json" for p in paths]:
+        assert os.stat(path).st_mode & 0o777 == 0o644
+    assert run_script(ivim_simu_plot, ["-input", *paths, "-oname", tmp_path / "p"]) == 1
+    assert "two complete runs, not shards of one" in capsys.readouterr().err
