@@ -5,6 +5,7 @@ stderr), 2 usage error (one line on stderr), 130 interrupted by Ctrl-C.  Traceba
 only with ``-v 2``.  Only the standard library is imported here, so ``--help`` stays instant.
 """
 import argparse
+import signal
 import sys
 import traceback
 
@@ -72,6 +73,7 @@ def run(body, args, prog):
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # exiting: a second Ctrl-C changes nothing
         if args.verbose >= 2:
             traceback.print_exc()
         print(f"{prog}: interrupted, no output written", file=sys.stderr)

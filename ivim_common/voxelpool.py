@@ -90,9 +90,14 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
                 store(futures[future], future.result())
         except BaseException:
             # Stop the running chunks too: they would otherwise finish first (minutes with lmfit).
-            for process in list(pool._processes.values()):
-                process.terminate()
-            pool.shutdown(wait=False, cancel_futures=True)
+            # A second Ctrl-C must not interrupt this clean-up.
+            previous = signal_module.signal(signal_module.SIGINT, signal_module.SIG_IGN)
+            try:
+                for process in list(pool._processes.values()):
+                    process.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+            finally:
+                signal_module.signal(signal_module.SIGINT, previous)
             raise
         pool.shutdown()
     return out
