@@ -167,7 +167,7 @@ def initial_estimate(bvals, signal, bval_threshold):
     b = np.asarray(bvals, dtype=float)
     signal = np.atleast_2d(np.asarray(signal, dtype=float))
     high = b >= bval_threshold
-    if high.sum() < 2:
+    if np.unique(b[high]).size < 2:   # a line needs two distinct b-values, not two volumes
         n = signal.shape[0]
         return np.full(n, D_INIT_DEFAULT), signal.max(axis=1)
     bh = b[high]

@@ -63,3 +63,13 @@ def test_failed_voxels_get_nan_and_exception(engine):
     np.testing.assert_array_equal(out["exception"], 1)
     for name in fit.OUTPUT_NAMES[:-1]:
         assert np.isnan(out[name]).all(), name
+
+
+def test_initial_estimate_needs_two_distinct_high_b_values():
+    bvals = np.array([5.0, 50.0, 200.0, 800.0, 800.0, 800.0])
+    signal = model.ivim_signal(bvals, [500.0], 1e-3, 0.1, 20e-3)
+    dinit, s0_1mf = model.initial_estimate(bvals, signal, 500.0)
+    np.testing.assert_array_equal(dinit, 2.325e-3)
+    np.testing.assert_array_equal(s0_1mf, signal.max(axis=1))
+    out = fit.fit_voxels(bvals, signal, engine="fast")
+    assert np.isfinite([out[k][0] for k in model.PARAM_NAMES]).all() and out["exception"][0] == 0
