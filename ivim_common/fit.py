@@ -107,8 +107,8 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     Returns
     -------
     dict of ndarray (n_voxels,)
-        Keys of OUTPUT_NAMES.  Failed voxels (non-finite or non-positive signal) have NaN
-        parameters and exception = 1.
+        Keys of OUTPUT_NAMES.  Failed voxels (non-finite or non-positive signal, or a fit
+        that returned non-finite values) have NaN parameters and exception = 1.
     """
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
@@ -125,13 +125,17 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
         params = fit_lmfit(bvals, signal[ok], init, lo, hi, vary, voxel_seeds(seed, voxel_ids[ok]))
     else:
         params = fit_fast(bvals, signal[ok], lo, hi, vary)
+    finite = np.isfinite(params).all(axis=1)      # a fit that did not give numbers failed too
+    fitted = ok.copy()
+    fitted[ok] = finite
+    params = params[finite]
 
     out = {name: np.full(n, np.nan) for name in OUTPUT_NAMES}
     for j, name in enumerate(model.PARAM_NAMES):
-        out[name][ok] = params[:, j]
-    out["FivimXDstar"][ok] = params[:, 2] * params[:, 3]
-    _, out["AIC"][ok], out["R2"][ok] = goodness_of_fit(bvals, signal[ok], params, int(vary.sum()))
-    out["exception"] = np.where(ok, 0.0, 1.0)
+        out[name][fitted] = params[:, j]
+    out["FivimXDstar"][fitted] = params[:, 2] * params[:, 3]
+    _, out["AIC"][fitted], out["R2"][fitted] = goodness_of_fit(bvals, signal[fitted], params, int(vary.sum()))
+    out["exception"] = np.where(fitted, 0.0, 1.0)
     return out
 
 
@@ -145,7 +149,9 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
 
 GRID_D = 12          # points over D in each voxel's box (one-step)
 GRID_DSTAR = 20      # points over D* in each voxel's box
-GRID_CHUNK = 128     # voxels per grid block: keeps its temporaries in cache
+GRID_CHUNK = 32      # voxels per grid block: keeps its temporaries in cache
+NEWTON_BLOCK = 2048  # rows per Newton block, for the same reason
+NEWTON_FIRST = 12    # Newton iterations per block; the rows still moving then finish together
 
 
 def _geomspace(lo, hi, num):
@@ -217,16 +223,16 @@ def _gram(bvals, signal, d, dstar):
 
 
 def _grid_starts(bvals, signal, lo, hi, vary):
-    """Four starting points per voxel from a (D, D*) grid, amplitudes solved exactly.
+    """(D, D*) of four starting points per voxel from a (D, D*) grid, amplitudes solved exactly.
 
     The two lowest local minima of the grid (the same point twice where it has one), and the
-    best grid points on the faces f = f_hi and D* = D*_hi.  Returns an array (4, n_voxels, 4).
+    best grid points on the faces f = f_hi and D* = D*_hi.  Returns two arrays (4, n_voxels).
     """
-    starts = np.empty((4, len(signal), 4))
+    d_start, dstar_start = np.empty((4, len(signal))), np.empty((4, len(signal)))
     for i in range(0, len(signal), GRID_CHUNK):
         part = slice(i, i + GRID_CHUNK)
-        starts[:, part] = _grid_block(bvals, signal[part], lo[part], hi[part], vary)
-    return starts
+        d_start[:, part], dstar_start[:, part] = _grid_block(bvals, signal[part], lo[part], hi[part], vary)
+    return d_start, dstar_start
 
 
 def _grid_block(bvals, signal, lo, hi, vary):
@@ -245,21 +251,25 @@ def _grid_block(bvals, signal, lo, hi, vary):
             if (di, dj) != (1, 1):
                 is_min &= rss <= pad[:, di:di + rss.shape[1], dj:dj + rss.shape[2]]
     flat = np.where(is_min, rss, np.inf).reshape(n, -1)
-    two = np.argsort(flat, axis=1)[:, :2]
-    two[:, 1] = np.where(np.isfinite(np.take_along_axis(flat, two[:, 1:], 1)[:, 0]), two[:, 1], two[:, 0])
     rows = np.arange(n)
-    face_box = (lo[:, 0], hi[:, 0], hi[:, 2], hi[:, 2])
-    flat_box = (lo[:, 0], hi[:, 0], lo[:, 2], hi[:, 2])
-    dstar_face = rss[:, :, -1].argmin(axis=1) * rss.shape[2] + rss.shape[2] - 1
-    starts = np.empty((4, n, 4))
-    for k, (idx, amp_box) in enumerate(((two[:, 0], flat_box), (two[:, 1], flat_box),
-                                        (rss_face.reshape(n, -1).argmin(axis=1), face_box),
-                                        (dstar_face, flat_box))):
-        i_d, i_s = np.unravel_index(idx, rss.shape[1:])
-        g = tuple(np.broadcast_to(t, rss.shape)[rows, i_d, i_s] for t in gram)
-        s0, f, _ = _amplitudes(g, yy, amp_box)
-        starts[k] = np.column_stack([s0, d[rows, i_d], f, dstar[rows, i_s]])
-    return starts
+    first = flat.argmin(axis=1)
+    flat[rows, first] = np.inf
+    second = flat.argmin(axis=1)
+    second = np.where(np.isfinite(flat[rows, second]), second, first)
+    n_s = rss.shape[2]
+    dstar_face = rss[:, :, -1].argmin(axis=1) * n_s + n_s - 1
+    idx = np.stack([first, second, rss_face.reshape(n, -1).argmin(axis=1), dstar_face])
+    return d[rows, idx // n_s], dstar[rows, idx % n_s]
+
+
+def _start_amplitudes(bvals, signal, d, dstar, lo, hi):
+    """Starting points (n, 4): the exact best (S0, f) in the box for each voxel's (D, D*)."""
+    x2 = np.exp(-bvals * d[:, None])
+    x1 = x2 * np.exp(-bvals * dstar[:, None])
+    dot = lambda a, c: np.einsum("ij,ij->i", a, c)  # noqa: E731
+    gram = (dot(x1, x1), dot(x1, x2), dot(x2, x2), dot(x1, signal), dot(x2, signal))
+    s0, f, _ = _amplitudes(gram, dot(signal, signal), (lo[:, 0], hi[:, 0], lo[:, 2], hi[:, 2]))
+    return np.column_stack([s0, d, f, dstar])
 
 
 def _cholesky_solve(a, g):
@@ -286,15 +296,29 @@ def _cholesky_solve(a, g):
     return np.stack(x, axis=1), ok
 
 
+def _polish(bvals, signal, params, lo, hi, vary):
+    """:func:`_newton` over blocks of rows, the slow rows of all blocks finished together."""
+    params, rss, left = params.copy(), np.empty(len(params)), []
+    for i in range(0, len(params), NEWTON_BLOCK):
+        s = slice(i, i + NEWTON_BLOCK)
+        params[s], rss[s], todo = _newton(bvals, signal[s], params[s], lo[s], hi[s], vary, NEWTON_FIRST)
+        left.append(i + todo)
+    left = np.concatenate(left)
+    if left.size:
+        params[left], rss[left], _ = _newton(bvals, signal[left], params[left], lo[left], hi[left], vary)
+    return params, rss
+
+
 def _newton(bvals, signal, params, lo, hi, vary, max_iter=100, rtol=1e-11):
-    """Box-constrained damped Newton from ``params``; each voxel is frozen once converged.
+    """Box-constrained damped Newton from ``params``; each row is frozen once converged.
 
     Works in coordinates scaled to [0, 1] over each voxel's box; fixed parameters, and those
     on a bound whose gradient points outwards, are held (projected Newton).  The Hessian is
     exact (Gauss-Newton plus the residual-weighted second derivatives, so large residuals still
     converge fast) where, damped Levenberg-Marquardt style, it is positive definite; else the
     Gauss-Newton one.  Each step is tried clipped to the box and, where clipping changed it,
-    also shortened to its first bound.  Returns the parameters (n, 4) and their RSS (n,).
+    also shortened to its first bound.  Returns the parameters (n, 4), their RSS (n,) and the
+    rows not converged within ``max_iter`` iterations.
     """
     width = np.where(vary, hi - lo, 0.0)
     params = np.clip(params, lo, hi)
@@ -348,7 +372,7 @@ def _newton(bvals, signal, params, lo, hi, vary, max_iter=100, rtol=1e-11):
         settled = (np.abs(old - rss_new) <= rtol * old) & unclipped & (l <= 1e-2)
         done = settled | (np.abs(step).max(axis=1) < 1e-12) | (~better & (l > 1e8))
         todo = todo[~done]
-    return params, rss
+    return params, rss, todo
 
 
 def fit_fast(bvals, signal, lo, hi, vary):
@@ -360,6 +384,7 @@ def fit_fast(bvals, signal, lo, hi, vary):
     nominal box (on its face for the last two), then refined by Newton in its ±5 % box.  The
     candidate whose refined fit has the lowest RSS wins.  Where step-2 f is 0, D* is
     undetermined, so the refinement searches D* over its whole nominal range (±5 %).
+    All candidates of all voxels go through Newton together.
 
     Parameters
     ----------
@@ -370,29 +395,36 @@ def fit_fast(bvals, signal, lo, hi, vary):
     -------
     params : ndarray (n_voxels, 4)
     """
-    starts = _grid_starts(bvals, signal, lo, hi, vary)
-    best, best_rss = _step2_and_refine(bvals, signal, starts[0], lo, hi, vary, vary)
-    candidates = [(starts[1], lo, vary)]
-    for k, j in ((2, 2), (3, 3)):               # faces: parameter j held at its upper bound
-        face_lo = lo.copy()
-        face_lo[:, j] = hi[:, j]
-        candidates.append((starts[k], face_lo, vary & (np.arange(4) != j)))
-    for start, box_lo, free in candidates:
-        todo = np.flatnonzero(np.any(start != starts[0], axis=1))
-        p, r = _step2_and_refine(bvals, signal[todo], start[todo], box_lo[todo], hi[todo], free, vary)
-        better = r < best_rss[todo]
-        best[todo[better]], best_rss[todo[better]] = p[better], r[better]
-    return best
+    n = len(signal)
+    if n == 0:
+        return np.empty((0, 4))
+    d_start, dstar_start = _grid_starts(bvals, signal, lo, hi, vary)
+    voxel = np.tile(np.arange(n), 4)
+    box_lo = lo[voxel]
+    for k, face in ((2, 2), (3, 3)):            # faces: parameter held at its upper bound
+        box_lo[k * n:(k + 1) * n, face] = hi[:, face]
+    start = _start_amplitudes(bvals, signal[voxel], d_start.ravel(), dstar_start.ravel(), box_lo, hi[voxel])
+    new = np.ones(4 * n, dtype=bool)            # drop candidates that repeat the first
+    new[n:] = np.any(start[n:] != np.tile(start[:n], (3, 1)), axis=1)
+    voxel, start, box_lo = voxel[new], start[new], box_lo[new]
+    step2, _ = _polish(bvals, signal[voxel], start, box_lo, hi[voxel], vary)
+    params, rss = _refine(bvals, signal, voxel, step2, lo, hi, vary)
+    order = np.lexsort((rss, voxel))            # per voxel, the lowest refined RSS (stable)
+    best = order[np.r_[True, voxel[order][1:] != voxel[order][:-1]]]
+    return params[best]
 
 
-def _step2_and_refine(bvals, signal, start, lo, hi, free, vary):
-    """Newton in the box (lo, hi) over the ``free`` parameters, then in the refinement box."""
-    step2, _ = _newton(bvals, signal, start, lo, hi, free)
+def _refine(bvals, signal, voxel, step2, lo, hi, vary):
+    """Newton in the ±5 % box of each step-2 result (rows of ``voxel``); returns params, RSS.
+
+    Where step-2 f is 0, D* gets the voxel's nominal range ±5 %, started from a grid."""
     r_lo, r_hi = model.refinement_bounds(step2, vary)
-    zero_f = step2[:, 2] <= model.REFINE_F_ZERO[0]
-    r_lo[zero_f, 3] = lo[zero_f, 3] * (1 - model.REFINE)
-    r_hi[zero_f, 3] = hi[zero_f, 3] * (1 + model.REFINE)
+    zero_f = np.flatnonzero(step2[:, 2] <= model.REFINE_F_ZERO[0])
     start = step2.copy()
-    if zero_f.any():
-        start[zero_f] = _grid_starts(bvals, signal[zero_f], r_lo[zero_f], r_hi[zero_f], vary)[0]
-    return _newton(bvals, signal, start, r_lo, r_hi, vary)
+    if zero_f.size:
+        v = voxel[zero_f]
+        r_lo[zero_f, 3] = lo[v, 3] * (1 - model.REFINE)
+        r_hi[zero_f, 3] = hi[v, 3] * (1 + model.REFINE)
+        d_start, dstar_start = _grid_starts(bvals, signal[v], r_lo[zero_f], r_hi[zero_f], vary)
+        start[zero_f] = _start_amplitudes(bvals, signal[v], d_start[0], dstar_start[0], r_lo[zero_f], r_hi[zero_f])
+    return _polish(bvals, signal[voxel], start, r_lo, r_hi, vary)

@@ -86,43 +86,39 @@ def ivim_newton_terms(bvals, params, resid):
     Σ b^k·{u², u·v, v², r·u, r·v} (k = 0, 1, 2), computed in one matrix product.
     """
     b = np.asarray(bvals, dtype=float)
-    S0, D, f, Dstar = (params[:, k:k + 1] for k in range(4))
-    u = np.exp(-b * D)
-    v = u * np.expm1(-b * Dstar)
     n = len(params)
-    prods = np.stack([u * u, u * v, v * v, resid * u, resid * v], axis=1)          # (n, 5, n_b)
-    mom = (prods.reshape(-1, b.size) @ np.stack([np.ones_like(b), b, b * b], axis=1)).reshape(n, 5, 3)
-    (U, X, V, Ru, Rv) = (mom[:, i] for i in range(5))                                # each (n, 3)
+    prods = np.empty((5, n, b.size))                        # u², u·v, v², r·u, r·v
+    u = np.exp(-b * params[:, 1:2])
+    v = np.expm1(-b * params[:, 3:4])
+    v *= u
+    for k, (left, right) in enumerate(((u, u), (u, v), (v, v), (resid, u), (resid, v))):
+        np.multiply(left, right, out=prods[k])
+    powers = np.stack([np.ones_like(b), b, b * b], axis=1)
+    U, X, V, Ru, Rv = (prods.reshape(-1, b.size) @ powers).reshape(5, n, 3).transpose(0, 2, 1)
     S0, f = params[:, 0], params[:, 2]
     s2 = S0 * S0
-    jj = np.empty((n, 4, 4))
-    entries = {
-        (0, 0): U[:, 0] + 2 * f * X[:, 0] + f * f * V[:, 0],
-        (0, 1): -S0 * (U[:, 1] + 2 * f * X[:, 1] + f * f * V[:, 1]),
-        (1, 1): s2 * (U[:, 2] + 2 * f * X[:, 2] + f * f * V[:, 2]),
-        (0, 2): S0 * (X[:, 0] + f * V[:, 0]),
-        (1, 2): -s2 * (X[:, 1] + f * V[:, 1]),
-        (2, 2): s2 * V[:, 0],
-        (0, 3): -S0 * f * (U[:, 1] + (1 + f) * X[:, 1] + f * V[:, 1]),
-        (1, 3): s2 * f * (U[:, 2] + (1 + f) * X[:, 2] + f * V[:, 2]),
-        (2, 3): -s2 * f * (X[:, 1] + V[:, 1]),
-        (3, 3): s2 * f * f * (U[:, 2] + 2 * X[:, 2] + V[:, 2]),
-    }
-    for (i, j), val in entries.items():
-        jj[:, i, j] = jj[:, j, i] = val
-    grad = np.column_stack([Ru[:, 0] + f * Rv[:, 0], -S0 * (Ru[:, 1] + f * Rv[:, 1]), S0 * Rv[:, 0],
-                            -S0 * f * (Ru[:, 1] + Rv[:, 1])])
-    # Σ b·r·J, and the second derivatives: -b times the first ones, except those with S0
-    # (the first ones over S0) and d²S/df dD* = -b·S0·(u + v)
-    q = np.column_stack([Ru[:, 1] + f * Rv[:, 1], -S0 * (Ru[:, 2] + f * Rv[:, 2]), S0 * Rv[:, 1],
-                         -S0 * f * (Ru[:, 2] + Rv[:, 2])])
-    hess = jj.copy()
-    second = {(0, 1): -q[:, 0], (0, 2): grad[:, 2] / S0, (0, 3): grad[:, 3] / S0, (1, 1): -q[:, 1],
-              (1, 2): -q[:, 2], (1, 3): -q[:, 3], (2, 3): -S0 * (Ru[:, 1] + Rv[:, 1]), (3, 3): -q[:, 3]}
-    for (i, j), val in second.items():
-        hess[:, i, j] += val
-        if i != j:
-            hess[:, j, i] += val
+    # JᵀJ, row-major upper triangle
+    j00 = U[0] + 2 * f * X[0] + f * f * V[0]
+    j01 = -S0 * (U[1] + 2 * f * X[1] + f * f * V[1])
+    j02 = S0 * (X[0] + f * V[0])
+    j03 = -S0 * f * (U[1] + (1 + f) * X[1] + f * V[1])
+    j11 = s2 * (U[2] + 2 * f * X[2] + f * f * V[2])
+    j12 = -s2 * (X[1] + f * V[1])
+    j13 = s2 * f * (U[2] + (1 + f) * X[2] + f * V[2])
+    j22 = s2 * V[0]
+    j23 = -s2 * f * (X[1] + V[1])
+    j33 = s2 * f * f * (U[2] + 2 * X[2] + V[2])
+    jj = np.stack([j00, j01, j02, j03, j01, j11, j12, j13, j02, j12, j22, j23, j03, j13, j23, j33],
+                  axis=1).reshape(n, 4, 4)
+    g = (Ru[0] + f * Rv[0], -S0 * (Ru[1] + f * Rv[1]), S0 * Rv[0], -S0 * f * (Ru[1] + Rv[1]))
+    grad = np.stack(g, axis=1)
+    # Σ r·∇²S: -b times the first derivatives, except those with S0 (the first derivatives
+    # over S0) and d²S/df dD* = -b·S0·(u + v)
+    q = (Ru[1] + f * Rv[1], -S0 * (Ru[2] + f * Rv[2]), S0 * Rv[1], -S0 * f * (Ru[2] + Rv[2]))
+    h01, h02, h03 = j01 - q[0], j02 + g[2] / S0, j03 + g[3] / S0
+    h12, h13, h23 = j12 - q[2], j13 - q[3], j23 - S0 * (Ru[1] + Rv[1])
+    hess = np.stack([j00, h01, h02, h03, h01, j11 - q[1], h12, h13, h02, h12, j22, h23,
+                     h03, h13, h23, j33 - q[3]], axis=1).reshape(n, 4, 4)
     return grad, jj, hess
 
 

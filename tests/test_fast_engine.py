@@ -84,10 +84,19 @@ def test_fast_path_imports_neither_lmfit_nor_matplotlib():
 
 
 def test_zero_f_refinement_searches_dstar():
-    """Where step-2 f is 0 the refinement may pick any D* of the nominal range (±5 %)."""
-    signal = model.ivim_signal(BVALS, [500.0], 1e-3, 0.0, 0.0) * np.array([1.0] * 8 + [1.002, 0.998, 1.0])
-    out = fit.fit_voxels(BVALS, signal, "one-step", "2019", engine="fast")
-    assert 0.0 <= out["Fivim"][0] <= 0.05
+    """Where step-2 f is 0 (D* undetermined) the refinement searches D* over the nominal range ±5 %.
+
+    The step-2 D* given here (5e-3) is far from the truth (30e-3): a search within its ±5 % box
+    cannot fit the signal, the whole range recovers the truth.
+    """
+    truth = np.array([500.0, 1e-3, 0.03, 30e-3])
+    signal = model.ivim_signal(BVALS, *truth)[None]
+    step2 = np.array([[500.0, 1e-3, 0.0, 5e-3]])
     cfg = model.settings("one-step", "2019")
-    dinit, _ = model.initial_estimate(BVALS, signal, cfg["bval_threshold"])
-    assert 0.95 * 0.8 * dinit[0] <= out["Dstar"][0] <= 1.05 * 35.5e-3
+    dinit, s0_1mf = model.initial_estimate(BVALS, signal, cfg["bval_threshold"])
+    _, lo, hi, vary = model.nominal_bounds("one-step", "2019", dinit, s0_1mf)
+    params, rss = fit._refine(BVALS, signal, np.array([0]), step2, lo, hi, vary)
+    np.testing.assert_allclose(params[0], truth, rtol=1e-6)
+    assert rss[0] < 1e-12 * (signal ** 2).sum()
+    near, _ = fit._refine(BVALS, signal, np.array([0]), step2 + [0, 0, 1e-3, 0], lo, hi, vary)
+    assert abs(near[0, 3] - 5e-3) <= 0.05 * 5e-3 + 1e-15     # f > 0: D* stays in its ±5 % box

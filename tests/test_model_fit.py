@@ -73,3 +73,52 @@ def test_initial_estimate_needs_two_distinct_high_b_values():
     np.testing.assert_array_equal(s0_1mf, signal.max(axis=1))
     out = fit.fit_voxels(bvals, signal, engine="fast")
     assert np.isfinite([out[k][0] for k in model.PARAM_NAMES]).all() and out["exception"][0] == 0
+
+
+def test_newton_terms_match_finite_differences():
+    """Gradient, JᵀJ and the exact Hessian of ½·RSS against central differences."""
+    rng = np.random.default_rng(2)
+    b = BVALS
+    params = np.array([[700.0, 1.1e-3, 0.12, 18e-3], [400.0, 0.6e-3, 0.3, 30e-3], [900.0, 2e-3, 0.05, 6e-3]])
+    signal = model.ivim_signal(b, *params.T) * rng.uniform(0.8, 1.2, (3, b.size))   # large residuals
+
+    def half_rss(p):
+        r = model.ivim_signal(b, *p.T) - signal
+        return 0.5 * np.einsum("ij,ij->i", r, r)
+
+    def jacobian(p):
+        cols = []
+        for k in range(4):
+            e = np.zeros_like(p)
+            e[:, k] = p[:, k] * 1e-6
+            cols.append((model.ivim_signal(b, *(p + e).T) - model.ivim_signal(b, *(p - e).T)) / (2 * e[:, [k]]))
+        return np.stack(cols, axis=2)
+
+    grad, gn, hess = model.ivim_newton_terms(b, params, model.ivim_signal(b, *params.T) - signal)
+    jac = jacobian(params)
+    np.testing.assert_allclose(gn, np.einsum("nbi,nbj->nij", jac, jac), rtol=1e-6, atol=0)
+    steps = params * 1e-5
+    for k in range(4):
+        e = np.zeros_like(params)
+        e[:, k] = steps[:, k]
+        fd_grad = (half_rss(params + e) - half_rss(params - e)) / (2 * steps[:, k])
+        np.testing.assert_allclose(grad[:, k], fd_grad, rtol=1e-6)
+        grad_p = model.ivim_newton_terms(b, params + e, model.ivim_signal(b, *(params + e).T) - signal)[0]
+        grad_m = model.ivim_newton_terms(b, params - e, model.ivim_signal(b, *(params - e).T) - signal)[0]
+        np.testing.assert_allclose(hess[:, :, k], (grad_p - grad_m) / (2 * steps[:, [k]]), rtol=1e-5)
+    assert not np.allclose(hess, gn, rtol=1e-3)     # the residual term matters here
+
+
+@pytest.mark.parametrize("engine", ["fast", "lmfit"])
+def test_non_finite_fit_results_are_failures(engine, monkeypatch):
+    """A fitter returning NaN/Inf for a voxel marks it failed; the other voxels are kept."""
+    truth = np.array([[600.0, 1e-3, 0.1, 20e-3], [500.0, 0.8e-3, 0.15, 25e-3]])
+    broken = truth.copy()
+    broken[1, 3] = np.inf
+    name = "fit_fast" if engine == "fast" else "fit_lmfit"
+    monkeypatch.setattr(fit, name, lambda *args: broken.copy())
+    out = fit.fit_voxels(BVALS, model.ivim_signal(BVALS, *truth.T), engine=engine)
+    np.testing.assert_array_equal(out["exception"], [0, 1])
+    assert np.isnan([out[k][1] for k in fit.OUTPUT_NAMES if k != "exception"]).all()
+    np.testing.assert_allclose([out[k][0] for k in model.PARAM_NAMES], truth[0])
+    assert np.isfinite(out["AIC"][0]) and out["R2"][0] > 0.999
