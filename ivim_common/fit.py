@@ -244,7 +244,8 @@ def _grid_block(bvals, signal, lo, hi, vary):
     box = [v[:, None, None] for v in (lo[:, 0], hi[:, 0], lo[:, 2], hi[:, 2])]
     rss, rss_face = _amplitudes(gram, yy[:, None, None], box, with_args=False)
     # local minima: no lower value among the 8 neighbours
-    pad = np.pad(rss, ((0, 0), (1, 1), (1, 1)), constant_values=np.inf)
+    pad = np.full((n, rss.shape[1] + 2, rss.shape[2] + 2), np.inf)
+    pad[:, 1:-1, 1:-1] = rss
     is_min = np.ones(rss.shape, dtype=bool)
     for di in (0, 1, 2):
         for dj in (0, 1, 2):
@@ -408,6 +409,10 @@ def fit_fast(bvals, signal, lo, hi, vary):
     new[n:] = np.any(start[n:] != np.tile(start[:n], (3, 1)), axis=1)
     voxel, start, box_lo = voxel[new], start[new], box_lo[new]
     step2, _ = _polish(bvals, signal[voxel], start, box_lo, hi[voxel], vary)
+    order = np.lexsort(tuple(step2.T) + (voxel,))   # candidates that reached the same step-2
+    same = np.all(np.abs(np.diff(step2[order], axis=0)) <= 1e-9 * np.abs(step2[order][1:]), axis=1)
+    keep = np.sort(order[np.r_[True, ~(same & (np.diff(voxel[order]) == 0))]])   # point: refine once
+    voxel, step2 = voxel[keep], step2[keep]
     params, rss = _refine(bvals, signal, voxel, step2, lo, hi, vary)
     order = np.lexsort((rss, voxel))            # per voxel, the lowest refined RSS (stable)
     best = order[np.r_[True, voxel[order][1:] != voxel[order][:-1]]]
