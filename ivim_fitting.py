@@ -79,7 +79,7 @@ def fit_to_folder(args, argv):
 
     start = time.perf_counter()
     io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), SIDECAR])
-    inputs = io.load_fit_inputs(args.input, args.bval, args.mask)
+    inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
     bounds_version = args.bounds_version or "2020"
     jobs = 1 if args.mt == 0 else (args.jobs or os.cpu_count())
     if args.verbose >= 2:

@@ -197,11 +197,12 @@ class FitInputs:
     selection: str
 
 
-def load_fit_inputs(dwi_path, bval_path, mask_path=None):
+def load_fit_inputs(dwi_path, bval_path, mask_path=None, approach="one-step"):
     """Load and cross-check a 4-D DWI, its b-values and an optional mask.
 
     Without a mask, every voxel whose signal is finite and positive in all volumes at the
-    lowest b-value is selected.
+    lowest b-value is selected.  There must be at least as many distinct b-values as the
+    ``approach`` has free parameters (4 for one-step, 3 for two-step, where D is fixed).
 
     Returns
     -------
@@ -219,6 +220,11 @@ def load_fit_inputs(dwi_path, bval_path, mask_path=None):
     if data.shape[3] != bvals.size:
         raise InputError(f"DWI {dwi_path} has {data.shape[3]} volumes but b-value file {bval_path} "
                          f"has {bvals.size} b-values")
+    n_free = len(model.PARAM_NAMES) - (0 if model.settings(approach)["vary_D"] else 1)  # two-step: D fixed
+    n_distinct = np.unique(bvals).size
+    if n_distinct < n_free:
+        raise InputError(f"b-value file {bval_path}: {n_distinct} distinct b-values, {approach} needs at "
+                         f"least {n_free}")
     if mask_path is None:
         lowest = data[..., bvals == bvals.min()]
         with np.errstate(invalid="ignore"):

@@ -73,6 +73,8 @@ BAD_INPUTS = {
                          "bneg.txt: negative b-value -5"),
     "non-numeric b-value": (lambda a, d, t: _replace(a, "-b", _write(t / "babc.txt", "abc " + "10 " * 10)), 1,
                             "babc.txt: non-numeric b-value 'abc'"),
+    "3 distinct b-values": (lambda a, d, t: _replace(a, "-b", _write(t / "b3.txt", "5 " * 4 + "400 " * 4 + "800 " * 3)),
+                            1, "b3.txt: 3 distinct b-values, one-step needs at least 4"),
     "b-value matrix": (lambda a, d, t: _replace(a, "-b", _write(t / "b2d.txt", ("5 " * 11 + "\n") * 2)), 1,
                        "b2d.txt: expected one row or one column"),
     "empty b-value file": (lambda a, d, t: _replace(a, "-b", _write(t / "bnone.txt", "\n")), 1,
@@ -127,6 +129,14 @@ def test_existing_output_refused_untouched(dataset, tmp_path, capsys):
 def test_bval_formats(text, tmp_path):
     path = _write(tmp_path / "b.bval", text)
     np.testing.assert_array_equal(io.read_bvals(path), [5, 10, 20, 600])
+
+
+def test_two_step_needs_3_distinct_b_values(dataset, tmp_path):
+    three = _write(tmp_path / "b3.txt", "5 " * 4 + "400 " * 4 + "800 " * 3)
+    assert io.load_fit_inputs(dataset["dwi"], three, approach="two-step").bvals.size == 11
+    two = _write(tmp_path / "b2.txt", "5 " * 4 + "800 " * 7)
+    with pytest.raises(InputError, match="b2.txt: 2 distinct b-values, two-step needs at least 3"):
+        io.load_fit_inputs(dataset["dwi"], two, approach="two-step")
 
 
 def test_no_mask_selects_finite_positive_at_lowest_b(dataset):
