@@ -56,7 +56,7 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
     parser.add_argument("--engine", default="fast", choices=fit.ENGINES,
                         help="fast: vectorised (default); lmfit: differential evolution as the original, "
                              "about 1-2 s of CPU per voxel")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
                         help="seed of the lmfit engine; each voxel's seed derives from it and the voxel's "
                              "index (default: %(default)s)")
     parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",

@@ -55,7 +55,8 @@ def compute_parser(kind, prog, description, example):
     parser.add_argument("--bounds-version", choices=("2020", "2019"),
                         help="one-step bounds: 2020 (the original's code since Dec 2020, default) or "
                              "2019 (the code behind the published results); not for two-step")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default: %(default)s)")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
+                        help="seed of the noise draws (default: %(default)s)")
     if noisy:
         parser.add_argument("--n-draws", type=cli.positive_int, default=1000,
                             help="noise draws per grid cell (default: %(default)s)")

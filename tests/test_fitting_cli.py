@@ -88,6 +88,7 @@ BAD_INPUTS = {
     "unknown approach": (lambda a, d, t: a + ["-mo", "three-step"], 2, "invalid choice: 'three-step'"),
     "bounds version with two-step": (lambda a, d, t: a + ["-mo", "two-step", "--bounds-version", "2019"], 2,
                                      "--bounds-version applies to -mo one-step only"),
+    "negative seed": (lambda a, d, t: a + ["--seed", "-1"], 2, "argument --seed: must be >= 0, got -1"),
     "output is a file": (lambda a, d, t: _replace(a, "-o", _write(t / "afile", "")), 1,
                          "afile: exists and is not a folder"),
 }

@@ -313,6 +313,16 @@ def test_non_positive_snr_or_error_margin_is_a_usage_error(tmp_path, capsys, mod
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("module", [ivim_simu_compute_error_nonoise, ivim_simu_compute_required_snr])
+def test_negative_seed_is_a_usage_error(tmp_path, capsys, module):
+    with pytest.raises(SystemExit) as exc:
+        run_script(module, ["-model", "two-step", "-ofolder", tmp_path / "out", "--seed", -1] + GRID)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument --seed: must be >= 0, got -1" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_results_follow_the_umask_and_two_runs_are_not_shards(tmp_path, capsys):
     old = os.umask(0o022)
     try:
