@@ -66,7 +66,7 @@ def compute_parser(kind, prog, description, example):
     parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
                         help="worker processes for the fits (default: all cores)")
     parser.add_argument("--shard", metavar="K/N",
-                        help="compute only shard K of N of the grid (K = 1..N), e.g. for a job array; "
+                        help="compute only shard K of N of the grid (K = 1..N, N <= grid cells), e.g. for a job array; "
                              "merge the shard files with ivim_simu_plot.py")
     _common_arguments(parser)
     return parser
@@ -109,11 +109,11 @@ def _compute(kind, args, prog, argv):
                   Dstar_range=simu.parse_values(args.Dstar, "-Dstar"), D_range=simu.parse_values(args.D, "-D"))
     if values["F_range"].max() > 1:
         raise InputError(f"-F: f is a fraction, every value must be <= 1 (got {args.F!r})")
-    shard = simu.parse_shard(args.shard) if args.shard else (1, 1)
     sim = simu.Simulation(approach=args.model, bounds_version=args.bounds_version, engine=args.engine,
                           seed=args.seed, n_draws=getattr(args, "n_draws", 1),
                           noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or os.cpu_count() or 1,
                           **values)
+    shard = simu.parse_shard(args.shard, sim.n_cells) if args.shard else (1, 1)
     if os.path.exists(args.ofolder) and not os.path.isdir(args.ofolder):
         raise InputError(f"-ofolder: {args.ofolder} exists and is not a folder")
     path = simu.result_path(args.ofolder, shard)

@@ -117,14 +117,16 @@ def parse_bvals(text):
     return bvals
 
 
-def parse_shard(text):
-    """``K/N`` (1 <= K <= N) -> (K, N)."""
+def parse_shard(text, n_cells):
+    """``K/N`` (1 <= K <= N <= n_cells, the number of grid cells) -> (K, N)."""
     try:
         k, n = (int(v) for v in str(text).split("/"))
     except ValueError:
         raise InputError(f"--shard: expected K/N, e.g. 2/8 (got {text!r})") from None
     if not 1 <= k <= n:
         raise InputError(f"--shard: need 1 <= K <= N (got {text!r})")
+    if n > n_cells:
+        raise InputError(f"--shard: {n} shards but the grid has only {n_cells} cells (got {text!r})")
     return k, n
 
 

@@ -51,10 +51,12 @@ def test_parse_values_linspace_and_list():
     for bad in ("0.1:x:0.3", "a,b", "0.1:3", "", "-0.1,0.2"):
         with pytest.raises(InputError, match="-F"):
             simu.parse_values(bad, "-F")
-    assert simu.parse_shard("2/8") == (2, 8)
+    assert simu.parse_shard("2/8", 8) == (2, 8)
     for bad in ("0/3", "4/3", "2", "a/b"):
         with pytest.raises(InputError, match="--shard"):
-            simu.parse_shard(bad)
+            simu.parse_shard(bad, 8)
+    with pytest.raises(InputError, match="--shard: 9 shards but the grid has only 8 cells"):
+        simu.parse_shard("2/9", 8)
 
 
 def test_truth_and_signal_follow_the_flat_cell_order():
@@ -310,6 +312,14 @@ def test_non_positive_snr_or_error_margin_is_a_usage_error(tmp_path, capsys, mod
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and flag in err and "must be a finite number > 0" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_more_shards_than_grid_cells_is_an_input_error(tmp_path, capsys):
+    args = ["-model", "two-step", "-snr", 150, "--n-draws", 5, "-ofolder", tmp_path / "out", "--shard", "9/9"]
+    assert run_script(ivim_simu_compute_error_noise, args + GRID) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--shard: 9 shards but the grid has only 8 cells" in err
     assert not (tmp_path / "out").exists()
 
 
