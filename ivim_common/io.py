@@ -166,6 +166,21 @@ def load_nifti(path, role):
     return image, data
 
 
+def _load_on_grid(path, role, ndim, reference=None, reference_role="map"):
+    """:func:`load_nifti`, checked for its number of dimensions and, given a reference image,
+    for the reference's grid: the same shape along x, y, z and the same affine."""
+    image, data = load_nifti(path, role)
+    if data.ndim != ndim:
+        raise InputError(f"{role} {path}: expected a {ndim}-D image, got shape {data.shape}")
+    if reference is not None:
+        if data.shape[:3] != reference.shape[:3]:
+            raise InputError(f"{role} {path}: shape {data.shape[:3]} differs from the {reference_role}'s "
+                             f"{reference.shape[:3]}")
+        if not np.allclose(image.affine, reference.affine):
+            raise InputError(f"{role} {path}: affine (voxel-to-world matrix) differs from the {reference_role}'s")
+    return image, data
+
+
 @dataclasses.dataclass
 class FitInputs:
     """Checked inputs of a voxel-wise fit.
@@ -243,11 +258,7 @@ def load_fit_inputs(dwi_path, bval_path, mask_path=None, approach="one-step"):
 
 def _load_mask(path, dwi_image):
     """Boolean mask (values > 0) on the DWI's grid; errors if shape or affine differ or it is empty."""
-    image, data = load_nifti(path, "mask")
-    if data.shape != dwi_image.shape[:3]:
-        raise InputError(f"mask {path}: shape {data.shape} differs from the DWI's {dwi_image.shape[:3]}")
-    if not np.allclose(image.affine, dwi_image.affine):
-        raise InputError(f"mask {path}: affine (voxel-to-world matrix) differs from the DWI's")
+    data = _load_on_grid(path, "mask", 3, dwi_image, "DWI")[1]
     with np.errstate(invalid="ignore"):
         mask = data > 0
     if not mask.any():
@@ -483,7 +494,7 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
     name = _map_name(map_path, map_files)
     paths = {n: os.path.join(maps_dir or folder, f) for n, f in map_files.items()}
     paths[name] = map_path  # the opened map, wherever the others are
-    maps = {n: data if n == name else _load_on_grid(p, f"{n} map", 3, data.shape)[1]
+    maps = {n: data if n == name else _load_on_grid(p, f"{n} map", 3, image)[1]
             for n, p in paths.items() if n == name or os.path.isfile(p)}
     out = FitFolder(name=name, path=map_path, maps=maps, sidecar=sidecar,
                     zooms=tuple(float(z) for z in image.header.get_zooms()[:3]))
@@ -498,12 +509,12 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
         if out.bvals is None:
             raise InputError(f"DWI {dwi_path}: no b-values for it (no {SIDECAR_NAME} in {folder}; "
                              "give the b-value file)")
-        out.dwi = _load_on_grid(dwi_path, "DWI", 4, data.shape)[1]
+        out.dwi = _load_on_grid(dwi_path, "DWI", 4, image)[1]
         if out.dwi.shape[3] != len(out.bvals):
             raise InputError(f"DWI {dwi_path}: {out.dwi.shape[3]} volumes but {len(out.bvals)} "
                              f"b-values (from {bvals or SIDECAR_NAME})")
     if mask_path:
-        out.mask = _load_on_grid(mask_path, "mask", 3, data.shape)[1] > 0
+        out.mask = _load_on_grid(mask_path, "mask", 3, image)[1] > 0
     return out
 
 
@@ -540,12 +551,3 @@ def _sidecar_input(sidecar, key, notes):
                  "not found")
     return None
 
-
-def _load_on_grid(path, role, ndim, grid=None):
-    """:func:`load_nifti`, checked for its number of dimensions and the map's grid (nx, ny, nz)."""
-    image, data = load_nifti(path, role)
-    if data.ndim != ndim:
-        raise InputError(f"{role} {path}: expected a {ndim}-D image, got shape {data.shape}")
-    if grid is not None and data.shape[:3] != tuple(grid):
-        raise InputError(f"{role} {path}: grid {data.shape[:3]} does not match the map's {tuple(grid)}")
-    return image, data

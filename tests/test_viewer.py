@@ -190,11 +190,18 @@ def test_headless_outputs_on_test_data(tmp_path, capsys):
     (["-b", "{tmp}/bvals.txt", "--montage", "{tmp}/m.png"], "9 volumes but 3 b-values"),
     (["--montage", "{tmp}/exists.png"], "already exists (use --force"),
     (["--montage", "{tmp}/no/m.png"], "does not exist"),
+    (["-dwi", "{tmp}/moved_dwi.nii.gz", "--montage", "{tmp}/m.png"],
+     "moved_dwi.nii.gz: affine (voxel-to-world matrix) differs from the map's"),
+    (["-ma", "{tmp}/moved_mask.nii.gz", "--montage", "{tmp}/m.png"],
+     "moved_mask.nii.gz: affine (voxel-to-world matrix) differs from the map's"),
     ([], "no display for the interactive window"),
 ])
 def test_bad_inputs_exit_1_with_one_line(fit_dir, tmp_path, capsys, extra, message):
     (tmp_path / "bvals.txt").write_text("0 500 1000\n")
     (tmp_path / "exists.png").write_bytes(b"")
+    moved = np.diag([0.8, 0.8, 5.0, 1.0]) + np.eye(4, k=3)  # the fixture's affine, shifted 1 mm in x
+    nib.save(nib.Nifti1Image(np.ones(SHAPE + (len(BVALS),), np.float32), moved), tmp_path / "moved_dwi.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.int8), moved), tmp_path / "moved_mask.nii.gz")
     argv = ["-i", str(fit_dir / "Fivim_map.nii.gz")] + [a.format(tmp=tmp_path) for a in extra]
     assert ivim_view_fits.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
