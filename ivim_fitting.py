@@ -5,11 +5,11 @@ import sys
 import textwrap
 import time
 
-from ivim_common import cli, fit, model
+from ivim_common import cli, constants
 
 PROG = "ivim_fitting.py"
 SIDECAR = "ivim_fitting.json"
-MAP_FILES = {name: f"{name}_map.nii.gz" for name in fit.OUTPUT_NAMES}
+MAP_FILES = {name: f"{name}_map.nii.gz" for name in constants.OUTPUT_NAMES}
 
 EXAMPLE = f"""\
 example (the bundled test data, the published maps' bounds):
@@ -29,9 +29,9 @@ def get_parser():
         description=f"""\
 Fit the IVIM bi-exponential model voxel by voxel to a 4-D diffusion-weighted image:
 
-  {model.EQUATION}
+  {constants.EQUATION}
 
-{textwrap.fill("b in s/mm^2, D and Dstar in mm^2/s. " + model.CONVERSION, 96)}
+{textwrap.fill("b in s/mm^2, D and Dstar in mm^2/s. " + constants.CONVERSION, 96)}
 
 Each voxel: a log-linear fit on the high b-values gives Dinit and S0(1-f), then a bounded fit
 of all b-values (as the original toolbox), then a refit within +/-5% of that result.
@@ -45,15 +45,15 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                              "spaces, commas or tabs (FSL .bval works)")
     parser.add_argument("-ma", "--mask", metavar="MASK",
                         help="3-D NIfTI mask on the DWI's grid; voxels > 0 are fitted (default: see above)")
-    parser.add_argument("-mo", "--model", default="one-step", choices=model.APPROACHES,
+    parser.add_argument("-mo", "--model", default="one-step", choices=constants.APPROACHES,
                         help="one-step: S0, D, f, D* free (default); two-step: D fixed at Dinit")
     parser.add_argument("-o", "--ofolder", default="params_map", metavar="FOLDER",
                         help="output folder (default: %(default)s)")
-    parser.add_argument("--bounds-version", choices=model.BOUNDS_VERSIONS,
+    parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
                         help="one-step bounds: 2020 (default; b >= 400 for Dinit, f in [0, 0.20], "
                              "D* in [2*Dinit, 50e-3]) or 2019 (the published maps; b >= 500, f in [0, 0.35], "
                              "D* in [0.8*Dinit, 35.5e-3])")
-    parser.add_argument("--engine", default="fast", choices=fit.ENGINES,
+    parser.add_argument("--engine", default="fast", choices=constants.ENGINES,
                         help="fast: vectorised (default); lmfit: differential evolution as the original, "
                              "about 1-2 s of CPU per voxel")
     parser.add_argument("--seed", type=cli.non_negative_int, default=0,
@@ -75,7 +75,7 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
 
 def fit_to_folder(args, argv):
     """Load and check the inputs, fit every selected voxel, write the maps and the sidecar."""
-    from ivim_common import io, voxelpool
+    from ivim_common import io, model, voxelpool
 
     start = time.perf_counter()
     io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), SIDECAR])

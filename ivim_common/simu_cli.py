@@ -6,7 +6,7 @@ the fitters and matplotlib are imported when the work starts.
 import os
 import sys
 
-from . import cli
+from . import cli, constants
 from .errors import InputError
 
 DEFAULT_BVALS = "5,10,15,20,30,50,75,100,125,150,200,250,600,700,800"
@@ -27,7 +27,7 @@ def compute_parser(kind, prog, description, example):
     """Parser of a compute script; kind in 'error_nonoise', 'error_noise', 'required_snr'."""
     parser = cli.ArgumentParser(prog=prog, description=description, epilog=example)
     noisy = kind != "error_nonoise"
-    parser.add_argument("-model", required=True, choices=("one-step", "two-step"),
+    parser.add_argument("-model", required=True, choices=constants.APPROACHES,
                         help="fitting approach (as ivim_fitting.py)")
     parser.add_argument("-ofolder", required=True,
                         help="output folder (created if needed) for sim_results_<yymmddHHMMSS>.npz and .json")
@@ -35,39 +35,39 @@ def compute_parser(kind, prog, description, example):
                         help="comma-separated b-values in s/mm² (default: %(default)s)")
     if kind == "error_noise":
         parser.add_argument("-snr", type=cli.positive_float, required=True,
-                            help="SNR = S0/σ of the noise, with S0 = 600 the true b = 0 signal")
+                            help=f"SNR = S0/σ of the noise, with S0 = {constants.S0_TRUE:g} the true b = 0 signal")
     if kind == "required_snr":
-        parser.add_argument("-snr", type=cli.positive_float, default=1500.0,
+        parser.add_argument("-snr", type=cli.positive_float, default=constants.DEFAULT_SNR_START,
                             help="SNR where the search starts (default: %(default)g)")
-        parser.add_argument("-condition", choices=("FDstar", "all"), default="FDstar",
+        parser.add_argument("-condition", choices=constants.CONDITIONS, default="FDstar",
                             help="FDstar: error of f·D* <= --max-error; all: the errors of f, D*, D "
                                  "and f·D* all <= --max-error (default: %(default)s)")
-        parser.add_argument("--max-error", type=cli.positive_float, default=10.0,
+        parser.add_argument("--max-error", type=cli.positive_float, default=constants.DEFAULT_MAX_ERROR,
                             help="largest acceptable mean |error| in %% (default: %(default)g)")
     parser.add_argument("-F", default=DEFAULT_F, help=f"true f values: {RANGE_HELP} (default: %(default)s)")
     parser.add_argument("-Dstar", default=DEFAULT_DSTAR,
                         help=f"true D* values in mm²/s: {RANGE_HELP} (default: %(default)s)")
     parser.add_argument("-D", default=DEFAULT_D[kind],
                         help=f"true D values in mm²/s: {RANGE_HELP} (default: %(default)s)")
-    parser.add_argument("--engine", choices=("fast", "lmfit"), default="fast",
+    parser.add_argument("--engine", choices=constants.ENGINES, default="fast",
                         help="fitting engine: fast (vectorised, default) or lmfit (the original's "
                              "differential evolution, ~2 s per fit: tiny grids only)")
-    parser.add_argument("--bounds-version", choices=("2020", "2019"),
+    parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
                         help="one-step bounds: 2020 (the original's code since Dec 2020, default) or "
                              "2019 (the code behind the published results); not for two-step")
     parser.add_argument("--seed", type=cli.non_negative_int, default=0,
                         help="seed of the noise draws (default: %(default)s)")
     if noisy:
-        parser.add_argument("--n-draws", type=cli.positive_int, default=1000,
+        parser.add_argument("--n-draws", type=cli.positive_int, default=constants.DEFAULT_N_DRAWS,
                             help="noise draws per grid cell (default: %(default)s)")
-        parser.add_argument("--noise", choices=("gaussian", "rician"), default="gaussian",
+        parser.add_argument("--noise", choices=constants.NOISE_MODELS, default="gaussian",
                             help="gaussian: S + N(0,σ), as the original (default); "
                                  "rician: |S + N(0,σ) + i·N(0,σ)|, magnitude data with its noise floor")
     parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
                         help="worker processes for the fits (default: all cores)")
     parser.add_argument("--shard", metavar="K/N",
-                        help="compute only shard K of N of the grid (K = 1..N, N <= grid cells), e.g. for a job array; "
-                             "merge the shard files with ivim_simu_plot.py")
+                        help="compute only shard K of N of the grid (K = 1..N, N <= grid cells), e.g. for "
+                             "a job array; merge the shard files with ivim_simu_plot.py")
     _common_arguments(parser)
     return parser
 

@@ -28,20 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import model
+from .constants import (CONDITIONS, DEFAULT_MAX_ERROR, DEFAULT_N_DRAWS, DEFAULT_SNR_START, ENGINES,
+                        NOISE_MODELS, S0_TRUE)
 from .errors import InputError, OutputExistsError
-from .fit import ENGINES
 from .voxelpool import fit_in_chunks
 
-S0_TRUE = 600.0
 ERR_ORDER = ("f", "Dstar", "D", "fDstar")
 KINDS = ("error_nonoise", "error_noise", "required_snr")
-NOISE_MODELS = ("gaussian", "rician")
-CONDITIONS = ("FDstar", "all")
 PERCENTILES = (5, 50, 95)
-
-DEFAULT_N_DRAWS = 1000
-DEFAULT_MAX_ERROR = 10.0
-DEFAULT_SNR_START = 1500.0
 
 SNR_CAP = 1e5        # a cell still failing at this SNR is "not reachable" (NaN)
 SNR_FLOOR = 1.0      # a cell passing at this SNR stops there
