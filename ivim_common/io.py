@@ -295,20 +295,22 @@ def check_output_folder(folder, force, names=()):
         for name in names:
             if os.path.isdir(os.path.join(folder, name)):
                 raise IvimError(f"output folder {folder}: {name} is a folder, cannot replace it")
-    ancestor = os.path.dirname(os.path.abspath(folder))
+    # --force writes into the folder itself (see staged_output), a new folder needs its parent
+    ancestor = os.path.abspath(folder)
     while not os.path.exists(ancestor):
         ancestor = os.path.dirname(ancestor)
     if not (os.path.isdir(ancestor) and os.access(ancestor, os.W_OK | os.X_OK)):
-        raise IvimError(f"output folder {folder}: cannot create it in {ancestor} (not a writable folder)")
+        raise IvimError(f"output folder {folder}: cannot write in {ancestor} (not a writable folder)")
 
 
 @contextlib.contextmanager
 def staged_output(folder):
-    """Yield a temporary folder beside ``folder``; on success move its files into ``folder``.
+    """Yield a temporary folder; on success move its files into ``folder``.
 
-    A new ``folder`` is created by renaming the temporary one; into an existing ``folder``
-    each written file replaces its namesake and nothing else is touched.  On any exception
-    (Ctrl-C included) the temporary folder is removed and ``folder`` is left as it was.
+    Into an existing ``folder`` the files are staged in a hidden folder inside it (so only
+    ``folder`` needs to be writable), and each replaces its namesake; nothing else is touched.
+    A new ``folder`` is staged beside it and created by renaming the temporary one.  On any
+    exception (Ctrl-C included) the temporary folder is removed and ``folder`` is left as it was.
 
     Raises
     ------
@@ -320,7 +322,7 @@ def staged_output(folder):
     try:
         os.makedirs(parent, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(folder))}.", suffix=".tmp",
-                               dir=parent)
+                               dir=folder if os.path.isdir(folder) else parent)
         yield tmp
         if os.path.isdir(folder):
             for name in sorted(os.listdir(tmp)):

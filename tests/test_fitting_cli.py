@@ -239,6 +239,37 @@ def test_force_replaces_only_toolbox_files(tmp_path, capsys):
     assert sorted(os.listdir(tmp_path)) == ["data", "out"]  # no temporary folder left
 
 
+def test_force_needs_only_a_writable_output_folder(tmp_path, monkeypatch, capsys):
+    """--force into a writable folder whose parent is read-only: staged inside the folder."""
+    data = write_dataset(tmp_path / "data", mask_voxels=1)
+    parent = tmp_path / "read_only"
+    out = parent / "out"
+    out.mkdir(parents=True)
+    access = os.access  # root ignores the mode bits, so the parent is also read-only for os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (os.path.abspath(path) != str(parent)
+                                                                and access(path, mode, **kw)))
+    parent.chmod(0o555)
+    try:
+        code, err = call_main(base_args(data, out) + ["--force", "-v", "0"], capsys)
+    finally:
+        parent.chmod(0o755)
+    assert code == 0, err
+    assert os.listdir(parent) == ["out"] and len(os.listdir(out)) == 9
+
+
+def test_failed_forced_run_leaves_the_previous_outputs(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "S0_map.nii.gz").write_text("previous")
+    with pytest.raises(RuntimeError):
+        with io.staged_output(str(out)) as tmp:
+            assert os.path.dirname(tmp) == str(out)  # staged inside the existing folder
+            with open(os.path.join(tmp, "S0_map.nii.gz"), "w") as f:
+                f.write("new")
+            raise RuntimeError("a failure before the end")
+    assert os.listdir(out) == ["S0_map.nii.gz"] and (out / "S0_map.nii.gz").read_text() == "previous"
+
+
 # --------------------------------------------------------------------------- processes
 
 @pytest.mark.parametrize("engine", fit.ENGINES)
