@@ -78,6 +78,8 @@ def fit_to_folder(args, argv):
     from ivim_common import io, model, voxelpool
 
     start = time.perf_counter()
+    map_paths = {name: os.path.join(args.ofolder, filename) for name, filename in MAP_FILES.items()}
+    sidecar_path = os.path.join(args.ofolder, SIDECAR)
     io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), SIDECAR])
     inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
     bounds_version = args.bounds_version or "2020"
@@ -107,10 +109,10 @@ def fit_to_folder(args, argv):
         "summary": io.median_iqr({k: v for k, v in maps.items() if k != "exception"}, fitted),
         "run_time_s": round(time.perf_counter() - start, 3),
     }
-    with io.staged_output(args.ofolder) as tmp:
-        for name, filename in MAP_FILES.items():
-            io.write_map(os.path.join(tmp, filename), maps[name], inputs.selected, inputs.image)
-        io.write_json(os.path.join(tmp, SIDECAR), sidecar)
+    with io.staged_outputs([*map_paths.values(), sidecar_path]) as tmp:
+        for name, path in map_paths.items():
+            io.write_map(tmp[path], maps[name], inputs.selected, inputs.image)
+        io.write_json(tmp[sidecar_path], sidecar)
     if args.verbose >= 1:
         print(f"{PROG}: fitted {int(fitted.sum())} voxels, {int((~fitted).sum())} failed, "
               f"in {sidecar['run_time_s']:.1f} s ({args.model}, engine {args.engine}, {jobs} job(s)); "

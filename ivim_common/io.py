@@ -2,11 +2,11 @@
 
 Every user mistake raises :class:`ivim_common.errors.IvimError` (or a subclass) with one line
 that names the file and the problem.  Outputs are checked before any work
-(:func:`check_output_folder`), written into a temporary folder beside the destination and moved
-into place at the end (:func:`staged_output`), so an interrupted or failed run leaves nothing
+(:func:`check_outputs`, :func:`check_output_folder`), written into a temporary folder and moved
+into place at the end (:func:`staged_outputs`), so an interrupted or failed run leaves nothing
 half-written.  The helpers :func:`sha256_file`, :func:`input_record`, :func:`provenance`,
-:func:`write_json`, :func:`check_output_folder` and :func:`staged_output` know nothing about
-IVIM and serve every script.
+:func:`write_json`, :func:`check_outputs`, :func:`check_output_folder` and
+:func:`staged_outputs` know nothing about IVIM and serve every script.
 """
 import contextlib
 import dataclasses
@@ -268,75 +268,104 @@ def _load_mask(path, dwi_image):
 
 # --------------------------------------------------------------------------- outputs
 
-def check_output_folder(folder, force, names=()):
-    """Refuse an output folder before any work is done.
+def check_output_folder(folder, force, names):
+    """Refuse, before any work, an output folder that exists (without ``force``).
 
     Parameters
     ----------
     folder : str
     force : bool
-        Allow an existing folder (its files named in ``names`` will be replaced).
+        Allow an existing folder: its files named in ``names`` will be replaced.
     names : iterable of str
-        Files the tool writes into the folder; with ``force`` none of them may be a folder.
+        Files the tool writes into the folder.
 
     Raises
     ------
     OutputExistsError
         The folder exists and ``force`` is false.
     IvimError
-        The path is a file, a name to write is a folder, or nothing can be created there.
+        As :func:`check_outputs`.
     """
-    if os.path.lexists(folder) and not os.path.isdir(folder):
-        raise IvimError(f"output folder {folder}: exists and is not a folder")
-    if os.path.isdir(folder):
-        if not force:
-            raise OutputExistsError(f"output folder {folder}: already exists (use --force to replace "
-                                    "the toolbox's files in it)")
-        for name in names:
-            if os.path.isdir(os.path.join(folder, name)):
-                raise IvimError(f"output folder {folder}: {name} is a folder, cannot replace it")
-    # --force writes into the folder itself (see staged_output), a new folder needs its parent
-    ancestor = os.path.abspath(folder)
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not (os.path.isdir(ancestor) and os.access(ancestor, os.W_OK | os.X_OK)):
-        raise IvimError(f"output folder {folder}: cannot write in {ancestor} (not a writable folder)")
+    if os.path.isdir(folder) and not force:
+        raise OutputExistsError(f"output folder {folder}: already exists (use --force to replace "
+                                "the toolbox's files in it)")
+    check_outputs([os.path.join(folder, name) for name in names], force=True)
+
+
+def check_outputs(paths, force):
+    """Refuse, before any work, output files that may not or cannot be written.
+
+    Raises
+    ------
+    OutputExistsError
+        A file exists and ``force`` is false.
+    IvimError
+        A path is given twice or is a folder, or its folder is not a writable folder and
+        cannot be created as one.
+    """
+    seen = set()
+    for path in paths:
+        if os.path.abspath(path) in seen:
+            raise IvimError(f"{path}: given twice as an output")
+        seen.add(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise IvimError(f"{path}: is a folder, cannot replace it")
+        if os.path.lexists(path) and not force:
+            raise OutputExistsError(f"{path}: already exists (use --force to replace it)")
+        folder = os.path.dirname(path) or os.curdir
+        existing = _existing_ancestor(folder)
+        if not os.path.isdir(existing):
+            raise IvimError(f"output folder {folder}: {existing} exists and is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise IvimError(f"output folder {folder}: cannot write in {existing} (permission denied)")
+
+
+def _existing_ancestor(folder):
+    """``folder`` (absolute) if it exists, else its nearest existing parent."""
+    folder = os.path.abspath(folder)
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    return folder
 
 
 @contextlib.contextmanager
-def staged_output(folder):
-    """Yield a temporary folder; on success move its files into ``folder``.
+def staged_outputs(paths):
+    """Yield ``{path: temporary path}``; on success move every file into place.
 
-    Into an existing ``folder`` the files are staged in a hidden folder inside it (so only
-    ``folder`` needs to be writable), and each replaces its namesake; nothing else is touched.
-    A new ``folder`` is staged beside it and created by renaming the temporary one.  On any
-    exception (Ctrl-C included) the temporary folder is removed and ``folder`` is left as it was.
+    The files are written into a hidden temporary folder per destination folder: inside the
+    destination when it exists (so only that folder must be writable; each file then replaces
+    its namesake and nothing else is touched), else in its nearest existing parent, and the
+    new folder is created by renaming the temporary one (it appears complete or not at all).
+    On any exception (Ctrl-C included) the temporary folders are removed and the destinations
+    are left as they were.
 
     Raises
     ------
     IvimError
         A file could not be written or moved (disk full, permissions, ...).
     """
-    parent = os.path.dirname(os.path.abspath(folder))
-    tmp = None
+    folders = {path: os.path.dirname(os.path.abspath(path)) for path in paths}
+    stages = {}
     try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(folder))}.", suffix=".tmp",
-                               dir=folder if os.path.isdir(folder) else parent)
-        yield tmp
-        if os.path.isdir(folder):
-            for name in sorted(os.listdir(tmp)):
-                os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the scratch stage only
-            os.rename(tmp, folder)
+        for folder in dict.fromkeys(folders.values()):
+            stages[folder] = tempfile.mkdtemp(prefix=".ivim_", suffix=".tmp", dir=_existing_ancestor(folder))
+        yield {path: os.path.join(stages[folder], os.path.basename(path)) for path, folder in folders.items()}
+        for folder, stage in stages.items():
+            if os.path.isdir(folder):
+                for name in sorted(os.listdir(stage)):
+                    os.replace(os.path.join(stage, name), os.path.join(folder, name))
+            else:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 is for the scratch stage only
+                os.makedirs(os.path.dirname(folder), exist_ok=True)
+                os.rename(stage, folder)
     except OSError as exc:
-        raise IvimError(f"output folder {folder}: cannot write it ({exc})") from exc
+        shown = ", ".join(dict.fromkeys(os.path.dirname(path) or os.curdir for path in paths))
+        raise IvimError(f"output folder {shown}: cannot write in it ({exc})") from None
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        for stage in stages.values():
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_map(path, values, selected, reference):

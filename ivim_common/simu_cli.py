@@ -114,11 +114,9 @@ def _compute(kind, args, prog, argv):
                           noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or os.cpu_count() or 1,
                           **values)
     shard = simu.parse_shard(args.shard, sim.n_cells) if args.shard else (1, 1)
-    if os.path.exists(args.ofolder) and not os.path.isdir(args.ofolder):
-        raise InputError(f"-ofolder: {args.ofolder} exists and is not a folder")
     path = simu.result_path(args.ofolder, shard)
-    simu.check_outputs([path, simu.sidecar_path(path)], args.force)
-    os.makedirs(args.ofolder, exist_ok=True)
+    outputs = [path, simu.sidecar_path(path)]
+    io.check_outputs(outputs, args.force)
 
     elapsed = simu.timer()
     n_cells = len(simu.shard_cells(sim.n_cells, *shard))
@@ -130,7 +128,9 @@ def _compute(kind, args, prog, argv):
         else:
             arrays = simu.run_errors(sim, args.snr if kind == "error_noise" else None, shard, bar.update)
     run_time = elapsed()
-    simu.save_results(path, arrays, simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time))
+    doc = simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time)
+    with io.staged_outputs(outputs) as tmp:
+        simu.save_results(*(tmp[p] for p in outputs), arrays, doc)
     if args.verbose >= 1:
         print(f"{path} (+ .json): {n_cells} grid cells in {run_time:.1f} s")
         print(summary(arrays))
@@ -177,20 +177,19 @@ def _plot(args, prog, argv):
             raise InputError(f"-input: {path} does not exist or is not a file")
     results = [simu.load_results(path) for path in args.input]
     merged = simu.merge_results(results, args.input)
-    outputs = plotting.simulation_figure_names(merged, args.oname, args.format) if args.oname else []
-    if args.merged:
-        if not args.merged.endswith(".npz"):
-            raise InputError(f"--merged: the file name must end with .npz (got {args.merged})")
-        outputs += [args.merged, simu.sidecar_path(args.merged)]
-    simu.check_outputs(outputs, args.force)
-    for path in outputs:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if args.merged:
-        doc = simu.sidecar(merged, io.provenance(prog, argv),
-                           extra={"merged_from": [io.input_record(p) for p in args.input]})
-        simu.save_results(args.merged, merged, doc)
-    if args.oname:
-        plotting.save_simulation_figures(merged, args.oname, args.format)
+    if args.merged and not args.merged.endswith(".npz"):
+        raise InputError(f"--merged: the file name must end with .npz (got {args.merged})")
+    merged_paths = [args.merged, simu.sidecar_path(args.merged)] if args.merged else []
+    figures = plotting.simulation_figures(merged, args.oname, args.format) if args.oname else {}
+    outputs = [*merged_paths, *figures]
+    io.check_outputs(outputs, args.force)
+    with io.staged_outputs(outputs) as tmp:
+        if args.merged:
+            doc = simu.sidecar(merged, io.provenance(prog, argv),
+                               extra={"merged_from": [io.input_record(p) for p in args.input]})
+            simu.save_results(*(tmp[p] for p in merged_paths), merged, doc)
+        for path, draw in figures.items():
+            draw().savefig(tmp[path], dpi=120)
     if args.verbose >= 1:
         print(f"{str(merged['kind'])} from {len(args.input)} file(s):")
         print(summary(merged))

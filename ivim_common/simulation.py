@@ -20,7 +20,6 @@ sidecar; no pickle.
 import datetime
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ import numpy as np
 from . import model
 from .constants import (CONDITIONS, DEFAULT_MAX_ERROR, DEFAULT_N_DRAWS, DEFAULT_SNR_START, ENGINES,
                         NOISE_MODELS, S0_TRUE)
-from .errors import InputError, OutputExistsError
+from .errors import InputError
 from .voxelpool import fit_in_chunks
 
 ERR_ORDER = ("f", "Dstar", "D", "fDstar")
@@ -512,15 +511,6 @@ def sidecar_path(npz_path):
     return os.path.splitext(npz_path)[0] + ".json"
 
 
-def check_outputs(paths, force):
-    """Refuse existing outputs unless force (before any work)."""
-    for path in paths:
-        if os.path.exists(path) and not force:
-            raise OutputExistsError(f"{path} exists; use --force to replace it")
-        if os.path.isdir(path):
-            raise OutputExistsError(f"{path} is a directory")
-
-
 def sidecar(arrays, provenance, sim=None, run_time_s=None, extra=None):
     """JSON-ready description of a result: provenance (tool, version, command, cwd, date, from
     ivim_common.io.provenance), settings, model, grid, noise, and what each array holds."""
@@ -563,32 +553,18 @@ def sidecar(arrays, provenance, sim=None, run_time_s=None, extra=None):
     return doc
 
 
-def _replace_atomically(path, write):
-    """Call write(temporary path) beside path, then move the file into place."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_",
-                               suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes it owner-only; results are meant to be shared
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def save_results(npz_path, json_path, arrays, doc):
+    """Write a result: its arrays as .npz (no object arrays) and its sidecar ``doc`` as JSON.
 
-
-def save_results(path, arrays, doc):
-    """Write ``path`` (.npz, no object arrays) and its JSON sidecar, each atomically."""
+    The scripts write into the temporary paths of :func:`ivim_common.io.staged_outputs`.
+    """
     from .io import write_json
 
     for name, value in arrays.items():
         if np.asarray(value).dtype == object:
             raise TypeError(f"array {name!r} has dtype object")  # would need pickle to load
-    _replace_atomically(path, lambda tmp: np.savez(tmp, **arrays))
-    _replace_atomically(sidecar_path(path), lambda tmp: write_json(tmp, doc))
+    np.savez(npz_path, **arrays)
+    write_json(json_path, doc)
 
 
 def timer():

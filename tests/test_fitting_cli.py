@@ -90,7 +90,7 @@ BAD_INPUTS = {
                                      "--bounds-version applies to -mo one-step only"),
     "negative seed": (lambda a, d, t: a + ["--seed", "-1"], 2, "argument --seed: must be >= 0, got -1"),
     "output is a file": (lambda a, d, t: _replace(a, "-o", _write(t / "afile", "")), 1,
-                         "afile: exists and is not a folder"),
+                         "afile exists and is not a folder"),
 }
 
 
@@ -261,10 +261,11 @@ def test_failed_forced_run_leaves_the_previous_outputs(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "S0_map.nii.gz").write_text("previous")
+    path = str(out / "S0_map.nii.gz")
     with pytest.raises(RuntimeError):
-        with io.staged_output(str(out)) as tmp:
-            assert os.path.dirname(tmp) == str(out)  # staged inside the existing folder
-            with open(os.path.join(tmp, "S0_map.nii.gz"), "w") as f:
+        with io.staged_outputs([path]) as tmp:
+            assert os.path.dirname(os.path.dirname(tmp[path])) == str(out)  # staged inside the folder
+            with open(tmp[path], "w") as f:
                 f.write("new")
             raise RuntimeError("a failure before the end")
     assert os.listdir(out) == ["S0_map.nii.gz"] and (out / "S0_map.nii.gz").read_text() == "previous"
