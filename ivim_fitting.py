@@ -6,10 +6,9 @@ import textwrap
 import time
 
 from ivim_common import cli, constants
+from ivim_common.constants import FIT_SIDECAR, MAP_FILES
 
 PROG = "ivim_fitting.py"
-SIDECAR = "ivim_fitting.json"
-MAP_FILES = {name: f"{name}_map.nii.gz" for name in constants.OUTPUT_NAMES}
 
 EXAMPLE = f"""\
 example (the bundled test data, the published maps' bounds):
@@ -18,7 +17,7 @@ example (the bundled test data, the published maps' bounds):
 
 writes ivim_maps_rl_2019/{{S0,D,Dstar,Fivim,FivimXDstar,AIC,R2,exception}}_map.nii.gz (float32, the
 DWI's affine; 0 outside the mask; NaN where a fit failed, with exception_map = 1) and the
-sidecar ivim_maps_rl_2019/{SIDECAR} (inputs with sha256, command, equation, bounds, seed, counts,
+sidecar ivim_maps_rl_2019/{FIT_SIDECAR} (inputs with sha256, command, equation, bounds, seed, counts,
 median and IQR of each map).  Exit codes: 0 done, 1 input/output error, 2 usage, 130 Ctrl-C."""
 
 
@@ -75,12 +74,12 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
 
 def fit_to_folder(args, argv):
     """Load and check the inputs, fit every selected voxel, write the maps and the sidecar."""
-    from ivim_common import io, model, voxelpool
+    from ivim_common import io, voxelpool
 
     start = time.perf_counter()
     map_paths = {name: os.path.join(args.ofolder, filename) for name, filename in MAP_FILES.items()}
-    sidecar_path = os.path.join(args.ofolder, SIDECAR)
-    io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), SIDECAR])
+    sidecar_path = os.path.join(args.ofolder, FIT_SIDECAR)
+    io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), FIT_SIDECAR])
     inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
     bounds_version = args.bounds_version or "2020"
     jobs = 1 if args.mt == 0 else (args.jobs or os.cpu_count())
@@ -96,11 +95,7 @@ def fit_to_folder(args, argv):
         "inputs": inputs.records,
         "voxel_selection": inputs.selection,
         "bvals": inputs.bvals,
-        "model": {"equation": model.EQUATION, "conversion": model.CONVERSION, "units": model.UNITS,
-                  "parameters": list(model.PARAM_NAMES)},
-        "approach": args.model,
-        "bounds_version": bounds_version if args.model == "one-step" else None,
-        "bounds": model.bounds_description(args.model, bounds_version),
+        **io.model_record(args.model, bounds_version),
         "engine": args.engine,
         "seed": args.seed,
         "jobs": jobs,

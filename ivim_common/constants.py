@@ -18,6 +18,10 @@ BOUNDS_VERSIONS = ("2020", "2019")
 ENGINES = ("fast", "lmfit")
 OUTPUT_NAMES = ("S0", "D", "Fivim", "Dstar", "FivimXDstar", "AIC", "R2", "exception")
 
+# What ivim_fitting.py writes and ivim_view_fits.py reads.
+MAP_FILES = {name: f"{name}_map.nii.gz" for name in OUTPUT_NAMES}
+FIT_SIDECAR = "ivim_fitting.json"
+
 # The simulations (see ivim_common.simulation).
 S0_TRUE = 600.0             # the true signal at b = 0; SNR = S0_TRUE / sigma
 NOISE_MODELS = ("gaussian", "rician")

@@ -24,7 +24,8 @@ import zlib
 import nibabel as nib
 import numpy as np
 
-from . import __version__, fit, model
+from . import __version__, model
+from .constants import FIT_SIDECAR, MAP_FILES
 from .errors import InputError, IvimError, OutputExistsError
 
 
@@ -62,6 +63,18 @@ def provenance(tool, argv):
         "command": shlex.join([tool, *argv]),
         "cwd": os.getcwd(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def model_record(approach, bounds_version):
+    """The sidecar fields of the model and its fit: equation, conversion, units, parameter names,
+    approach, bounds version (one-step only) and the bounds in words."""
+    return {
+        "model": {"equation": model.EQUATION, "conversion": model.CONVERSION, "units": model.UNITS,
+                  "parameters": list(model.PARAM_NAMES)},
+        "approach": approach,
+        "bounds_version": bounds_version if approach == "one-step" else None,
+        "bounds": model.bounds_description(approach, bounds_version),
     }
 
 
@@ -177,7 +190,8 @@ def _load_on_grid(path, role, ndim, reference=None, reference_role="map"):
             raise InputError(f"{role} {path}: shape {data.shape[:3]} differs from the {reference_role}'s "
                              f"{reference.shape[:3]}")
         if not np.allclose(image.affine, reference.affine):
-            raise InputError(f"{role} {path}: affine (voxel-to-world matrix) differs from the {reference_role}'s")
+            raise InputError(f"{role} {path}: affine (voxel-to-world matrix) differs from the "
+                             f"{reference_role}'s")
     return image, data
 
 
@@ -420,9 +434,6 @@ def median_iqr(maps, fitted):
 # --------------------------------------------------------------------------- viewer: a fit folder
 # The maps of one fit and the DWI, b-values and mask behind them (ivim_view_fits.py).
 
-SIDECAR_NAME = "ivim_fitting.json"
-
-
 @dataclasses.dataclass
 class FitFolder:
     """Maps of one fit and, where found, the data they were fitted to.
@@ -519,9 +530,9 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
         A file given here or a map is missing or unreadable, or the images do not match.
     """
     folder = os.path.dirname(os.path.abspath(map_path))
-    sidecar = _read_sidecar(os.path.join(folder, SIDECAR_NAME))
+    sidecar = _read_sidecar(os.path.join(folder, FIT_SIDECAR))
     image, data = _load_on_grid(map_path, "map", 3)
-    map_files = (sidecar or {}).get("maps") or {n: f"{n}_map.nii.gz" for n in fit.OUTPUT_NAMES}
+    map_files = (sidecar or {}).get("maps") or MAP_FILES
     name = _map_name(map_path, map_files)
     paths = {n: os.path.join(maps_dir or folder, f) for n, f in map_files.items()}
     paths[name] = map_path  # the opened map, wherever the others are
@@ -538,12 +549,12 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
         out.bvals = np.asarray(sidecar["bvals"], dtype=float)
     if dwi_path:
         if out.bvals is None:
-            raise InputError(f"DWI {dwi_path}: no b-values for it (no {SIDECAR_NAME} in {folder}; "
+            raise InputError(f"DWI {dwi_path}: no b-values for it (no {FIT_SIDECAR} in {folder}; "
                              "give the b-value file)")
         out.dwi = _load_on_grid(dwi_path, "DWI", 4, image)[1]
         if out.dwi.shape[3] != len(out.bvals):
             raise InputError(f"DWI {dwi_path}: {out.dwi.shape[3]} volumes but {len(out.bvals)} "
-                             f"b-values (from {bvals or SIDECAR_NAME})")
+                             f"b-values (from {bvals or FIT_SIDECAR})")
     if mask_path:
         out.mask = _load_on_grid(mask_path, "mask", 3, image)[1] > 0
     return out
@@ -578,7 +589,7 @@ def _sidecar_input(sidecar, key, notes):
     for path in (entry.get("abspath"), entry.get("path")):
         if path and os.path.isfile(path):
             return path
-    notes.append(f"{key} {entry.get('abspath') or entry.get('path')} (named in {SIDECAR_NAME}) "
+    notes.append(f"{key} {entry.get('abspath') or entry.get('path')} (named in {FIT_SIDECAR}) "
                  "not found")
     return None
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import model
+from . import io, model
 from .constants import (CONDITIONS, DEFAULT_MAX_ERROR, DEFAULT_N_DRAWS, DEFAULT_SNR_START, ENGINES,
                         NOISE_MODELS, S0_TRUE)
 from .errors import InputError
@@ -515,16 +515,11 @@ def sidecar(arrays, provenance, sim=None, run_time_s=None, extra=None):
     """JSON-ready description of a result: provenance (tool, version, command, cwd, date, from
     ivim_common.io.provenance), settings, model, grid, noise, and what each array holds."""
     settings = json.loads(str(arrays["settings"]))
-    approach = settings["approach"]
     noisy = str(arrays["kind"]) != "error_nonoise"
     doc = {
         **provenance,
         "kind": str(arrays["kind"]),
-        "model": {"equation": model.EQUATION, "conversion": model.CONVERSION,
-                  "units": model.UNITS, "parameters": list(model.PARAM_NAMES)},
-        "approach": approach,
-        "bounds_version": settings["bounds_version"] if approach == "one-step" else None,
-        "bounds": model.bounds_description(approach, settings["bounds_version"]),
+        **io.model_record(settings["approach"], settings["bounds_version"]),
         "engine": settings["engine"],
         "seed": settings["seed"],
         "jobs": sim.jobs if sim else None,
@@ -558,13 +553,11 @@ def save_results(npz_path, json_path, arrays, doc):
 
     The scripts write into the temporary paths of :func:`ivim_common.io.staged_outputs`.
     """
-    from .io import write_json
-
     for name, value in arrays.items():
         if np.asarray(value).dtype == object:
             raise TypeError(f"array {name!r} has dtype object")  # would need pickle to load
     np.savez(npz_path, **arrays)
-    write_json(json_path, doc)
+    io.write_json(json_path, doc)
 
 
 def timer():

@@ -14,7 +14,7 @@ from matplotlib.backend_bases import KeyEvent, MouseEvent  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
 import ivim_view_fits  # noqa: E402
-from ivim_common import fit, io, model, plotting  # noqa: E402
+from ivim_common import constants, fit, io, model, plotting  # noqa: E402
 
 BVALS = np.array([5, 10, 20, 50, 100, 200, 400, 600, 800], dtype=float)
 SHAPE = (6, 5, 3)
@@ -52,7 +52,7 @@ def fit_dir(tmp_path):
         nib.save(nib.Nifti1Image(maps[name].astype(np.float32), affine), folder / filename)
     sidecar = {"tool": "ivim_fitting.py", "inputs": inputs, "bvals": BVALS.tolist(),
                "approach": "one-step", "engine": "fast", "maps": files}
-    (folder / io.SIDECAR_NAME).write_text(json.dumps(sidecar))
+    (folder / constants.FIT_SIDECAR).write_text(json.dumps(sidecar))
     return folder
 
 
