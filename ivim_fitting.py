@@ -5,7 +5,7 @@ import sys
 import textwrap
 import time
 
-from ivim_common import cli, constants
+from ivim_common import cli, constants, limit_blas_threads
 from ivim_common.constants import FIT_SIDECAR, MAP_FILES
 
 PROG = "ivim_fitting.py"
@@ -125,4 +125,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    limit_blas_threads()  # before numpy loads
     sys.exit(main())

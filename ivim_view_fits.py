@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from ivim_common import cli
+from ivim_common import cli, limit_blas_threads
 from ivim_common.errors import InputError, IvimError
 
 PROG = "ivim_view_fits.py"
@@ -148,4 +148,5 @@ def run(args):
 
 
 if __name__ == "__main__":
+    limit_blas_threads()  # before numpy loads
     sys.exit(main())
