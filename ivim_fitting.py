@@ -5,11 +5,10 @@ import sys
 import textwrap
 import time
 
-from ivim_common import cli, fit, model
+from ivim_common import cli, constants, limit_blas_threads
+from ivim_common.constants import FIT_SIDECAR, MAP_FILES
 
 PROG = "ivim_fitting.py"
-SIDECAR = "ivim_fitting.json"
-MAP_FILES = {name: f"{name}_map.nii.gz" for name in fit.OUTPUT_NAMES}
 
 EXAMPLE = f"""\
 example (the bundled test data, the published maps' bounds):
@@ -18,7 +17,7 @@ example (the bundled test data, the published maps' bounds):
 
 writes ivim_maps_rl_2019/{{S0,D,Dstar,Fivim,FivimXDstar,AIC,R2,exception}}_map.nii.gz (float32, the
 DWI's affine; 0 outside the mask; NaN where a fit failed, with exception_map = 1) and the
-sidecar ivim_maps_rl_2019/{SIDECAR} (inputs with sha256, command, equation, bounds, seed, counts,
+sidecar ivim_maps_rl_2019/{FIT_SIDECAR} (inputs with sha256, command, equation, bounds, seed, counts,
 median and IQR of each map).  Exit codes: 0 done, 1 input/output error, 2 usage, 130 Ctrl-C."""
 
 
@@ -29,9 +28,9 @@ def get_parser():
         description=f"""\
 Fit the IVIM bi-exponential model voxel by voxel to a 4-D diffusion-weighted image:
 
-  {model.EQUATION}
+  {constants.EQUATION}
 
-{textwrap.fill("b in s/mm^2, D and Dstar in mm^2/s. " + model.CONVERSION, 96)}
+{textwrap.fill("b in s/mm^2, D and Dstar in mm^2/s. " + constants.CONVERSION, 96)}
 
 Each voxel: a log-linear fit on the high b-values gives Dinit and S0(1-f), then a bounded fit
 of all b-values (as the original toolbox), then a refit within +/-5% of that result.
@@ -45,18 +44,18 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                              "spaces, commas or tabs (FSL .bval works)")
     parser.add_argument("-ma", "--mask", metavar="MASK",
                         help="3-D NIfTI mask on the DWI's grid; voxels > 0 are fitted (default: see above)")
-    parser.add_argument("-mo", "--model", default="one-step", choices=model.APPROACHES,
+    parser.add_argument("-mo", "--model", default="one-step", choices=constants.APPROACHES,
                         help="one-step: S0, D, f, D* free (default); two-step: D fixed at Dinit")
     parser.add_argument("-o", "--ofolder", default="params_map", metavar="FOLDER",
                         help="output folder (default: %(default)s)")
-    parser.add_argument("--bounds-version", choices=model.BOUNDS_VERSIONS,
+    parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
                         help="one-step bounds: 2020 (default; b >= 400 for Dinit, f in [0, 0.20], "
                              "D* in [2*Dinit, 50e-3]) or 2019 (the published maps; b >= 500, f in [0, 0.35], "
                              "D* in [0.8*Dinit, 35.5e-3])")
-    parser.add_argument("--engine", default="fast", choices=fit.ENGINES,
+    parser.add_argument("--engine", default="fast", choices=constants.ENGINES,
                         help="fast: vectorised (default); lmfit: differential evolution as the original, "
                              "about 1-2 s of CPU per voxel")
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
                         help="seed of the lmfit engine; each voxel's seed derives from it and the voxel's "
                              "index (default: %(default)s)")
     parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
@@ -78,8 +77,10 @@ def fit_to_folder(args, argv):
     from ivim_common import io, voxelpool
 
     start = time.perf_counter()
-    io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), SIDECAR])
-    inputs = io.load_fit_inputs(args.input, args.bval, args.mask)
+    map_paths = {name: os.path.join(args.ofolder, filename) for name, filename in MAP_FILES.items()}
+    sidecar_path = os.path.join(args.ofolder, FIT_SIDECAR)
+    io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), FIT_SIDECAR])
+    inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
     bounds_version = args.bounds_version or "2020"
     jobs = 1 if args.mt == 0 else (args.jobs or os.cpu_count())
     if args.verbose >= 2:
@@ -94,11 +95,7 @@ def fit_to_folder(args, argv):
         "inputs": inputs.records,
         "voxel_selection": inputs.selection,
         "bvals": inputs.bvals,
-        "model": {"equation": model.EQUATION, "conversion": model.CONVERSION, "units": model.UNITS,
-                  "parameters": list(model.PARAM_NAMES)},
-        "approach": args.model,
-        "bounds_version": bounds_version if args.model == "one-step" else None,
-        "bounds": model.bounds_description(args.model, bounds_version),
+        **io.model_record(args.model, bounds_version),
         "engine": args.engine,
         "seed": args.seed,
         "jobs": jobs,
@@ -107,10 +104,10 @@ def fit_to_folder(args, argv):
         "summary": io.median_iqr({k: v for k, v in maps.items() if k != "exception"}, fitted),
         "run_time_s": round(time.perf_counter() - start, 3),
     }
-    with io.staged_output(args.ofolder) as tmp:
-        for name, filename in MAP_FILES.items():
-            io.write_map(os.path.join(tmp, filename), maps[name], inputs.selected, inputs.image)
-        io.write_json(os.path.join(tmp, SIDECAR), sidecar)
+    with io.staged_outputs([*map_paths.values(), sidecar_path]) as tmp:
+        for name, path in map_paths.items():
+            io.write_map(tmp[path], maps[name], inputs.selected, inputs.image)
+        io.write_json(tmp[sidecar_path], sidecar)
     if args.verbose >= 1:
         print(f"{PROG}: fitted {int(fitted.sum())} voxels, {int((~fitted).sum())} failed, "
               f"in {sidecar['run_time_s']:.1f} s ({args.model}, engine {args.engine}, {jobs} job(s)); "
@@ -128,4 +125,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    limit_blas_threads()  # before numpy loads
     sys.exit(main())

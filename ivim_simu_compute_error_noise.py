@@ -7,7 +7,7 @@ signed error, and the number of failed fits (left out of the statistics).
 """
 import sys
 
-from ivim_common import simu_cli
+from ivim_common import limit_blas_threads, simu_cli
 
 EXAMPLE = """\
 example (the original toolbox's README example, two-step at SNR 180; about 10 s on 2 cores):
@@ -30,4 +30,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    limit_blas_threads()  # before numpy loads
     sys.exit(main())

@@ -10,7 +10,7 @@ random numbers).  A cell that still fails at SNR 1e5 is reported as NaN (not rea
 """
 import sys
 
-from ivim_common import simu_cli
+from ivim_common import limit_blas_threads, simu_cli
 
 EXAMPLE = """\
 example (the original toolbox's README example, 26.5 h on 40 CPUs there; about 6 minutes on 2 cores here):
@@ -33,4 +33,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    limit_blas_threads()  # before numpy loads
     sys.exit(main())

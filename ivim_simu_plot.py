@@ -8,7 +8,7 @@ true D (index i): <oname>_sim_D{i} (mean |error|), <oname>_sim_STD_D{i} (its SD,
 """
 import sys
 
-from ivim_common import simu_cli
+from ivim_common import limit_blas_threads, simu_cli
 
 EXAMPLE = """\
 examples:
@@ -27,4 +27,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    limit_blas_threads()  # before numpy loads
     sys.exit(main())

@@ -1,11 +1,10 @@
 #!/usr/bin/env python3
 """View IVIM parameter maps and, for any voxel, its measured signal and fitted curve."""
 import argparse
-import os
 import sys
 
-from ivim_common import cli
-from ivim_common.errors import InputError, IvimError, OutputExistsError
+from ivim_common import cli, limit_blas_threads
+from ivim_common.errors import InputError, IvimError
 
 PROG = "ivim_view_fits.py"
 EPILOG = r"""
@@ -110,24 +109,12 @@ def main(argv=None):
     return cli.run(run, args, PROG)
 
 
-def check_outputs(paths, force):
-    """Refuse, before any work, outputs that exist (without --force) or cannot be written."""
-    if len(paths) == 2 and os.path.abspath(paths[0]) == os.path.abspath(paths[1]):
-        raise IvimError(f"{paths[0]}: given to both --save and --montage")
-    for path in paths:
-        if os.path.exists(path) and not force:
-            raise OutputExistsError(f"{path}: already exists (use --force to replace it)")
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise IvimError(f"{path}: folder {folder} does not exist")
-
-
 def run(args):
     """Load the maps and data, write the requested images or open the window."""
-    outputs = [p for p in (args.save, args.montage) if p]
-    check_outputs(outputs, args.force)
     from ivim_common import io, plotting
 
+    outputs = [p for p in (args.save, args.montage) if p]
+    io.check_outputs(outputs, args.force)
     folder = io.load_fit_folder(args.i, dwi=args.dwi, bvals=args.bval, mask=args.mask,
                                 maps_dir=args.maps)
     if args.verbose >= 1:
@@ -138,13 +125,14 @@ def run(args):
         raise InputError(f"{args.i}: voxel {args.voxel} outside the image of shape {folder.shape}")
     report = print if args.verbose >= 1 else None
 
-    if args.montage:
-        plotting.save_figure(plotting.montage_figure(folder, **args.param), args.montage)
-    if args.save:
-        viewer = plotting.FitViewer(folder, report=report, **args.param)
-        viewer.select(*args.voxel)
-        plotting.save_figure(viewer.fig, args.save)
     if outputs:
+        with io.staged_outputs(outputs) as tmp:
+            if args.montage:
+                plotting.montage_figure(folder, **args.param).savefig(tmp[args.montage], dpi=100)
+            if args.save:
+                viewer = plotting.FitViewer(folder, report=report, **args.param)
+                viewer.select(*args.voxel)
+                viewer.fig.savefig(tmp[args.save], dpi=100)
         return
 
     import matplotlib.pyplot as plt
@@ -160,4 +148,5 @@ def run(args):
 
 
 if __name__ == "__main__":
+    limit_blas_threads()  # before numpy loads
     sys.exit(main())

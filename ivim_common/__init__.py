@@ -1,11 +1,29 @@
 """ivim-toolbox: voxel-wise IVIM fitting and Monte Carlo design tools (successor of Lévy et al., MRM 2020)."""
+import contextlib
 import os
 
 __version__ = "1.0.0.dev0"
 
 # The fast engine's matrix products are tiny, so BLAS threads only add overhead: with OpenBLAS's
 # default threads a 10^5-voxel fit took 18.4 s instead of 12.0 s on 2 cores, and worker
-# processes each running threads fight over the cores.  Set before numpy loads (and inherited by
-# the worker processes); a value the user set wins.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+# processes each running threads fight over the cores.  BLAS reads these when numpy loads.
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def limit_blas_threads():
+    """One BLAS thread in this process (a value the user set wins): the scripts call it first
+    thing, before numpy is imported.  Importing the package changes nothing."""
+    for var in BLAS_THREAD_VARIABLES:
+        os.environ.setdefault(var, "1")
+
+
+@contextlib.contextmanager
+def blas_threads_limited():
+    """:func:`limit_blas_threads` within the block only: for the worker processes started there."""
+    added = [var for var in BLAS_THREAD_VARIABLES if var not in os.environ]
+    limit_blas_threads()
+    try:
+        yield
+    finally:
+        for var in added:
+            os.environ.pop(var, None)

@@ -3,14 +3,18 @@
 pip installs each command as a launcher ``<venv>/bin/ivim_xxx.py``.  Python puts the launcher's
 folder first on ``sys.path``, so ``from ivim_xxx import main`` there would import the launcher
 itself instead of the top-level module ``ivim_xxx``.  These functions drop that folder from
-``sys.path`` before importing the module and calling its ``main()``.
+``sys.path`` before importing the module and calling its ``main()``, and limit the BLAS threads
+first (see :func:`ivim_common.limit_blas_threads`).
 """
 import importlib
 import os
 import sys
 
+from . import limit_blas_threads
+
 
 def _run(module):
+    limit_blas_threads()
     launcher_dir = os.path.dirname(os.path.realpath(sys.argv[0]))
     sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.curdir) != launcher_dir]
     return importlib.import_module(module).main()

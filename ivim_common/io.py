@@ -2,11 +2,11 @@
 
 Every user mistake raises :class:`ivim_common.errors.IvimError` (or a subclass) with one line
 that names the file and the problem.  Outputs are checked before any work
-(:func:`check_output_folder`), written into a temporary folder beside the destination and moved
-into place at the end (:func:`staged_output`), so an interrupted or failed run leaves nothing
+(:func:`check_outputs`, :func:`check_output_folder`), written into a temporary folder and moved
+into place at the end (:func:`staged_outputs`), so an interrupted or failed run leaves nothing
 half-written.  The helpers :func:`sha256_file`, :func:`input_record`, :func:`provenance`,
-:func:`write_json`, :func:`check_output_folder` and :func:`staged_output` know nothing about
-IVIM and serve every script.
+:func:`write_json`, :func:`check_outputs`, :func:`check_output_folder` and
+:func:`staged_outputs` know nothing about IVIM and serve every script.
 """
 import contextlib
 import dataclasses
@@ -24,7 +24,8 @@ import zlib
 import nibabel as nib
 import numpy as np
 
-from . import __version__, fit, model
+from . import __version__, model
+from .constants import FIT_SIDECAR, MAP_FILES
 from .errors import InputError, IvimError, OutputExistsError
 
 
@@ -62,6 +63,18 @@ def provenance(tool, argv):
         "command": shlex.join([tool, *argv]),
         "cwd": os.getcwd(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def model_record(approach, bounds_version):
+    """The sidecar fields of the model and its fit: equation, conversion, units, parameter names,
+    approach, bounds version (one-step only) and the bounds in words."""
+    return {
+        "model": {"equation": model.EQUATION, "conversion": model.CONVERSION, "units": model.UNITS,
+                  "parameters": list(model.PARAM_NAMES)},
+        "approach": approach,
+        "bounds_version": bounds_version if approach == "one-step" else None,
+        "bounds": model.bounds_description(approach, bounds_version),
     }
 
 
@@ -166,6 +179,22 @@ def load_nifti(path, role):
     return image, data
 
 
+def _load_on_grid(path, role, ndim, reference=None, reference_role="map"):
+    """:func:`load_nifti`, checked for its number of dimensions and, given a reference image,
+    for the reference's grid: the same shape along x, y, z and the same affine."""
+    image, data = load_nifti(path, role)
+    if data.ndim != ndim:
+        raise InputError(f"{role} {path}: expected a {ndim}-D image, got shape {data.shape}")
+    if reference is not None:
+        if data.shape[:3] != reference.shape[:3]:
+            raise InputError(f"{role} {path}: shape {data.shape[:3]} differs from the {reference_role}'s "
+                             f"{reference.shape[:3]}")
+        if not np.allclose(image.affine, reference.affine):
+            raise InputError(f"{role} {path}: affine (voxel-to-world matrix) differs from the "
+                             f"{reference_role}'s")
+    return image, data
+
+
 @dataclasses.dataclass
 class FitInputs:
     """Checked inputs of a voxel-wise fit.
@@ -197,11 +226,12 @@ class FitInputs:
     selection: str
 
 
-def load_fit_inputs(dwi_path, bval_path, mask_path=None):
+def load_fit_inputs(dwi_path, bval_path, mask_path=None, approach="one-step"):
     """Load and cross-check a 4-D DWI, its b-values and an optional mask.
 
     Without a mask, every voxel whose signal is finite and positive in all volumes at the
-    lowest b-value is selected.
+    lowest b-value is selected.  There must be at least as many distinct b-values as the
+    ``approach`` has free parameters (4 for one-step, 3 for two-step, where D is fixed).
 
     Returns
     -------
@@ -219,6 +249,11 @@ def load_fit_inputs(dwi_path, bval_path, mask_path=None):
     if data.shape[3] != bvals.size:
         raise InputError(f"DWI {dwi_path} has {data.shape[3]} volumes but b-value file {bval_path} "
                          f"has {bvals.size} b-values")
+    n_free = len(model.PARAM_NAMES) - (0 if model.settings(approach)["vary_D"] else 1)  # two-step: D fixed
+    n_distinct = np.unique(bvals).size
+    if n_distinct < n_free:
+        raise InputError(f"b-value file {bval_path}: {n_distinct} distinct b-values, {approach} needs at "
+                         f"least {n_free}")
     if mask_path is None:
         lowest = data[..., bvals == bvals.min()]
         with np.errstate(invalid="ignore"):
@@ -237,11 +272,7 @@ def load_fit_inputs(dwi_path, bval_path, mask_path=None):
 
 def _load_mask(path, dwi_image):
     """Boolean mask (values > 0) on the DWI's grid; errors if shape or affine differ or it is empty."""
-    image, data = load_nifti(path, "mask")
-    if data.shape != dwi_image.shape[:3]:
-        raise InputError(f"mask {path}: shape {data.shape} differs from the DWI's {dwi_image.shape[:3]}")
-    if not np.allclose(image.affine, dwi_image.affine):
-        raise InputError(f"mask {path}: affine (voxel-to-world matrix) differs from the DWI's")
+    data = _load_on_grid(path, "mask", 3, dwi_image, "DWI")[1]
     with np.errstate(invalid="ignore"):
         mask = data > 0
     if not mask.any():
@@ -251,73 +282,104 @@ def _load_mask(path, dwi_image):
 
 # --------------------------------------------------------------------------- outputs
 
-def check_output_folder(folder, force, names=()):
-    """Refuse an output folder before any work is done.
+def check_output_folder(folder, force, names):
+    """Refuse, before any work, an output folder that exists (without ``force``).
 
     Parameters
     ----------
     folder : str
     force : bool
-        Allow an existing folder (its files named in ``names`` will be replaced).
+        Allow an existing folder: its files named in ``names`` will be replaced.
     names : iterable of str
-        Files the tool writes into the folder; with ``force`` none of them may be a folder.
+        Files the tool writes into the folder.
 
     Raises
     ------
     OutputExistsError
         The folder exists and ``force`` is false.
     IvimError
-        The path is a file, a name to write is a folder, or nothing can be created there.
+        As :func:`check_outputs`.
     """
-    if os.path.lexists(folder) and not os.path.isdir(folder):
-        raise IvimError(f"output folder {folder}: exists and is not a folder")
-    if os.path.isdir(folder):
-        if not force:
-            raise OutputExistsError(f"output folder {folder}: already exists (use --force to replace "
-                                    "the toolbox's files in it)")
-        for name in names:
-            if os.path.isdir(os.path.join(folder, name)):
-                raise IvimError(f"output folder {folder}: {name} is a folder, cannot replace it")
-    ancestor = os.path.dirname(os.path.abspath(folder))
-    while not os.path.exists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not (os.path.isdir(ancestor) and os.access(ancestor, os.W_OK | os.X_OK)):
-        raise IvimError(f"output folder {folder}: cannot create it in {ancestor} (not a writable folder)")
+    if os.path.isdir(folder) and not force:
+        raise OutputExistsError(f"output folder {folder}: already exists (use --force to replace "
+                                "the toolbox's files in it)")
+    check_outputs([os.path.join(folder, name) for name in names], force=True)
+
+
+def check_outputs(paths, force):
+    """Refuse, before any work, output files that may not or cannot be written.
+
+    Raises
+    ------
+    OutputExistsError
+        A file exists and ``force`` is false.
+    IvimError
+        A path is given twice or is a folder, or its folder is not a writable folder and
+        cannot be created as one.
+    """
+    seen = set()
+    for path in paths:
+        if os.path.abspath(path) in seen:
+            raise IvimError(f"{path}: given twice as an output")
+        seen.add(os.path.abspath(path))
+        if os.path.isdir(path):
+            raise IvimError(f"{path}: is a folder, cannot replace it")
+        if os.path.lexists(path) and not force:
+            raise OutputExistsError(f"{path}: already exists (use --force to replace it)")
+        folder = os.path.dirname(path) or os.curdir
+        existing = _existing_ancestor(folder)
+        if not os.path.isdir(existing):
+            raise IvimError(f"output folder {folder}: {existing} exists and is not a folder")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise IvimError(f"output folder {folder}: cannot write in {existing} (permission denied)")
+
+
+def _existing_ancestor(folder):
+    """``folder`` (absolute) if it exists, else its nearest existing parent."""
+    folder = os.path.abspath(folder)
+    while not os.path.lexists(folder):
+        folder = os.path.dirname(folder)
+    return folder
 
 
 @contextlib.contextmanager
-def staged_output(folder):
-    """Yield a temporary folder beside ``folder``; on success move its files into ``folder``.
+def staged_outputs(paths):
+    """Yield ``{path: temporary path}``; on success move every file into place.
 
-    A new ``folder`` is created by renaming the temporary one; into an existing ``folder``
-    each written file replaces its namesake and nothing else is touched.  On any exception
-    (Ctrl-C included) the temporary folder is removed and ``folder`` is left as it was.
+    The files are written into a hidden temporary folder per destination folder: inside the
+    destination when it exists (so only that folder must be writable; each file then replaces
+    its namesake and nothing else is touched), else in its nearest existing parent, and the
+    new folder is created by renaming the temporary one (it appears complete or not at all).
+    On any exception (Ctrl-C included) the temporary folders are removed and the destinations
+    are left as they were.
 
     Raises
     ------
     IvimError
         A file could not be written or moved (disk full, permissions, ...).
     """
-    parent = os.path.dirname(os.path.abspath(folder))
-    tmp = None
+    folders = {path: os.path.dirname(os.path.abspath(path)) for path in paths}
+    stages = {}
     try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(os.path.abspath(folder))}.", suffix=".tmp",
-                               dir=parent)
-        yield tmp
-        if os.path.isdir(folder):
-            for name in sorted(os.listdir(tmp)):
-                os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the scratch stage only
-            os.rename(tmp, folder)
+        for folder in dict.fromkeys(folders.values()):
+            stages[folder] = tempfile.mkdtemp(prefix=".ivim_", suffix=".tmp", dir=_existing_ancestor(folder))
+        yield {path: os.path.join(stages[folder], os.path.basename(path)) for path, folder in folders.items()}
+        for folder, stage in stages.items():
+            if os.path.isdir(folder):
+                for name in sorted(os.listdir(stage)):
+                    os.replace(os.path.join(stage, name), os.path.join(folder, name))
+            else:
+                umask = os.umask(0)
+                os.umask(umask)
+                os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 is for the scratch stage only
+                os.makedirs(os.path.dirname(folder), exist_ok=True)
+                os.rename(stage, folder)
     except OSError as exc:
-        raise IvimError(f"output folder {folder}: cannot write it ({exc})") from exc
+        shown = ", ".join(dict.fromkeys(os.path.dirname(path) or os.curdir for path in paths))
+        raise IvimError(f"output folder {shown}: cannot write in it ({exc})") from None
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        for stage in stages.values():
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 def write_map(path, values, selected, reference):
@@ -371,9 +433,6 @@ def median_iqr(maps, fitted):
 
 # --------------------------------------------------------------------------- viewer: a fit folder
 # The maps of one fit and the DWI, b-values and mask behind them (ivim_view_fits.py).
-
-SIDECAR_NAME = "ivim_fitting.json"
-
 
 @dataclasses.dataclass
 class FitFolder:
@@ -471,13 +530,13 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
         A file given here or a map is missing or unreadable, or the images do not match.
     """
     folder = os.path.dirname(os.path.abspath(map_path))
-    sidecar = _read_sidecar(os.path.join(folder, SIDECAR_NAME))
+    sidecar = _read_sidecar(os.path.join(folder, FIT_SIDECAR))
     image, data = _load_on_grid(map_path, "map", 3)
-    map_files = (sidecar or {}).get("maps") or {n: f"{n}_map.nii.gz" for n in fit.OUTPUT_NAMES}
+    map_files = (sidecar or {}).get("maps") or MAP_FILES
     name = _map_name(map_path, map_files)
     paths = {n: os.path.join(maps_dir or folder, f) for n, f in map_files.items()}
     paths[name] = map_path  # the opened map, wherever the others are
-    maps = {n: data if n == name else _load_on_grid(p, f"{n} map", 3, data.shape)[1]
+    maps = {n: data if n == name else _load_on_grid(p, f"{n} map", 3, image)[1]
             for n, p in paths.items() if n == name or os.path.isfile(p)}
     out = FitFolder(name=name, path=map_path, maps=maps, sidecar=sidecar,
                     zooms=tuple(float(z) for z in image.header.get_zooms()[:3]))
@@ -490,14 +549,14 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
         out.bvals = np.asarray(sidecar["bvals"], dtype=float)
     if dwi_path:
         if out.bvals is None:
-            raise InputError(f"DWI {dwi_path}: no b-values for it (no {SIDECAR_NAME} in {folder}; "
+            raise InputError(f"DWI {dwi_path}: no b-values for it (no {FIT_SIDECAR} in {folder}; "
                              "give the b-value file)")
-        out.dwi = _load_on_grid(dwi_path, "DWI", 4, data.shape)[1]
+        out.dwi = _load_on_grid(dwi_path, "DWI", 4, image)[1]
         if out.dwi.shape[3] != len(out.bvals):
             raise InputError(f"DWI {dwi_path}: {out.dwi.shape[3]} volumes but {len(out.bvals)} "
-                             f"b-values (from {bvals or SIDECAR_NAME})")
+                             f"b-values (from {bvals or FIT_SIDECAR})")
     if mask_path:
-        out.mask = _load_on_grid(mask_path, "mask", 3, data.shape)[1] > 0
+        out.mask = _load_on_grid(mask_path, "mask", 3, image)[1] > 0
     return out
 
 
@@ -530,16 +589,7 @@ def _sidecar_input(sidecar, key, notes):
     for path in (entry.get("abspath"), entry.get("path")):
         if path and os.path.isfile(path):
             return path
-    notes.append(f"{key} {entry.get('abspath') or entry.get('path')} (named in {SIDECAR_NAME}) "
+    notes.append(f"{key} {entry.get('abspath') or entry.get('path')} (named in {FIT_SIDECAR}) "
                  "not found")
     return None
 
-
-def _load_on_grid(path, role, ndim, grid=None):
-    """:func:`load_nifti`, checked for its number of dimensions and the map's grid (nx, ny, nz)."""
-    image, data = load_nifti(path, role)
-    if data.ndim != ndim:
-        raise InputError(f"{role} {path}: expected a {ndim}-D image, got shape {data.shape}")
-    if grid is not None and data.shape[:3] != tuple(grid):
-        raise InputError(f"{role} {path}: grid {data.shape[:3]} does not match the map's {tuple(grid)}")
-    return image, data

@@ -3,6 +3,7 @@
 Functions build and return figures (``matplotlib.figure.Figure``) without pyplot, so they work
 headless; scripts save them or hand them to pyplot.
 """
+import functools
 import os
 
 import numpy as np
@@ -14,18 +15,6 @@ from . import model
 # =============================================================================
 # Viewer: parameter maps and the fit behind any voxel (ivim_view_fits.py)
 # =============================================================================
-
-def save_figure(fig, path, dpi=100):
-    """Write ``fig`` to ``path`` through a temporary file beside it (no half-written image)."""
-    folder, name = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp{os.path.splitext(name)[1]}")
-    try:
-        fig.savefig(tmp, dpi=dpi)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
 
 # Per map: colour-bar label, default colour map, default limits (None: 1st-99th percentile).
 MAP_DISPLAY = {
@@ -310,25 +299,8 @@ _SIM_LABELS = {"f": "f", "Dstar": "D*", "D": "D", "fDstar": "f·D*"}
 _SIM_UNITS = {"f": "", "Dstar": " (mm²/s)", "D": " (mm²/s)", "fDstar": " (mm²/s)"}
 
 
-def _figure_specs(arrays, base, fmt):
-    """(path, figure name, index of the true D) of every figure of a result."""
-    kinds = {"error_nonoise": ("sim", "true"), "error_noise": ("sim", "sim_STD", "true"),
-             "required_snr": ("minSNR", "params")}
-    return [(f"{base}_{name}_D{i}.{fmt}", name, i) for name in kinds[str(arrays["kind"])]
-            for i in range(len(arrays["D_range"]))]
-
-
-def simulation_figure_names(arrays, base, fmt="png"):
-    """Paths of the figures :func:`save_simulation_figures` writes for a result.
-
-    error_nonoise: ``<base>_sim_D{i}``, ``<base>_true_D{i}``; error_noise: also
-    ``<base>_sim_STD_D{i}``; required_snr: ``<base>_minSNR_D{i}``, ``<base>_params_D{i}``.
-    """
-    return [path for path, _, _ in _figure_specs(arrays, base, fmt)]
-
-
-def save_simulation_figures(arrays, base, fmt="png"):
-    """Write the figures of a simulation result (arrays of ivim_common.simulation).
+def simulation_figures(arrays, base, fmt="png"):
+    """The figures of a simulation result (arrays of ivim_common.simulation), to draw one by one.
 
     Parameters
     ----------
@@ -340,11 +312,15 @@ def save_simulation_figures(arrays, base, fmt="png"):
 
     Returns
     -------
-    list of str, the paths written (as :func:`simulation_figure_names`).
+    dict
+        ``{path: function returning the Figure}``.  error_nonoise: ``<base>_sim_D{i}``,
+        ``<base>_true_D{i}``; error_noise: also ``<base>_sim_STD_D{i}``; required_snr:
+        ``<base>_minSNR_D{i}``, ``<base>_params_D{i}``; i the index of the true D.
     """
-    for path, name, i_d in _figure_specs(arrays, base, fmt):
-        save_figure(_simulation_figure(arrays, name, i_d), path, dpi=120)
-    return simulation_figure_names(arrays, base, fmt)
+    kinds = {"error_nonoise": ("sim", "true"), "error_noise": ("sim", "sim_STD", "true"),
+             "required_snr": ("minSNR", "params")}
+    return {f"{base}_{name}_D{i}.{fmt}": functools.partial(_simulation_figure, arrays, name, i)
+            for name in kinds[str(arrays["kind"])] for i in range(len(arrays["D_range"]))}
 
 
 def _simulation_figure(arrays, name, i_d):

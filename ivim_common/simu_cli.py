@@ -6,7 +6,7 @@ the fitters and matplotlib are imported when the work starts.
 import os
 import sys
 
-from . import cli
+from . import cli, constants
 from .errors import InputError
 
 DEFAULT_BVALS = "5,10,15,20,30,50,75,100,125,150,200,250,600,700,800"
@@ -27,7 +27,7 @@ def compute_parser(kind, prog, description, example):
     """Parser of a compute script; kind in 'error_nonoise', 'error_noise', 'required_snr'."""
     parser = cli.ArgumentParser(prog=prog, description=description, epilog=example)
     noisy = kind != "error_nonoise"
-    parser.add_argument("-model", required=True, choices=("one-step", "two-step"),
+    parser.add_argument("-model", required=True, choices=constants.APPROACHES,
                         help="fitting approach (as ivim_fitting.py)")
     parser.add_argument("-ofolder", required=True,
                         help="output folder (created if needed) for sim_results_<yymmddHHMMSS>.npz and .json")
@@ -35,38 +35,39 @@ def compute_parser(kind, prog, description, example):
                         help="comma-separated b-values in s/mm² (default: %(default)s)")
     if kind == "error_noise":
         parser.add_argument("-snr", type=cli.positive_float, required=True,
-                            help="SNR = S0/σ of the noise, with S0 = 600 the true b = 0 signal")
+                            help=f"SNR = S0/σ of the noise, with S0 = {constants.S0_TRUE:g} the true b = 0 signal")
     if kind == "required_snr":
-        parser.add_argument("-snr", type=cli.positive_float, default=1500.0,
+        parser.add_argument("-snr", type=cli.positive_float, default=constants.DEFAULT_SNR_START,
                             help="SNR where the search starts (default: %(default)g)")
-        parser.add_argument("-condition", choices=("FDstar", "all"), default="FDstar",
+        parser.add_argument("-condition", choices=constants.CONDITIONS, default="FDstar",
                             help="FDstar: error of f·D* <= --max-error; all: the errors of f, D*, D "
                                  "and f·D* all <= --max-error (default: %(default)s)")
-        parser.add_argument("--max-error", type=cli.positive_float, default=10.0,
+        parser.add_argument("--max-error", type=cli.positive_float, default=constants.DEFAULT_MAX_ERROR,
                             help="largest acceptable mean |error| in %% (default: %(default)g)")
     parser.add_argument("-F", default=DEFAULT_F, help=f"true f values: {RANGE_HELP} (default: %(default)s)")
     parser.add_argument("-Dstar", default=DEFAULT_DSTAR,
                         help=f"true D* values in mm²/s: {RANGE_HELP} (default: %(default)s)")
     parser.add_argument("-D", default=DEFAULT_D[kind],
                         help=f"true D values in mm²/s: {RANGE_HELP} (default: %(default)s)")
-    parser.add_argument("--engine", choices=("fast", "lmfit"), default="fast",
+    parser.add_argument("--engine", choices=constants.ENGINES, default="fast",
                         help="fitting engine: fast (vectorised, default) or lmfit (the original's "
                              "differential evolution, ~2 s per fit: tiny grids only)")
-    parser.add_argument("--bounds-version", choices=("2020", "2019"),
+    parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
                         help="one-step bounds: 2020 (the original's code since Dec 2020, default) or "
                              "2019 (the code behind the published results); not for two-step")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise draws (default: %(default)s)")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
+                        help="seed of the noise draws (default: %(default)s)")
     if noisy:
-        parser.add_argument("--n-draws", type=cli.positive_int, default=1000,
+        parser.add_argument("--n-draws", type=cli.positive_int, default=constants.DEFAULT_N_DRAWS,
                             help="noise draws per grid cell (default: %(default)s)")
-        parser.add_argument("--noise", choices=("gaussian", "rician"), default="gaussian",
+        parser.add_argument("--noise", choices=constants.NOISE_MODELS, default="gaussian",
                             help="gaussian: S + N(0,σ), as the original (default); "
                                  "rician: |S + N(0,σ) + i·N(0,σ)|, magnitude data with its noise floor")
     parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
                         help="worker processes for the fits (default: all cores)")
     parser.add_argument("--shard", metavar="K/N",
-                        help="compute only shard K of N of the grid (K = 1..N), e.g. for a job array; "
-                             "merge the shard files with ivim_simu_plot.py")
+                        help="compute only shard K of N of the grid (K = 1..N, N <= grid cells), e.g. for "
+                             "a job array; merge the shard files with ivim_simu_plot.py")
     _common_arguments(parser)
     return parser
 
@@ -108,16 +109,14 @@ def _compute(kind, args, prog, argv):
                   Dstar_range=simu.parse_values(args.Dstar, "-Dstar"), D_range=simu.parse_values(args.D, "-D"))
     if values["F_range"].max() > 1:
         raise InputError(f"-F: f is a fraction, every value must be <= 1 (got {args.F!r})")
-    shard = simu.parse_shard(args.shard) if args.shard else (1, 1)
     sim = simu.Simulation(approach=args.model, bounds_version=args.bounds_version, engine=args.engine,
                           seed=args.seed, n_draws=getattr(args, "n_draws", 1),
                           noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or os.cpu_count() or 1,
                           **values)
-    if os.path.exists(args.ofolder) and not os.path.isdir(args.ofolder):
-        raise InputError(f"-ofolder: {args.ofolder} exists and is not a folder")
+    shard = simu.parse_shard(args.shard, sim.n_cells) if args.shard else (1, 1)
     path = simu.result_path(args.ofolder, shard)
-    simu.check_outputs([path, simu.sidecar_path(path)], args.force)
-    os.makedirs(args.ofolder, exist_ok=True)
+    outputs = [path, simu.sidecar_path(path)]
+    io.check_outputs(outputs, args.force)
 
     elapsed = simu.timer()
     n_cells = len(simu.shard_cells(sim.n_cells, *shard))
@@ -129,7 +128,9 @@ def _compute(kind, args, prog, argv):
         else:
             arrays = simu.run_errors(sim, args.snr if kind == "error_noise" else None, shard, bar.update)
     run_time = elapsed()
-    simu.save_results(path, arrays, simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time))
+    doc = simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time)
+    with io.staged_outputs(outputs) as tmp:
+        simu.save_results(*(tmp[p] for p in outputs), arrays, doc)
     if args.verbose >= 1:
         print(f"{path} (+ .json): {n_cells} grid cells in {run_time:.1f} s")
         print(summary(arrays))
@@ -176,20 +177,19 @@ def _plot(args, prog, argv):
             raise InputError(f"-input: {path} does not exist or is not a file")
     results = [simu.load_results(path) for path in args.input]
     merged = simu.merge_results(results, args.input)
-    outputs = plotting.simulation_figure_names(merged, args.oname, args.format) if args.oname else []
-    if args.merged:
-        if not args.merged.endswith(".npz"):
-            raise InputError(f"--merged: the file name must end with .npz (got {args.merged})")
-        outputs += [args.merged, simu.sidecar_path(args.merged)]
-    simu.check_outputs(outputs, args.force)
-    for path in outputs:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if args.merged:
-        doc = simu.sidecar(merged, io.provenance(prog, argv),
-                           extra={"merged_from": [io.input_record(p) for p in args.input]})
-        simu.save_results(args.merged, merged, doc)
-    if args.oname:
-        plotting.save_simulation_figures(merged, args.oname, args.format)
+    if args.merged and not args.merged.endswith(".npz"):
+        raise InputError(f"--merged: the file name must end with .npz (got {args.merged})")
+    merged_paths = [args.merged, simu.sidecar_path(args.merged)] if args.merged else []
+    figures = plotting.simulation_figures(merged, args.oname, args.format) if args.oname else {}
+    outputs = [*merged_paths, *figures]
+    io.check_outputs(outputs, args.force)
+    with io.staged_outputs(outputs) as tmp:
+        if args.merged:
+            doc = simu.sidecar(merged, io.provenance(prog, argv),
+                               extra={"merged_from": [io.input_record(p) for p in args.input]})
+            simu.save_results(*(tmp[p] for p in merged_paths), merged, doc)
+        for path, draw in figures.items():
+            draw().savefig(tmp[path], dpi=120)
     if args.verbose >= 1:
         print(f"{str(merged['kind'])} from {len(args.input)} file(s):")
         print(summary(merged))

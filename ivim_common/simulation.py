@@ -20,28 +20,21 @@ sidecar; no pickle.
 import datetime
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import model
-from .errors import InputError, OutputExistsError
-from .fit import ENGINES
+from . import io, model
+from .constants import (CONDITIONS, DEFAULT_MAX_ERROR, DEFAULT_N_DRAWS, DEFAULT_SNR_START, ENGINES,
+                        NOISE_MODELS, S0_TRUE)
+from .errors import InputError
 from .voxelpool import fit_in_chunks
 
-S0_TRUE = 600.0
 ERR_ORDER = ("f", "Dstar", "D", "fDstar")
 KINDS = ("error_nonoise", "error_noise", "required_snr")
-NOISE_MODELS = ("gaussian", "rician")
-CONDITIONS = ("FDstar", "all")
 PERCENTILES = (5, 50, 95)
-
-DEFAULT_N_DRAWS = 1000
-DEFAULT_MAX_ERROR = 10.0
-DEFAULT_SNR_START = 1500.0
 
 SNR_CAP = 1e5        # a cell still failing at this SNR is "not reachable" (NaN)
 SNR_FLOOR = 1.0      # a cell passing at this SNR stops there
@@ -117,14 +110,16 @@ def parse_bvals(text):
     return bvals
 
 
-def parse_shard(text):
-    """``K/N`` (1 <= K <= N) -> (K, N)."""
+def parse_shard(text, n_cells):
+    """``K/N`` (1 <= K <= N <= n_cells, the number of grid cells) -> (K, N)."""
     try:
         k, n = (int(v) for v in str(text).split("/"))
     except ValueError:
         raise InputError(f"--shard: expected K/N, e.g. 2/8 (got {text!r})") from None
     if not 1 <= k <= n:
         raise InputError(f"--shard: need 1 <= K <= N (got {text!r})")
+    if n > n_cells:
+        raise InputError(f"--shard: {n} shards but the grid has only {n_cells} cells (got {text!r})")
     return k, n
 
 
@@ -516,29 +511,15 @@ def sidecar_path(npz_path):
     return os.path.splitext(npz_path)[0] + ".json"
 
 
-def check_outputs(paths, force):
-    """Refuse existing outputs unless force (before any work)."""
-    for path in paths:
-        if os.path.exists(path) and not force:
-            raise OutputExistsError(f"{path} exists; use --force to replace it")
-        if os.path.isdir(path):
-            raise OutputExistsError(f"{path} is a directory")
-
-
 def sidecar(arrays, provenance, sim=None, run_time_s=None, extra=None):
     """JSON-ready description of a result: provenance (tool, version, command, cwd, date, from
     ivim_common.io.provenance), settings, model, grid, noise, and what each array holds."""
     settings = json.loads(str(arrays["settings"]))
-    approach = settings["approach"]
     noisy = str(arrays["kind"]) != "error_nonoise"
     doc = {
         **provenance,
         "kind": str(arrays["kind"]),
-        "model": {"equation": model.EQUATION, "conversion": model.CONVERSION,
-                  "units": model.UNITS, "parameters": list(model.PARAM_NAMES)},
-        "approach": approach,
-        "bounds_version": settings["bounds_version"] if approach == "one-step" else None,
-        "bounds": model.bounds_description(approach, settings["bounds_version"]),
+        **io.model_record(settings["approach"], settings["bounds_version"]),
         "engine": settings["engine"],
         "seed": settings["seed"],
         "jobs": sim.jobs if sim else None,
@@ -567,32 +548,16 @@ def sidecar(arrays, provenance, sim=None, run_time_s=None, extra=None):
     return doc
 
 
-def _replace_atomically(path, write):
-    """Call write(temporary path) beside path, then move the file into place."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp_",
-                               suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)   # mkstemp makes it owner-only; results are meant to be shared
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def save_results(npz_path, json_path, arrays, doc):
+    """Write a result: its arrays as .npz (no object arrays) and its sidecar ``doc`` as JSON.
 
-
-def save_results(path, arrays, doc):
-    """Write ``path`` (.npz, no object arrays) and its JSON sidecar, each atomically."""
-    from .io import write_json
-
+    The scripts write into the temporary paths of :func:`ivim_common.io.staged_outputs`.
+    """
     for name, value in arrays.items():
         if np.asarray(value).dtype == object:
             raise TypeError(f"array {name!r} has dtype object")  # would need pickle to load
-    _replace_atomically(path, lambda tmp: np.savez(tmp, **arrays))
-    _replace_atomically(sidecar_path(path), lambda tmp: write_json(tmp, doc))
+    np.savez(npz_path, **arrays)
+    io.write_json(json_path, doc)
 
 
 def timer():

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 from tqdm import tqdm
 
-from . import fit
+from . import blas_threads_limited, fit
 
 # Voxels per chunk: a fast-engine chunk takes well under a second, an lmfit one (about 1-2 s
 # a voxel) tens of seconds, which keeps the progress bar moving and Ctrl-C prompt.
@@ -83,9 +83,10 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
         try:
-            futures = {pool.submit(fit.fit_voxels, bvals, signal[start:start + chunk_size],
-                                   voxel_ids=voxel_ids[start:start + chunk_size], **options): start
-                       for start in starts}
+            with blas_threads_limited():  # the workers start on submit and inherit the environment
+                futures = {pool.submit(fit.fit_voxels, bvals, signal[start:start + chunk_size],
+                                       voxel_ids=voxel_ids[start:start + chunk_size], **options): start
+                           for start in starts}
             for future in concurrent.futures.as_completed(futures):
                 store(futures[future], future.result())
         except BaseException:

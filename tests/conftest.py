@@ -3,11 +3,15 @@ import os
 import subprocess
 import sys
 
-import nibabel as nib
-import numpy as np
-import pytest
+import ivim_common
 
-from ivim_common import model
+ivim_common.limit_blas_threads()  # as the scripts do, before numpy loads
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ivim_common import model  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BVALS = np.array([5, 10, 20, 30, 50, 75, 150, 250, 600, 700, 800], dtype=float)

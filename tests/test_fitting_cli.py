@@ -73,6 +73,8 @@ BAD_INPUTS = {
                          "bneg.txt: negative b-value -5"),
     "non-numeric b-value": (lambda a, d, t: _replace(a, "-b", _write(t / "babc.txt", "abc " + "10 " * 10)), 1,
                             "babc.txt: non-numeric b-value 'abc'"),
+    "3 distinct b-values": (lambda a, d, t: _replace(a, "-b", _write(t / "b3.txt", "5 " * 4 + "400 " * 4 + "800 " * 3)),
+                            1, "b3.txt: 3 distinct b-values, one-step needs at least 4"),
     "b-value matrix": (lambda a, d, t: _replace(a, "-b", _write(t / "b2d.txt", ("5 " * 11 + "\n") * 2)), 1,
                        "b2d.txt: expected one row or one column"),
     "empty b-value file": (lambda a, d, t: _replace(a, "-b", _write(t / "bnone.txt", "\n")), 1,
@@ -86,8 +88,9 @@ BAD_INPUTS = {
     "unknown approach": (lambda a, d, t: a + ["-mo", "three-step"], 2, "invalid choice: 'three-step'"),
     "bounds version with two-step": (lambda a, d, t: a + ["-mo", "two-step", "--bounds-version", "2019"], 2,
                                      "--bounds-version applies to -mo one-step only"),
+    "negative seed": (lambda a, d, t: a + ["--seed", "-1"], 2, "argument --seed: must be >= 0, got -1"),
     "output is a file": (lambda a, d, t: _replace(a, "-o", _write(t / "afile", "")), 1,
-                         "afile: exists and is not a folder"),
+                         "afile exists and is not a folder"),
 }
 
 
@@ -127,6 +130,14 @@ def test_existing_output_refused_untouched(dataset, tmp_path, capsys):
 def test_bval_formats(text, tmp_path):
     path = _write(tmp_path / "b.bval", text)
     np.testing.assert_array_equal(io.read_bvals(path), [5, 10, 20, 600])
+
+
+def test_two_step_needs_3_distinct_b_values(dataset, tmp_path):
+    three = _write(tmp_path / "b3.txt", "5 " * 4 + "400 " * 4 + "800 " * 3)
+    assert io.load_fit_inputs(dataset["dwi"], three, approach="two-step").bvals.size == 11
+    two = _write(tmp_path / "b2.txt", "5 " * 4 + "800 " * 7)
+    with pytest.raises(InputError, match="b2.txt: 2 distinct b-values, two-step needs at least 3"):
+        io.load_fit_inputs(dataset["dwi"], two, approach="two-step")
 
 
 def test_no_mask_selects_finite_positive_at_lowest_b(dataset):
@@ -226,6 +237,38 @@ def test_force_replaces_only_toolbox_files(tmp_path, capsys):
                                              [f"{name}_map.nii.gz" for name in fit.OUTPUT_NAMES])
     assert nib.load(out / "S0_map.nii.gz").get_data_dtype() == np.float32
     assert sorted(os.listdir(tmp_path)) == ["data", "out"]  # no temporary folder left
+
+
+def test_force_needs_only_a_writable_output_folder(tmp_path, monkeypatch, capsys):
+    """--force into a writable folder whose parent is read-only: staged inside the folder."""
+    data = write_dataset(tmp_path / "data", mask_voxels=1)
+    parent = tmp_path / "read_only"
+    out = parent / "out"
+    out.mkdir(parents=True)
+    access = os.access  # root ignores the mode bits, so the parent is also read-only for os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: (os.path.abspath(path) != str(parent)
+                                                                and access(path, mode, **kw)))
+    parent.chmod(0o555)
+    try:
+        code, err = call_main(base_args(data, out) + ["--force", "-v", "0"], capsys)
+    finally:
+        parent.chmod(0o755)
+    assert code == 0, err
+    assert os.listdir(parent) == ["out"] and len(os.listdir(out)) == 9
+
+
+def test_failed_forced_run_leaves_the_previous_outputs(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "S0_map.nii.gz").write_text("previous")
+    path = str(out / "S0_map.nii.gz")
+    with pytest.raises(RuntimeError):
+        with io.staged_outputs([path]) as tmp:
+            assert os.path.dirname(os.path.dirname(tmp[path])) == str(out)  # staged inside the folder
+            with open(tmp[path], "w") as f:
+                f.write("new")
+            raise RuntimeError("a failure before the end")
+    assert os.listdir(out) == ["S0_map.nii.gz"] and (out / "S0_map.nii.gz").read_text() == "previous"
 
 
 # --------------------------------------------------------------------------- processes

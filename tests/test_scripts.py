@@ -30,6 +30,28 @@ def test_no_arguments_exits_2(script):
     assert "error" in result.stderr
 
 
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_help_does_not_import_numpy(script):
+    """--help stays instant: numpy (about 0.2 s) is imported only when the work starts."""
+    result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(REPO, script), "--help"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in result.stderr.splitlines() if "|" in line}
+    assert "ivim_common.cli" in imported and "numpy" not in imported
+
+
+def test_constants_are_those_of_model_fit_and_simulation():
+    from ivim_common import constants, fit, model, simulation
+
+    names = {model: ("EQUATION", "CONVERSION", "APPROACHES", "BOUNDS_VERSIONS"),
+             fit: ("ENGINES", "OUTPUT_NAMES"),
+             simulation: ("NOISE_MODELS", "CONDITIONS", "DEFAULT_N_DRAWS", "DEFAULT_MAX_ERROR",
+                          "DEFAULT_SNR_START", "S0_TRUE")}
+    for module, module_names in names.items():
+        for name in module_names:
+            assert getattr(module, name) == getattr(constants, name), (module.__name__, name)
+
+
 def _entry_points():
     """{command: (module, function)} from pyproject.toml's [project.scripts]."""
     with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:

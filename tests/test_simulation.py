@@ -51,10 +51,12 @@ def test_parse_values_linspace_and_list():
     for bad in ("0.1:x:0.3", "a,b", "0.1:3", "", "-0.1,0.2"):
         with pytest.raises(InputError, match="-F"):
             simu.parse_values(bad, "-F")
-    assert simu.parse_shard("2/8") == (2, 8)
+    assert simu.parse_shard("2/8", 8) == (2, 8)
     for bad in ("0/3", "4/3", "2", "a/b"):
         with pytest.raises(InputError, match="--shard"):
-            simu.parse_shard(bad)
+            simu.parse_shard(bad, 8)
+    with pytest.raises(InputError, match="--shard: 9 shards but the grid has only 8 cells"):
+        simu.parse_shard("2/9", 8)
 
 
 def test_truth_and_signal_follow_the_flat_cell_order():
@@ -276,7 +278,7 @@ def test_outputs_are_refused_without_force_and_user_errors_exit_1(tmp_path, caps
     path = only_result(folder)
     merged.write_bytes(b"not mine")
     assert run_script(ivim_simu_plot, ["-input", path, "--merged", merged]) == 1
-    assert "exists; use --force" in capsys.readouterr().err
+    assert "merged.npz: already exists (use --force" in capsys.readouterr().err
     assert merged.read_bytes() == b"not mine"
     assert run_script(ivim_simu_plot, ["-input", path, "--merged", merged, "--force", "-v", 0]) == 0
     with np.load(merged, allow_pickle=False) as data:
@@ -310,6 +312,73 @@ def test_non_positive_snr_or_error_margin_is_a_usage_error(tmp_path, capsys, mod
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and flag in err and "must be a finite number > 0" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_interrupted_or_failed_compute_leaves_no_output_folder(tmp_path, capsys, monkeypatch):
+    args = ["-model", "two-step", "-ofolder", tmp_path / "out"] + GRID
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(simu, "run_errors", interrupt)
+    assert run_script(ivim_simu_compute_error_nonoise, args) == 130
+    assert "interrupted, no output written" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    assert run_script(ivim_simu_compute_error_nonoise, args + ["-v", 0]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot write in it" in err and "No space left on device" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_plot_writes_all_outputs_or_none(tmp_path, capsys, monkeypatch):
+    from matplotlib.figure import Figure
+
+    assert run_script(ivim_simu_compute_error_nonoise,
+                      ["-model", "two-step", "-ofolder", tmp_path / "out", "-v", 0] + GRID) == 0
+    path = only_result(tmp_path / "out")
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert run_script(ivim_simu_plot, ["-input", path, "-oname", a_file / "plot"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a_file exists and is not a folder" in err
+
+    savefig, calls = Figure.savefig, []
+
+    def fail_second(fig, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", fail_second)
+    argv = ["-input", path, "--merged", tmp_path / "plots" / "merged.npz", "-oname", tmp_path / "plots" / "p"]
+    assert run_script(ivim_simu_plot, argv) == 1
+    assert "No space left on device" in capsys.readouterr().err and len(calls) == 2
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "out"]
+
+
+def test_more_shards_than_grid_cells_is_an_input_error(tmp_path, capsys):
+    args = ["-model", "two-step", "-snr", 150, "--n-draws", 5, "-ofolder", tmp_path / "out", "--shard", "9/9"]
+    assert run_script(ivim_simu_compute_error_noise, args + GRID) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--shard: 9 shards but the grid has only 8 cells" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module", [ivim_simu_compute_error_nonoise, ivim_simu_compute_required_snr])
+def test_negative_seed_is_a_usage_error(tmp_path, capsys, module):
+    with pytest.raises(SystemExit) as exc:
+        run_script(module, ["-model", "two-step", "-ofolder", tmp_path / "out", "--seed", -1] + GRID)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument --seed: must be >= 0, got -1" in err
     assert not (tmp_path / "out").exists()
 
 

@@ -14,7 +14,7 @@ from matplotlib.backend_bases import KeyEvent, MouseEvent  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
 import ivim_view_fits  # noqa: E402
-from ivim_common import fit, io, model, plotting  # noqa: E402
+from ivim_common import constants, fit, io, model, plotting  # noqa: E402
 
 BVALS = np.array([5, 10, 20, 50, 100, 200, 400, 600, 800], dtype=float)
 SHAPE = (6, 5, 3)
@@ -52,7 +52,7 @@ def fit_dir(tmp_path):
         nib.save(nib.Nifti1Image(maps[name].astype(np.float32), affine), folder / filename)
     sidecar = {"tool": "ivim_fitting.py", "inputs": inputs, "bvals": BVALS.tolist(),
                "approach": "one-step", "engine": "fast", "maps": files}
-    (folder / io.SIDECAR_NAME).write_text(json.dumps(sidecar))
+    (folder / constants.FIT_SIDECAR).write_text(json.dumps(sidecar))
     return folder
 
 
@@ -189,12 +189,20 @@ def test_headless_outputs_on_test_data(tmp_path, capsys):
     (["--voxel", "6,0,0", "--save", "{tmp}/v.png"], "voxel (6, 0, 0) outside the image"),
     (["-b", "{tmp}/bvals.txt", "--montage", "{tmp}/m.png"], "9 volumes but 3 b-values"),
     (["--montage", "{tmp}/exists.png"], "already exists (use --force"),
-    (["--montage", "{tmp}/no/m.png"], "does not exist"),
+    (["--montage", "{tmp}/exists.png/m.png"], "exists.png exists and is not a folder"),
+    (["--voxel", "1,1,1", "--save", "{tmp}/m.png", "--montage", "{tmp}/m.png"], "m.png: given twice"),
+    (["-dwi", "{tmp}/moved_dwi.nii.gz", "--montage", "{tmp}/m.png"],
+     "moved_dwi.nii.gz: affine (voxel-to-world matrix) differs from the map's"),
+    (["-ma", "{tmp}/moved_mask.nii.gz", "--montage", "{tmp}/m.png"],
+     "moved_mask.nii.gz: affine (voxel-to-world matrix) differs from the map's"),
     ([], "no display for the interactive window"),
 ])
 def test_bad_inputs_exit_1_with_one_line(fit_dir, tmp_path, capsys, extra, message):
     (tmp_path / "bvals.txt").write_text("0 500 1000\n")
     (tmp_path / "exists.png").write_bytes(b"")
+    moved = np.diag([0.8, 0.8, 5.0, 1.0]) + np.eye(4, k=3)  # the fixture's affine, shifted 1 mm in x
+    nib.save(nib.Nifti1Image(np.ones(SHAPE + (len(BVALS),), np.float32), moved), tmp_path / "moved_dwi.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.int8), moved), tmp_path / "moved_mask.nii.gz")
     argv = ["-i", str(fit_dir / "Fivim_map.nii.gz")] + [a.format(tmp=tmp_path) for a in extra]
     assert ivim_view_fits.main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
