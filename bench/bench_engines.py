@@ -22,7 +22,10 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from ivim_common import fit, model  # noqa: E402  (first: it sets the BLAS threads before numpy loads)
+import ivim_common  # noqa: E402
+
+ivim_common.limit_blas_threads()  # one BLAS thread, as the scripts: before numpy loads
+from ivim_common import fit, model  # noqa: E402
 
 import numpy as np  # noqa: E402
 

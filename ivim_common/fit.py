@@ -11,9 +11,7 @@ Both solve the same problem, voxel by voxel:
 import numpy as np
 
 from . import model
-
-ENGINES = ("fast", "lmfit")
-OUTPUT_NAMES = ("S0", "D", "Fivim", "Dstar", "FivimXDstar", "AIC", "R2", "exception")
+from .constants import ENGINES, OUTPUT_NAMES  # noqa: F401
 
 
 def valid_voxels(signal):

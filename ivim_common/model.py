@@ -13,6 +13,8 @@ of D).  b is in s/mm², D and D* in mm²/s.
 """
 import numpy as np
 
+from .constants import APPROACHES, BOUNDS_VERSIONS, CONVERSION, EQUATION  # noqa: F401
+
 PARAM_NAMES = ("S0", "D", "Fivim", "Dstar")
 UNITS = {
     "S0": "signal units (as the DWI)",
@@ -24,14 +26,6 @@ UNITS = {
     "R2": "dimensionless (on the signal)",
     "exception": "1 = fit failed, 0 = fitted",
 }
-EQUATION = "S(b) = S0 * exp(-b*D) * (Fivim*exp(-b*Dstar) + 1 - Fivim)"
-CONVERSION = (
-    "The perfusing pool decays with D + Dstar. In the dipy/OSIPI form "
-    "S(b) = S0*(f*exp(-b*Dp) + (1-f)*exp(-b*D)), Dp = D + Dstar (f, D and S0 unchanged)."
-)
-
-APPROACHES = ("one-step", "two-step")
-BOUNDS_VERSIONS = ("2020", "2019")
 
 # Log-linear initialisation of D (both approaches, both bounds versions).
 D_INIT_BOUNDS = (0.15e-3, 4.5e-3)
