@@ -10,8 +10,8 @@ PROG = "ivim_view_fits.py"
 EPILOG = r"""
 The DWI, b-values, mask and the other maps are found through ivim_fitting.json, the sidecar
 that ivim_fitting.py writes beside the maps; -dwi, -b, -ma and -maps override it (-b and -ma
-as in ivim_fitting.py). Without
-a DWI the viewer still shows the maps, the values and the fitted curve.
+as in ivim_fitting.py). Without a DWI the viewer still shows the maps, the values and the
+fitted curve.
 
 Interactive window: the map's axial slices, one at a time (up/down arrow keys or the scroll
 wheel change the slice); a left click on a voxel plots its signal against b (linear and log
@@ -130,9 +130,11 @@ def run(args):
             if args.montage:
                 plotting.montage_figure(folder, **args.param).savefig(tmp[args.montage], dpi=100)
             if args.save:
-                viewer = plotting.FitViewer(folder, report=report, **args.param)
+                viewer = plotting.FitViewer(folder, report=report, interactive=False, **args.param)
                 viewer.select(*args.voxel)
                 viewer.fig.savefig(tmp[args.save], dpi=100)
+        if report:
+            report("wrote " + ", ".join(outputs))
         return
 
     import matplotlib.pyplot as plt

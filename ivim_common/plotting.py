@@ -97,11 +97,14 @@ class FitViewer:
         Figure to draw into (e.g. one from pyplot for a window); default a new Figure.
     report : callable, optional
         Called with a one-line description of each selected voxel (e.g. print).
+    interactive : bool
+        Show how to use the mouse and keys in the titles (False for a saved figure).
     """
 
-    def __init__(self, folder, cmap=None, clim=None, fig=None, report=None):
+    def __init__(self, folder, cmap=None, clim=None, fig=None, report=None, interactive=True):
         self.folder = folder
         self.report = report
+        self.interactive = interactive
         self.fig = fig if fig is not None else Figure()
         self.fig.set_size_inches(14, 6.5)
         self.fig.set_layout_engine("constrained")
@@ -190,8 +193,8 @@ class FitViewer:
         return line
 
     def _set_map_title(self):
-        self.ax_map.set_title(f"slice z = {self.z} of 0-{self.shape[2] - 1} "
-                              "(↑/↓ or scroll: slice; click: voxel)", fontsize=10)
+        hint = " (↑/↓ or scroll: slice; click: voxel)" if self.interactive else ""
+        self.ax_map.set_title(f"slice z = {self.z} of 0-{self.shape[2] - 1}{hint}", fontsize=10)
 
     def _draw_voxel(self):
         """Redraw the signal panels and the values of the selected voxel."""

@@ -56,7 +56,9 @@ def compute_parser(kind, prog, description, example):
                         help="one-step bounds: 2020 (the original's code since Dec 2020, default) or "
                              "2019 (the code behind the published results); not for two-step")
     parser.add_argument("--seed", type=cli.non_negative_int, default=0,
-                        help="seed of the noise draws (default: %(default)s)")
+                        help=("seed of the noise draws and of the lmfit engine" if noisy else
+                              "seed of the lmfit engine (the fast engine draws nothing)")
+                        + " (default: %(default)s)")
     if noisy:
         parser.add_argument("--n-draws", type=cli.positive_int, default=constants.DEFAULT_N_DRAWS,
                             help="noise draws per grid cell (default: %(default)s)")

@@ -364,6 +364,13 @@ def test_plot_writes_all_outputs_or_none(tmp_path, capsys, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["a_file", "out"]
 
 
+def test_seed_help_says_what_the_seed_drives():
+    nonoise = " ".join(ivim_simu_compute_error_nonoise.get_parser().format_help().split())
+    noise = " ".join(ivim_simu_compute_error_noise.get_parser().format_help().split())
+    assert "seed of the lmfit engine (the fast engine draws nothing)" in nonoise and "noise draws" not in nonoise
+    assert "seed of the noise draws and of the lmfit engine" in noise
+
+
 def test_more_shards_than_grid_cells_is_an_input_error(tmp_path, capsys):
     args = ["-model", "two-step", "-snr", 150, "--n-draws", 5, "-ofolder", tmp_path / "out", "--shard", "9/9"]
     assert run_script(ivim_simu_compute_error_noise, args + GRID) == 1

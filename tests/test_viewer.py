@@ -139,12 +139,23 @@ def test_map_only_view_without_dwi_still_draws_the_fitted_curve(fit_dir):
     assert "no DWI" in viewer.ax_text.texts[0].get_text()
 
 
-def test_voxel_save_and_montage_write_images(fit_dir, tmp_path, capsys):
+def test_voxel_save_and_montage_write_images(fit_dir, tmp_path, capsys, monkeypatch):
     fig_png, page_png = tmp_path / "voxel.png", tmp_path / "maps.png"
     argv = ["-i", str(fit_dir / "Fivim_map.nii.gz"), "--voxel", "3,2,1", "--save", str(fig_png),
             "--montage", str(page_png), "-param", "cmap=jet,clim=0;0.3", "-plotdir", "ignored"]
+    viewers = []
+
+    class RecordedViewer(plotting.FitViewer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            viewers.append(self)
+
+    monkeypatch.setattr(plotting, "FitViewer", RecordedViewer)
     assert ivim_view_fits.main(argv) == 0
-    assert capsys.readouterr().out.startswith("voxel (x, y, z) = (3, 2, 1) [fitted]")
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("voxel (x, y, z) = (3, 2, 1) [fitted]")
+    assert out[-1] == f"wrote {fig_png}, {page_png}"
+    assert viewers[0].ax_map.get_title() == "slice z = 1 of 0-2"  # no mouse and key hints on a saved figure
     for path in (fig_png, page_png):
         image = mpimg.imread(path)
         assert min(image.shape[:2]) > 400 and image[..., :3].std() > 0.05
