@@ -150,8 +150,8 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
 GRID_D = 12          # points over D in each voxel's box (one-step)
 GRID_DSTAR = 20      # points over D* in each voxel's box
 GRID_CHUNK = 32      # voxels per grid block: keeps its temporaries in cache
-NEWTON_BLOCK = 2048  # rows per Newton block, for the same reason
-NEWTON_FIRST = 12    # Newton iterations per block; the rows still moving then finish together
+NEWTON_BLOCK = 2048  # rows in Newton's working set, for the same reason
+STEP2_TIE = 1e-6     # step-2 candidates this close (relative RSS) to the lowest are ties
 
 
 def _geomspace(lo, hi, num):
@@ -297,95 +297,99 @@ def _cholesky_solve(a, g):
     return np.stack(x, axis=1), ok
 
 
-def _polish(bvals, signal, params, lo, hi, vary):
-    """:func:`_newton` over blocks of rows, the slow rows of all blocks finished together."""
-    params, rss, left = params.copy(), np.empty(len(params)), []
-    for i in range(0, len(params), NEWTON_BLOCK):
-        s = slice(i, i + NEWTON_BLOCK)
-        params[s], rss[s], todo = _newton(bvals, signal[s], params[s], lo[s], hi[s], vary, NEWTON_FIRST)
-        left.append(i + todo)
-    left = np.concatenate(left)
-    if left.size:
-        params[left], rss[left], _ = _newton(bvals, signal[left], params[left], lo[left], hi[left], vary)
-    return params, rss
-
-
 def _newton(bvals, signal, params, lo, hi, vary, max_iter=100, rtol=1e-11):
-    """Box-constrained damped Newton from ``params``; each row is frozen once converged.
+    """Box-constrained damped Newton from ``params``, row by row; returns params (n, 4), RSS (n,).
 
-    Works in coordinates scaled to [0, 1] over each voxel's box; fixed parameters, and those
+    Works in coordinates scaled to [0, 1] over each row's box; fixed parameters, and those
     on a bound whose gradient points outwards, are held (projected Newton).  The Hessian is
     exact (Gauss-Newton plus the residual-weighted second derivatives, so large residuals still
     converge fast) where, damped Levenberg-Marquardt style, it is positive definite; else the
     Gauss-Newton one.  Each step is tried clipped to the box and, where clipping changed it,
-    also shortened to its first bound.  Returns the parameters (n, 4), their RSS (n,) and the
-    rows not converged within ``max_iter`` iterations.
+    also shortened to its first bound.  A row stops once converged or after ``max_iter``
+    iterations.  The rows stream through a working set of NEWTON_BLOCK rows (small enough to
+    stay in the CPU cache): a row that stops leaves it, the next waiting rows fill it up.
     """
-    width = np.where(vary, hi - lo, 0.0)
+    n = len(params)
     params = np.clip(params, lo, hi)
-    x = np.divide(params - lo, width, out=np.zeros_like(params), where=width > 0)
-    resid = model.ivim_signal(bvals, *params.T) - signal
-    rss = np.einsum("ij,ij->i", resid, resid)
-    lam = np.full(len(signal), 1e-4)
-    todo = np.arange(len(signal))
+    width = np.where(vary, hi - lo, 0.0)
+    rss_out = np.empty(n)
     eye = np.eye(4)
-
-    def trial(idx, x_t):
-        p_t = lo[idx] + x_t * width[idx]
-        p_t = np.where(width[idx] > 0, p_t, params[idx])
-        r_t = model.ivim_signal(bvals, *p_t.T) - signal[idx]
-        return p_t, r_t, np.einsum("ij,ij->i", r_t, r_t)
-
-    for _ in range(max_iter):
-        if todo.size == 0:
+    state, waiting = None, 0          # working set: row, x, params, width, lo, signal, resid, u, w, rss, lam, iterations
+    while True:
+        room = NEWTON_BLOCK - (0 if state is None else len(state[0]))
+        if waiting < n and (state is None or room >= NEWTON_BLOCK // 4):
+            rows = np.arange(waiting, min(n, waiting + room))
+            waiting = rows[-1] + 1
+            p, wd, l0 = params[rows], width[rows], lo[rows]
+            x = np.divide(p - l0, wd, out=np.zeros_like(p), where=wd > 0)
+            sig, u, w = model.ivim_signal_terms(bvals, p)
+            r = sig - signal[rows]
+            new = [rows, x, p, wd, l0, signal[rows], r, u, w, np.einsum("ij,ij->i", r, r),
+                   np.full(len(rows), 1e-4), np.zeros(len(rows), dtype=int)]
+            state = new if state is None else [np.concatenate(pair) for pair in zip(state, new)]
+        if len(state[0]) == 0:
             break
-        xi, w, l = x[todo], width[todo], lam[todo]
-        grad, gn, hess = model.ivim_newton_terms(bvals, params[todo], resid[todo])
-        ww = w[:, :, None] * w[:, None, :]
-        grad, gn, hess = grad * w, gn * ww, hess * ww
-        held = (w == 0) | ((xi <= 0.0) & (grad > 0.0)) | ((xi >= 1.0) & (grad < 0.0))
+        rows, x, p, wd, l0, y, r, u, w, rss, lam, it = state
+        grad, gn, hess = model.ivim_newton_terms(bvals, p, r, (u, w))
+        ww = wd[:, :, None] * wd[:, None, :]
+        grad *= wd
+        gn *= ww
+        hess *= ww
+        held = (wd == 0) | ((x <= 0.0) & (grad > 0.0)) | ((x >= 1.0) & (grad < 0.0))
         outer = held[:, :, None] | held[:, None, :]
-        damp = (l[:, None] * np.abs(np.einsum("nii->ni", gn)) + 1e-300 + held)[:, :, None] * eye
+        damp = (lam[:, None] * np.abs(np.einsum("nii->ni", gn)) + 1e-300 + held)[:, :, None] * eye
         grad[held] = 0.0
         step, pd = _cholesky_solve(np.where(outer, 0.0, hess) + damp, -grad)
         if not pd.all():
             npd = ~pd
             step[npd] = _cholesky_solve(np.where(outer[npd], 0.0, gn[npd]) + damp[npd], -grad[npd])[0]
-        x_new = np.clip(xi + step, 0.0, 1.0)
-        unclipped = np.all(x_new == xi + step, axis=1)
-        p_new, r_new, rss_new = trial(todo, x_new)
+        x_new = np.clip(x + step, 0.0, 1.0)
+        unclipped = np.all(x_new == x + step, axis=1)
         clipped = np.flatnonzero(~unclipped)
-        if clipped.size:
-            s_c, x_c = step[clipped], xi[clipped]
+        if clipped.size:              # also try the step shortened to its first bound
+            s_c, x_c = step[clipped], x[clipped]
             with np.errstate(divide="ignore", invalid="ignore"):
-                room = np.where(s_c > 0, (1.0 - x_c) / s_c, np.where(s_c < 0, -x_c / s_c, np.inf))
-            x_short = np.clip(x_c + np.minimum(room.min(axis=1), 1.0)[:, None] * s_c, 0.0, 1.0)
-            p_s, r_s, rss_s = trial(todo[clipped], x_short)
-            m = rss_s < rss_new[clipped]
-            take = clipped[m]
-            p_new[take], r_new[take], rss_new[take], x_new[take] = p_s[m], r_s[m], rss_s[m], x_short[m]
-        old = rss[todo]
-        better = rss_new < old
-        acc = todo[better]
-        params[acc], x[acc], resid[acc], rss[acc] = p_new[better], x_new[better], r_new[better], rss_new[better]
-        lam[todo] = np.where(better, np.maximum(l * 0.2, 1e-9), l * 8.0)
+                reach = np.where(s_c > 0, (1.0 - x_c) / s_c, np.where(s_c < 0, -x_c / s_c, np.inf))
+            x_short = np.clip(x_c + np.minimum(reach.min(axis=1), 1.0)[:, None] * s_c, 0.0, 1.0)
+            x_new = np.concatenate([x_new, x_short])
+            trial_rows = np.concatenate([np.arange(len(x)), clipped])
+        else:
+            trial_rows = slice(None)
+        p_new = l0[trial_rows] + x_new * wd[trial_rows]
+        sig, u_new, w_new = model.ivim_signal_terms(bvals, p_new)
+        r_new = sig - y[trial_rows]
+        rss_new = np.einsum("ij,ij->i", r_new, r_new)
+        pick = np.arange(len(x))      # per row, the better of its two trials
+        if clipped.size:
+            short_better = np.flatnonzero(rss_new[len(x):] < rss_new[clipped])
+            pick[clipped[short_better]] = len(x) + short_better
+        rss_new = rss_new[pick]
+        better = rss_new < rss
         # converged: an undamped, unclipped Newton step changes nothing that matters
-        settled = (np.abs(old - rss_new) <= rtol * old) & unclipped & (l <= 1e-2)
-        done = settled | (np.abs(step).max(axis=1) < 1e-12) | (~better & (l > 1e8))
-        todo = todo[~done]
-    return params, rss, todo
+        settled = (np.abs(rss - rss_new) <= rtol * rss) & unclipped & (lam <= 1e-2)
+        it += 1
+        done = settled | (np.abs(step).max(axis=1) < 1e-12) | (~better & (lam > 1e8)) | (it >= max_iter)
+        acc = pick[better]
+        x[better], p[better], r[better], u[better], w[better] = x_new[acc], p_new[acc], r_new[acc], u_new[acc], w_new[acc]
+        rss[better] = rss_new[better]
+        lam[:] = np.where(better, np.maximum(lam * 0.2, 1e-9), lam * 8.0)
+        if done.any():
+            params[rows[done]], rss_out[rows[done]] = p[done], rss[done]
+            state = [a[~done] for a in state]
+    return params, rss_out
 
 
 def fit_fast(bvals, signal, lo, hi, vary):
     """The vectorised engine.
 
-    Step-2 candidates come from the two lowest local minima of a (D, D*) grid and from the best
-    points of the faces f = f_max and D* = D*_max (where the ±5 % refinement goes past the
-    bound: a differential evolution may stop on the face); each is polished by Newton in the
-    nominal box (on its face for the last two), then refined by Newton in its ±5 % box.  The
-    candidate whose refined fit has the lowest RSS wins.  Where step-2 f is 0, D* is
-    undetermined, so the refinement searches D* over its whole nominal range (±5 %).
-    The candidates of all voxels go through Newton together, in blocks of rows.
+    Step 2: candidates come from the two lowest local minima of a (D, D*) grid and from the
+    best grid points of the faces f = f_max and D* = D*_max (where interior starts can stall
+    short of the box's minimum); each is polished by Newton in the nominal box (on its face
+    for the last two).  The step-2 result is the candidate of lowest RSS; candidates within
+    STEP2_TIE of it (relative RSS) are ties that a differential evolution could not tell apart.
+    Step 3: Newton in the ±5 % box of the step-2 result (of each tie, the lowest refined RSS
+    winning).  Where step-2 f is 0, D* is undetermined, so the refinement searches D* over
+    its whole nominal range (±5 %).  The rows of all voxels go through Newton together.
 
     Parameters
     ----------
@@ -408,7 +412,11 @@ def fit_fast(bvals, signal, lo, hi, vary):
     new = np.ones(4 * n, dtype=bool)            # drop candidates that repeat the first
     new[n:] = np.any(start[n:] != np.tile(start[:n], (3, 1)), axis=1)
     voxel, start, box_lo = voxel[new], start[new], box_lo[new]
-    step2, _ = _polish(bvals, signal[voxel], start, box_lo, hi[voxel], vary)
+    step2, rss2 = _newton(bvals, signal[voxel], start, box_lo, hi[voxel], vary)
+    best2 = np.full(n, np.inf)
+    np.minimum.at(best2, voxel, rss2)
+    tie = rss2 <= best2[voxel] * (1 + STEP2_TIE)
+    voxel, step2 = voxel[tie], step2[tie]
     order = np.lexsort(tuple(step2.T) + (voxel,))   # candidates that reached the same step-2
     s, v = step2[order], voxel[order]                # point are refined once
     repeat = (v[1:] == v[:-1]) & np.all(np.abs(s[1:] - s[:-1]) <= 1e-9 * np.abs(s[1:]), axis=1)
@@ -423,7 +431,9 @@ def fit_fast(bvals, signal, lo, hi, vary):
 def _refine(bvals, signal, voxel, step2, lo, hi, vary):
     """Newton in the ±5 % box of each step-2 result (rows of ``voxel``); returns params, RSS.
 
-    Where step-2 f is 0, D* gets the voxel's nominal range ±5 %, started from a grid."""
+    Where step-2 f is 0, D* gets the voxel's nominal range ±5 %, started from a grid.  Where
+    the refined f is 0 the signal does not depend on D*: D* is reported at the middle of its
+    box (the expectation of the reference's random draw from it; the RSS is the same)."""
     r_lo, r_hi = model.refinement_bounds(step2, vary)
     zero_f = np.flatnonzero(step2[:, 2] <= model.REFINE_F_ZERO[0])
     start = step2.copy()
@@ -433,4 +443,7 @@ def _refine(bvals, signal, voxel, step2, lo, hi, vary):
         r_hi[zero_f, 3] = hi[v, 3] * (1 + model.REFINE)
         d_start, dstar_start = _grid_starts(bvals, signal[v], r_lo[zero_f], r_hi[zero_f], vary)
         start[zero_f] = _start_amplitudes(bvals, signal[v], d_start[0], dstar_start[0], r_lo[zero_f], r_hi[zero_f])
-    return _polish(bvals, signal[voxel], start, r_lo, r_hi, vary)
+    params, rss = _newton(bvals, signal[voxel], start, r_lo, r_hi, vary)
+    flat = params[:, 2] == 0.0
+    params[flat, 3] = 0.5 * (r_lo[flat, 3] + r_hi[flat, 3])
+    return params, rss

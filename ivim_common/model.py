@@ -55,7 +55,26 @@ def ivim_signal(bvals, S0, D, Fivim, Dstar):
     return S0 * e_d * (Fivim * np.exp(-b * Dstar) + 1.0 - Fivim)
 
 
-def ivim_newton_terms(bvals, params, resid):
+def ivim_signal_terms(bvals, params):
+    """The signal of :func:`ivim_signal` for params (n, 4), with the exponentials the Newton terms reuse.
+
+    Returns
+    -------
+    signal, u, w : ndarray (n, n_b)
+        signal = S0·u·(1 + f·w) with u = exp(-b·D) and w = exp(-b·D*) - 1 (the same model,
+        written so that w keeps full precision where b·D* is small).
+    """
+    b = np.asarray(bvals, dtype=float)
+    u = np.exp(-b * params[:, 1:2])
+    w = np.expm1(-b * params[:, 3:4])
+    signal = w * params[:, 2:3]
+    signal += 1.0
+    signal *= u
+    signal *= params[:, 0:1]
+    return signal, u, w
+
+
+def ivim_newton_terms(bvals, params, resid, exps=None):
     """Gradient, Gauss-Newton matrix and exact Hessian of ½·RSS, for residuals model - data.
 
     Parameters
@@ -63,6 +82,7 @@ def ivim_newton_terms(bvals, params, resid):
     bvals : ndarray (n_b,)
     params : ndarray (n, 4), in the order of PARAM_NAMES
     resid : ndarray (n, n_b)
+    exps : (u, w) of :func:`ivim_signal_terms` at ``params``, optional (computed if absent)
 
     Returns
     -------
@@ -82,9 +102,9 @@ def ivim_newton_terms(bvals, params, resid):
     b = np.asarray(bvals, dtype=float)
     n = len(params)
     prods = np.empty((5, n, b.size))                        # u², u·v, v², r·u, r·v
-    u = np.exp(-b * params[:, 1:2])
-    v = np.expm1(-b * params[:, 3:4])
-    v *= u
+    if exps is None:
+        exps = ivim_signal_terms(b, params)[1:]
+    u, v = exps[0], exps[1] * exps[0]
     for k, (left, right) in enumerate(((u, u), (u, v), (v, v), (resid, u), (resid, v))):
         np.multiply(left, right, out=prods[k])
     powers = np.stack([np.ones_like(b), b, b * b], axis=1)

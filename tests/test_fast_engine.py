@@ -100,3 +100,56 @@ def test_zero_f_refinement_searches_dstar():
     assert rss[0] < 1e-12 * (signal ** 2).sum()
     near, _ = fit._refine(BVALS, signal, np.array([0]), step2 + [0, 0, 1e-3, 0], lo, hi, vary)
     assert abs(near[0, 3] - 5e-3) <= 0.05 * 5e-3 + 1e-15     # f > 0: D* stays in its ±5 % box
+
+
+def test_zero_f_reports_dstar_at_the_middle_of_its_box():
+    """No perfusion: f = 0, the signal does not depend on D*, reported at the middle of its box."""
+    rng = np.random.default_rng(8)
+    signal = model.ivim_signal(BVALS, 600.0, 1.2e-3, 0.0, 20e-3)[None] * (1 + np.linspace(0, 0.02, BVALS.size))
+    signal += rng.normal(0, 0.5, signal.shape)
+    cfg = model.settings("one-step", "2019")
+    dinit, s0_1mf = model.initial_estimate(BVALS, signal, cfg["bval_threshold"])
+    _, lo, hi, vary = model.nominal_bounds("one-step", "2019", dinit, s0_1mf)
+    params, rss = fit._refine(BVALS, signal, np.array([0]), np.array([[600.0, 1.2e-3, 0.0, 5e-3]]), lo, hi, vary)
+    assert params[0, 2] == 0.0
+    free = fit._newton(BVALS, signal, params, params * 0.5, params * 2, vary)[1]
+    np.testing.assert_allclose(rss, free, rtol=1e-9)   # the same RSS for any D*
+    np.testing.assert_allclose(params[0, 3], 0.5 * (0.95 * lo[0, 3] + 1.05 * hi[0, 3]), rtol=1e-12)
+
+
+def test_only_the_step2_result_and_its_ties_are_refined(monkeypatch):
+    """Step 3 refines the step-2 candidate of lowest RSS (and those within STEP2_TIE of it)."""
+    _, signal = _noisy(200, snr=15, seed=4)
+    seen = {}
+    newton, refine = fit._newton, fit._refine
+
+    def spy_newton(bvals, sig, params, lo, hi, vary, **kw):
+        out = newton(bvals, sig, params, lo, hi, vary, **kw)
+        seen.setdefault("step2", out)      # the first call is step 2
+        return out
+
+    def spy_refine(bvals, sig, voxel, step2, lo, hi, vary):
+        seen["refined"] = voxel, step2
+        return refine(bvals, sig, voxel, step2, lo, hi, vary)
+
+    monkeypatch.setattr(fit, "_newton", spy_newton)
+    monkeypatch.setattr(fit, "_refine", spy_refine)
+    fit.fit_voxels(BVALS, signal, "one-step", "2019", engine="fast")
+    voxel, step2 = seen["refined"]
+    resid = model.ivim_signal(BVALS, *step2.T) - signal[voxel]
+    rss_refined = np.einsum("ij,ij->i", resid, resid)
+    best = np.full(len(signal), np.inf)
+    np.minimum.at(best, voxel, rss_refined)
+    assert np.all(rss_refined <= best[voxel] * (1 + 2 * fit.STEP2_TIE))
+    lowest_step2 = seen["step2"][1].min()
+    assert len(seen["step2"][1]) > len(voxel) >= len(signal) > 0 and np.isfinite(lowest_step2)
+
+
+def test_newton_rows_do_not_depend_on_their_neighbours(monkeypatch):
+    """Newton is row-wise: a working set of 7 rows gives the same fits as the default one."""
+    _, signal = _noisy(100, snr=20, seed=6)
+    default = fit.fit_voxels(BVALS, signal, "one-step", "2020", engine="fast")
+    monkeypatch.setattr(fit, "NEWTON_BLOCK", 7)
+    small = fit.fit_voxels(BVALS, signal, "one-step", "2020", engine="fast")
+    for name in fit.OUTPUT_NAMES:
+        np.testing.assert_array_equal(small[name], default[name], err_msg=name)
