@@ -263,14 +263,29 @@ def _grid_block(bvals, signal, lo, hi, vary):
     return d[rows, idx // n_s], dstar[rows, idx % n_s]
 
 
+def _best_amplitudes(bvals, signal, params, lo, hi):
+    """``params`` (n, 4) with S0 and f replaced by their exact best values in the box for each
+    row's (D, D*) (variable projection); returns them with their signal terms (signal, u, w)
+    of :func:`ivim_common.model.ivim_signal_terms`."""
+    u = np.exp(-bvals * params[:, 1:2])
+    w = np.expm1(-bvals * params[:, 3:4])
+    x1 = u + u * w                                   # the perfusion basis exp(-b·(D + D*))
+    dot = lambda a, c: np.einsum("ij,ij->i", a, c)  # noqa: E731
+    gram = (dot(x1, x1), dot(x1, u), dot(u, u), dot(x1, signal), dot(u, signal))
+    s0, f, _ = _amplitudes(gram, dot(signal, signal), (lo[:, 0], hi[:, 0], lo[:, 2], hi[:, 2]))
+    params = params.copy()
+    params[:, 0], params[:, 2] = s0, f
+    model_signal = w * f[:, None]
+    model_signal += 1.0
+    model_signal *= u
+    model_signal *= s0[:, None]
+    return params, model_signal, u, w
+
+
 def _start_amplitudes(bvals, signal, d, dstar, lo, hi):
     """Starting points (n, 4): the exact best (S0, f) in the box for each voxel's (D, D*)."""
-    x2 = np.exp(-bvals * d[:, None])
-    x1 = x2 * np.exp(-bvals * dstar[:, None])
-    dot = lambda a, c: np.einsum("ij,ij->i", a, c)  # noqa: E731
-    gram = (dot(x1, x1), dot(x1, x2), dot(x2, x2), dot(x1, signal), dot(x2, signal))
-    s0, f, _ = _amplitudes(gram, dot(signal, signal), (lo[:, 0], hi[:, 0], lo[:, 2], hi[:, 2]))
-    return np.column_stack([s0, d, f, dstar])
+    params = np.column_stack([np.ones_like(d), d, np.zeros_like(d), dstar])
+    return _best_amplitudes(bvals, signal, params, lo, hi)[0]
 
 
 def _cholesky_solve(a, g):
@@ -355,8 +370,11 @@ def _newton(bvals, signal, params, lo, hi, vary, max_iter=100, rtol=1e-11):
             trial_rows = np.concatenate([np.arange(len(x)), clipped])
         else:
             trial_rows = slice(None)
-        p_new = l0[trial_rows] + x_new * wd[trial_rows]
-        sig, u_new, w_new = model.ivim_signal_terms(bvals, p_new)
+        # the trial's (D, D*) with its exact best (S0, f): variable projection, which keeps the
+        # steps on the floor of the curved f-D* valley instead of crawling along it
+        l_t, w_t = l0[trial_rows], wd[trial_rows]
+        p_new, sig, u_new, w_new = _best_amplitudes(bvals, y[trial_rows], l_t + x_new * w_t, l_t, l_t + w_t)
+        x_new = np.divide(p_new - l_t, w_t, out=np.zeros_like(p_new), where=w_t > 0)
         r_new = sig - y[trial_rows]
         rss_new = np.einsum("ij,ij->i", r_new, r_new)
         pick = np.arange(len(x))      # per row, the better of its two trials
