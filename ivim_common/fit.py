@@ -142,10 +142,9 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
 # c = S0·(1 - f), and the bounds on S0 and f are linear constraints on them, so each point of a
 # (D, D*) grid costs a closed-form 2-variable constrained least squares.  Four points of each
 # voxel's grid seed a box-constrained Newton (Levenberg-Marquardt damped, exact Hessian, so large
-# residuals still converge fast), run in the nominal box and then in the ±5 % refinement box.
-# The arrays are processed in blocks small enough to stay in the CPU cache: faster than
-# whole-array numpy on large calls (1.5x on one call of 10^4 voxels here), a few % in the voxel
-# pool's chunks of 5000.
+# residuals still converge fast; each trial's S0 and f solved exactly the same way) in the
+# nominal box; the lowest result is refined in its ±5 % box.  The grid works on blocks of
+# voxels, Newton on a working set of rows, both small enough to stay in the CPU cache.
 
 GRID_D = 12          # points over D in each voxel's box (one-step)
 GRID_DSTAR = 20      # points over D* in each voxel's box
@@ -275,11 +274,7 @@ def _best_amplitudes(bvals, signal, params, lo, hi):
     s0, f, _ = _amplitudes(gram, dot(signal, signal), (lo[:, 0], hi[:, 0], lo[:, 2], hi[:, 2]))
     params = params.copy()
     params[:, 0], params[:, 2] = s0, f
-    model_signal = w * f[:, None]
-    model_signal += 1.0
-    model_signal *= u
-    model_signal *= s0[:, None]
-    return params, model_signal, u, w
+    return (params,) + model.ivim_signal_terms(bvals, params, (u, w))
 
 
 def _start_amplitudes(bvals, signal, d, dstar, lo, hi):

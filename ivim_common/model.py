@@ -55,8 +55,10 @@ def ivim_signal(bvals, S0, D, Fivim, Dstar):
     return S0 * e_d * (Fivim * np.exp(-b * Dstar) + 1.0 - Fivim)
 
 
-def ivim_signal_terms(bvals, params):
+def ivim_signal_terms(bvals, params, exps=None):
     """The signal of :func:`ivim_signal` for params (n, 4), with the exponentials the Newton terms reuse.
+
+    ``exps`` = (u, w) below, when already computed for these D and D*.
 
     Returns
     -------
@@ -65,8 +67,7 @@ def ivim_signal_terms(bvals, params):
         written so that w keeps full precision where b·D* is small).
     """
     b = np.asarray(bvals, dtype=float)
-    u = np.exp(-b * params[:, 1:2])
-    w = np.expm1(-b * params[:, 3:4])
+    u, w = exps if exps is not None else (np.exp(-b * params[:, 1:2]), np.expm1(-b * params[:, 3:4]))
     signal = w * params[:, 2:3]
     signal += 1.0
     signal *= u
