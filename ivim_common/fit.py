@@ -337,7 +337,7 @@ def _newton(bvals, signal, params, lo, hi, vary, max_iter=100, rtol=1e-11):
             new = [rows, x, p, wd, l0, signal[rows], r, u, w, np.einsum("ij,ij->i", r, r),
                    np.full(len(rows), 1e-4), np.zeros(len(rows), dtype=int)]
             state = new if state is None else [np.concatenate(pair) for pair in zip(state, new)]
-        if len(state[0]) == 0:
+        if state is None or len(state[0]) == 0:
             break
         rows, x, p, wd, l0, y, r, u, w, rss, lam, it = state
         grad, gn, hess = model.ivim_newton_terms(bvals, p, r, (u, w))
