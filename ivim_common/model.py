@@ -1,8 +1,9 @@
 """The IVIM bi-exponential model: equation, parameters, units, initialisation and bounds.
 
 This is the one place where the signal equation lives.  Every fitter, simulator, viewer and
-plot calls :func:`ivim_signal`; every output sidecar carries :data:`EQUATION` and
-:data:`CONVERSION`.
+plot calls :func:`ivim_signal` (the fast engine's compiled kernel writes it out per voxel,
+with its derivatives, and a test holds the two equal); every output sidecar carries
+:data:`EQUATION` and :data:`CONVERSION`.
 
 The model is the original toolbox's (Lévy et al., MRM 2020)::
 
@@ -53,88 +54,6 @@ def ivim_signal(bvals, S0, D, Fivim, Dstar):
     S0, D, Fivim, Dstar = (np.asarray(p, dtype=float)[..., None] for p in (S0, D, Fivim, Dstar))
     e_d = np.exp(-b * D)
     return S0 * e_d * (Fivim * np.exp(-b * Dstar) + 1.0 - Fivim)
-
-
-def ivim_signal_terms(bvals, params, exps=None):
-    """The signal of :func:`ivim_signal` for params (n, 4), with the exponentials the Newton terms reuse.
-
-    ``exps`` = (u, w) below, when already computed for these D and D*.
-
-    Returns
-    -------
-    signal, u, w : ndarray (n, n_b)
-        signal = S0·u·(1 + f·w) with u = exp(-b·D) and w = exp(-b·D*) - 1 (the same model,
-        written so that w keeps full precision where b·D* is small).
-    """
-    b = np.asarray(bvals, dtype=float)
-    u, w = exps if exps is not None else (np.exp(-b * params[:, 1:2]), np.expm1(-b * params[:, 3:4]))
-    signal = w * params[:, 2:3]
-    signal += 1.0
-    signal *= u
-    signal *= params[:, 0:1]
-    return signal, u, w
-
-
-def ivim_newton_terms(bvals, params, resid, exps=None):
-    """Gradient, Gauss-Newton matrix and exact Hessian of ½·RSS, for residuals model - data.
-
-    Parameters
-    ----------
-    bvals : ndarray (n_b,)
-    params : ndarray (n, 4), in the order of PARAM_NAMES
-    resid : ndarray (n, n_b)
-    exps : (u, w) of :func:`ivim_signal_terms` at ``params``, optional (computed if absent)
-
-    Returns
-    -------
-    grad : ndarray (n, 4)
-        Jᵀr.
-    gauss_newton : ndarray (n, 4, 4)
-        JᵀJ.
-    hess : ndarray (n, 4, 4)
-        JᵀJ + Σ_b r_b·∇²S_b.
-
-    Notes
-    -----
-    With u = exp(-b·D) and v = u·(exp(-b·D*) - 1), S = S0·(u + f·v) and every derivative is
-    S0, f and powers of b times u or v.  So all the sums over b reduce to 15 moments
-    Σ b^k·{u², u·v, v², r·u, r·v} (k = 0, 1, 2), computed in one matrix product.
-    """
-    b = np.asarray(bvals, dtype=float)
-    n = len(params)
-    prods = np.empty((5, n, b.size))                        # u², u·v, v², r·u, r·v
-    if exps is None:
-        exps = ivim_signal_terms(b, params)[1:]
-    u, v = exps[0], exps[1] * exps[0]
-    for k, (left, right) in enumerate(((u, u), (u, v), (v, v), (resid, u), (resid, v))):
-        np.multiply(left, right, out=prods[k])
-    powers = np.stack([np.ones_like(b), b, b * b], axis=1)
-    U, X, V, Ru, Rv = (prods.reshape(-1, b.size) @ powers).reshape(5, n, 3).transpose(0, 2, 1)
-    S0, f = params[:, 0], params[:, 2]
-    s2 = S0 * S0
-    # JᵀJ, row-major upper triangle
-    j00 = U[0] + 2 * f * X[0] + f * f * V[0]
-    j01 = -S0 * (U[1] + 2 * f * X[1] + f * f * V[1])
-    j02 = S0 * (X[0] + f * V[0])
-    j03 = -S0 * f * (U[1] + (1 + f) * X[1] + f * V[1])
-    j11 = s2 * (U[2] + 2 * f * X[2] + f * f * V[2])
-    j12 = -s2 * (X[1] + f * V[1])
-    j13 = s2 * f * (U[2] + (1 + f) * X[2] + f * V[2])
-    j22 = s2 * V[0]
-    j23 = -s2 * f * (X[1] + V[1])
-    j33 = s2 * f * f * (U[2] + 2 * X[2] + V[2])
-    jj = np.stack([j00, j01, j02, j03, j01, j11, j12, j13, j02, j12, j22, j23, j03, j13, j23, j33],
-                  axis=1).reshape(n, 4, 4)
-    g = (Ru[0] + f * Rv[0], -S0 * (Ru[1] + f * Rv[1]), S0 * Rv[0], -S0 * f * (Ru[1] + Rv[1]))
-    grad = np.stack(g, axis=1)
-    # Σ r·∇²S: -b times the first derivatives, except those with S0 (the first derivatives
-    # over S0) and d²S/df dD* = -b·S0·(u + v)
-    q = (Ru[1] + f * Rv[1], -S0 * (Ru[2] + f * Rv[2]), S0 * Rv[1], -S0 * f * (Ru[2] + Rv[2]))
-    h01, h02, h03 = j01 - q[0], j02 + g[2] / S0, j03 + g[3] / S0
-    h12, h13, h23 = j12 - q[2], j13 - q[3], j23 - S0 * (Ru[1] + Rv[1])
-    hess = np.stack([j00, h01, h02, h03, h01, j11 - q[1], h12, h13, h02, h12, j22, h23,
-                     h03, h13, h23, j33 - q[3]], axis=1).reshape(n, 4, 4)
-    return grad, jj, hess
 
 
 def settings(approach, bounds_version="2020"):

@@ -34,13 +34,31 @@ def test_amplitudes_match_brute_force():
         x1 = x2 * np.exp(-BVALS * dstar)
         y = rng.uniform(100, 800) * (rng.uniform(0, 0.5) * x1 + x2) + rng.normal(0, 30, BVALS.size)
         box = (rng.uniform(50, 400), rng.uniform(500, 900), rng.uniform(0, 0.1), rng.uniform(0.15, 0.4))
-        gram = (x1 @ x1, x1 @ x2, x2 @ x2, x1 @ y, x2 @ y)
-        s0, f, rss = fit._amplitudes(gram, y @ y, box)
+        s0, f, rss, face = fit._amplitudes(x1 @ x1, x1 @ x2, x2 @ x2, x1 @ y, x2 @ y, y @ y, *box)
         assert box[0] <= s0 <= box[1] and box[2] <= f <= box[3]
         np.testing.assert_allclose(rss, np.sum((s0 * f * x1 + s0 * (1 - f) * x2 - y) ** 2), rtol=1e-7)
         s_grid, f_grid = np.meshgrid(np.linspace(box[0], box[1], 301), np.linspace(box[2], box[3], 301))
         brute = ((s_grid[..., None] * (f_grid[..., None] * x1 + (1 - f_grid[..., None]) * x2) - y) ** 2).sum(-1)
         assert rss <= brute.min() * (1 + 1e-9)
+        assert rss <= face <= brute[-1].min() * (1 + 1e-9)      # the best with f = f_max
+        rows, faces = np.empty(1), np.empty(1)                  # the grid's SIMD version
+        fit._grid_row(np.array([x1 @ x1]), np.array([x1 @ x2]), x2 @ x2, np.array([x1 @ y]), x2 @ y, y @ y,
+                      *box, rows, faces)
+        np.testing.assert_allclose([rows[0], faces[0]], [rss, face], rtol=1e-12)
+
+
+def test_kernel_signal_is_the_model_signal():
+    rng = np.random.default_rng(1)
+    u, w, sig = (np.empty(BVALS.size) for _ in range(3))
+    for _ in range(10):
+        p = np.array([rng.uniform(100, 900), rng.uniform(0.2e-3, 3e-3), rng.uniform(0, 0.4), rng.uniform(1e-3, 50e-3)])
+        fit._signal_terms(BVALS, p, u, w, sig)
+        np.testing.assert_allclose(sig, model.ivim_signal(BVALS, *p), rtol=1e-13)
+        q = p.copy()
+        y = model.ivim_signal(BVALS, *p) * rng.uniform(0.9, 1.1, BVALS.size)
+        rss = fit._project(BVALS, y, q, p * 0 + [1, 0, 0, 0], p * 0 + [1e4, 1, 1, 1], u, w, sig)
+        np.testing.assert_allclose(sig, model.ivim_signal(BVALS, *q), rtol=1e-13)
+        np.testing.assert_allclose(rss, np.sum((sig - y) ** 2), rtol=1e-13)
 
 
 @pytest.mark.parametrize("approach, bounds_version", [("one-step", "2020"), ("one-step", "2019"), ("two-step", "2020")])
@@ -95,11 +113,11 @@ def test_zero_f_refinement_searches_dstar():
     cfg = model.settings("one-step", "2019")
     dinit, s0_1mf = model.initial_estimate(BVALS, signal, cfg["bval_threshold"])
     _, lo, hi, vary = model.nominal_bounds("one-step", "2019", dinit, s0_1mf)
-    params, rss = fit._refine(BVALS, signal, np.array([0]), step2, lo, hi, vary)
-    np.testing.assert_allclose(params[0], truth, rtol=1e-6)
-    assert rss[0] < 1e-12 * (signal ** 2).sum()
-    near, _ = fit._refine(BVALS, signal, np.array([0]), step2 + [0, 0, 1e-3, 0], lo, hi, vary)
-    assert abs(near[0, 3] - 5e-3) <= 0.05 * 5e-3 + 1e-15     # f > 0: D* stays in its ±5 % box
+    params, rss = _refine(signal[0], step2[0], lo[0], hi[0], vary)
+    np.testing.assert_allclose(params, truth, rtol=1e-6)
+    assert rss < 1e-12 * (signal ** 2).sum()
+    near, _ = _refine(signal[0], step2[0] + [0, 0, 1e-3, 0], lo[0], hi[0], vary)
+    assert abs(near[3] - 5e-3) <= 0.05 * 5e-3 + 1e-15     # f > 0: D* stays in its ±5 % box
 
 
 def test_zero_f_reports_dstar_at_the_middle_of_its_box():
@@ -110,46 +128,39 @@ def test_zero_f_reports_dstar_at_the_middle_of_its_box():
     cfg = model.settings("one-step", "2019")
     dinit, s0_1mf = model.initial_estimate(BVALS, signal, cfg["bval_threshold"])
     _, lo, hi, vary = model.nominal_bounds("one-step", "2019", dinit, s0_1mf)
-    params, rss = fit._refine(BVALS, signal, np.array([0]), np.array([[600.0, 1.2e-3, 0.0, 5e-3]]), lo, hi, vary)
-    assert params[0, 2] == 0.0
-    free = fit._newton(BVALS, signal, params, params * 0.5, params * 2, vary)[1]
+    params, rss = _refine(signal[0], np.array([600.0, 1.2e-3, 0.0, 5e-3]), lo[0], hi[0], vary)
+    assert params[2] == 0.0
+    free = fit._newton(BVALS, signal[0], params.copy(), params * 0.5, params * 2, vary)
     np.testing.assert_allclose(rss, free, rtol=1e-9)   # the same RSS for any D*
-    np.testing.assert_allclose(params[0, 3], 0.5 * (0.95 * lo[0, 3] + 1.05 * hi[0, 3]), rtol=1e-12)
+    np.testing.assert_allclose(params[3], 0.5 * (0.95 * lo[0, 3] + 1.05 * hi[0, 3]), rtol=1e-12)
 
 
-def test_only_the_step2_result_and_its_ties_are_refined(monkeypatch):
-    """Step 3 refines the step-2 candidate of lowest RSS (and those within STEP2_TIE of it)."""
-    _, signal = _noisy(200, snr=15, seed=4)
-    seen = {}
-    newton, refine = fit._newton, fit._refine
-
-    def spy_newton(bvals, sig, params, lo, hi, vary, **kw):
-        out = newton(bvals, sig, params, lo, hi, vary, **kw)
-        seen.setdefault("step2", out)      # the first call is step 2
-        return out
-
-    def spy_refine(bvals, sig, voxel, step2, lo, hi, vary):
-        seen["refined"] = voxel, step2
-        return refine(bvals, sig, voxel, step2, lo, hi, vary)
-
-    monkeypatch.setattr(fit, "_newton", spy_newton)
-    monkeypatch.setattr(fit, "_refine", spy_refine)
-    fit.fit_voxels(BVALS, signal, "one-step", "2019", engine="fast")
-    voxel, step2 = seen["refined"]
-    resid = model.ivim_signal(BVALS, *step2.T) - signal[voxel]
-    rss_refined = np.einsum("ij,ij->i", resid, resid)
-    best = np.full(len(signal), np.inf)
-    np.minimum.at(best, voxel, rss_refined)
-    assert np.all(rss_refined <= best[voxel] * (1 + 2 * fit.STEP2_TIE))
-    lowest_step2 = seen["step2"][1].min()
-    assert len(seen["step2"][1]) > len(voxel) >= len(signal) > 0 and np.isfinite(lowest_step2)
+def test_the_fit_lies_in_the_refinement_box_of_a_best_step2_candidate():
+    """Step 3 refines the step-2 candidate of lowest RSS (or one within STEP2_TIE of it): the
+    final parameters lie in that candidate's ±5 % box and are no worse than it."""
+    _, signal = _noisy(100, snr=15, seed=4)
+    cfg = model.settings("one-step", "2019")
+    dinit, s0_1mf = model.initial_estimate(BVALS, signal, cfg["bval_threshold"])
+    _, lo, hi, vary = model.nominal_bounds("one-step", "2019", dinit, s0_1mf)
+    final = fit.fit_fast(BVALS, signal, lo, hi, vary)
+    cand, rss2 = np.empty((4, 4)), np.empty(4)
+    n_distinct = 0
+    for v in range(len(signal)):
+        fit._step2(BVALS, signal[v], lo[v], hi[v], vary, *fit._grid_positions(vary), cand, rss2)
+        n_distinct += np.isfinite(rss2).sum()
+        tied = np.flatnonzero(rss2 <= rss2.min() * (1 + fit.STEP2_TIE))
+        r_lo, r_hi = model.refinement_bounds(cand[tied], vary)
+        zero_f = cand[tied, 2] <= model.REFINE_F_ZERO[0]      # D* undetermined: its nominal range
+        r_lo[zero_f, 3], r_hi[zero_f, 3] = lo[v, 3] * 0.95, hi[v, 3] * 1.05
+        inside = np.all((final[v] >= r_lo * (1 - 1e-12)) & (final[v] <= r_hi * (1 + 1e-12)), axis=1)
+        assert inside.any(), v
+        resid = model.ivim_signal(BVALS, *final[v]) - signal[v]
+        assert resid @ resid <= rss2.min() * (1 + 1e-12)
+    assert n_distinct > len(signal)          # several distinct step-2 candidates were polished
 
 
-def test_newton_rows_do_not_depend_on_their_neighbours(monkeypatch):
-    """Newton is row-wise: a working set of 7 rows gives the same fits as the default one."""
-    _, signal = _noisy(100, snr=20, seed=6)
-    default = fit.fit_voxels(BVALS, signal, "one-step", "2020", engine="fast")
-    monkeypatch.setattr(fit, "NEWTON_BLOCK", 7)
-    small = fit.fit_voxels(BVALS, signal, "one-step", "2020", engine="fast")
-    for name in fit.OUTPUT_NAMES:
-        np.testing.assert_array_equal(small[name], default[name], err_msg=name)
+def _refine(signal, step2, lo, hi, vary):
+    """Step 3 of one voxel: the refined parameters and RSS."""
+    params = np.empty(4)
+    rss = fit._refine(BVALS, signal, step2, lo, hi, vary, *fit._grid_positions(vary), params)
+    return params, rss
