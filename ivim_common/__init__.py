@@ -4,9 +4,10 @@ import os
 
 __version__ = "1.0.0.dev0"
 
-# The fast engine's matrix products are tiny, so BLAS threads only add overhead: with OpenBLAS's
-# default threads a 10^5-voxel fit took 18.4 s instead of 12.0 s on 2 cores, and worker
-# processes each running threads fight over the cores.  BLAS reads these when numpy loads.
+# The few matrix products here are tiny, so BLAS threads only add overhead (with OpenBLAS's
+# default threads, the numpy engine that preceded the compiled one took 18.4 s instead of
+# 12.0 s on a 10^5-voxel fit, 2 cores), and worker processes each running threads fight over
+# the cores.  BLAS reads these when numpy loads.
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 

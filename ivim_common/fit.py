@@ -1,4 +1,4 @@
-"""IVIM fitters: the lmfit reference (as the original toolbox) and the fast vectorised engine.
+"""IVIM fitters: the lmfit reference (as the original toolbox) and the fast compiled engine.
 
 Both solve the same problem, voxel by voxel:
 
@@ -12,7 +12,6 @@ import numba
 import numpy as np
 
 from . import model
-from .model import REFINE, REFINE_F_ZERO
 from .constants import ENGINES, OUTPUT_NAMES  # noqa: F401
 
 
@@ -150,7 +149,7 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
 # The engine is compiled by numba, voxel by voxel: a voxel's work is branchy (grid minima,
 # active bounds, a few candidates, each converging at its own pace), which numpy could only run
 # as masked whole-array passes; compiled, it takes 2-3x less time (bench/bench_engines.py).
-# The compiled code is cached beside the module: only the first run on a machine compiles.
+# The compiled code is cached (see _jit): only the first run of an installation compiles it.
 
 GRID_D = 12          # points over D in each voxel's box (one-step)
 GRID_DSTAR = 20      # points over D* in each voxel's box
@@ -158,7 +157,15 @@ STEP2_TIE = 1e-6     # step-2 candidates this close (relative RSS) to the lowest
 MAX_ITER = 100       # Newton iterations per start
 RTOL = 1e-11         # Newton stops when an undamped step changes the RSS by less (relative)
 
-_jit = numba.njit(cache=True, error_model="numpy", nogil=True)
+
+
+def _jit(func):
+    """Compile with numba, cached on disk where numba finds a writable place (beside the
+    package, else its user cache); without one, compiled again in each process."""
+    try:
+        return numba.njit(cache=True, error_model="numpy")(func)
+    except RuntimeError:              # numba: "cannot cache ... as it uses ... no locator available"
+        return numba.njit(error_model="numpy")(func)
 
 
 @_jit
@@ -305,7 +312,8 @@ def _signal_terms(b, p, u, w, sig):
     derivatives reuse, which fills u and w)."""
     for k in range(b.size):
         u[k] = np.exp(-b[k] * p[1])
-        w[k] = np.exp(-b[k] * p[3]) - 1.0
+        w[k] = np.exp(-b[k] * p[3]) - 1.0     # not expm1 (twice the time): w's error stays
+        #                                     ~1e-16 absolute, negligible next to 1 in 1 + f·w
         sig[k] = p[0] * u[k] * (1.0 + p[2] * w[k])
 
 
@@ -520,47 +528,53 @@ def _step2(b, y, lo, hi, vary, t_d, t_s, cand, rss):
     _grid(b, y, lo, hi, t_d, t_s, starts)
     box_lo = np.empty((4, 4))
     scratch = np.empty((3, b.size))
+    first = np.empty(4)                      # the first start, before Newton moves it
     for c in range(4):
         box_lo[c] = lo
         if c >= 2:                           # faces: f, then D*, held at its upper bound
             box_lo[c, c] = hi[c]
         cand[c, 0], cand[c, 1], cand[c, 2], cand[c, 3] = 1.0, starts[c, 0], 0.0, starts[c, 1]
         _project(b, y, cand[c], box_lo[c], hi, scratch[0], scratch[1], scratch[2])
-        if c > 0 and np.all(cand[c] == cand[0]):
+        if c == 0:
+            first[:] = cand[0]
+        if c > 0 and np.all(cand[c] == first):
             rss[c] = np.inf
         else:
             rss[c] = _newton(b, y, cand[c], box_lo[c], hi, vary)
 
 
 @_jit
-def _refine(b, y, step2, lo, hi, vary, t_d, t_s, p):
-    """Step 3: Newton in the ±5 % box of step2 (as model.refinement_bounds); writes p, returns
-    the RSS.  Where step-2 f is 0, D* is undetermined, so its box is the nominal range (lo, hi)
+def _refine(b, y, step2, lo, hi, vary, t_d, t_s, rules, p):
+    """Step 3: Newton in the ±5 % box of step2 (as model.refinement_bounds; ``rules`` =
+    (REFINE, REFINE_F_ZERO) of model, passed in so that the compiled cache cannot hold stale
+    values); writes p, returns the RSS.  Where step-2 f is 0, D* is undetermined, so its box is the nominal range (lo, hi)
     ±5 %, started from a grid; where the refined f is 0 the signal does not depend on D*, which
-    is reported at the middle of its box (the expectation of the reference's random draw)."""
+    is reported at the middle of its box (the expectation of the reference's random draw); so
+    it is where the refined f is at most 1e-12, as the refinement rule's zero."""
     box = np.empty((2, 4))
     r_lo, r_hi = box[0], box[1]
     for i in range(4):
-        scale = REFINE if vary[i] else 0.0
+        scale = rules[0] if vary[i] else 0.0
         r_lo[i], r_hi[i] = step2[i] * (1.0 - scale), step2[i] * (1.0 + scale)
     p[:] = step2
-    if step2[2] <= REFINE_F_ZERO[0]:
-        r_lo[2], r_hi[2] = 0.0, REFINE_F_ZERO[1]
-        r_lo[3], r_hi[3] = lo[3] * (1 - REFINE), hi[3] * (1 + REFINE)
+    if step2[2] <= rules[1]:
+        r_lo[2], r_hi[2] = 0.0, rules[2]
+        r_lo[3], r_hi[3] = lo[3] * (1 - rules[0]), hi[3] * (1 + rules[0])
         starts = np.empty((4, 2))
         _grid(b, y, r_lo, r_hi, t_d, t_s, starts)
         scratch = np.empty((3, b.size))
         p[0], p[1], p[2], p[3] = 1.0, starts[0, 0], 0.0, starts[0, 1]
         _project(b, y, p, r_lo, r_hi, scratch[0], scratch[1], scratch[2])
     rss = _newton(b, y, p, r_lo, r_hi, vary)
-    if p[2] == 0.0:
+    if p[2] <= rules[1]:
         p[3] = 0.5 * (r_lo[3] + r_hi[3])
     return rss
 
 
 @_jit
-def _fit_all(b, signal, lo, hi, vary, t_d, t_s, out):
-    """Steps 2 and 3 of every voxel (rows of signal, lo, hi) into out (n, 4)."""
+def _fit_all(b, signal, lo, hi, vary, t_d, t_s, rules, out):
+    """Steps 2 and 3 of every voxel (rows of signal, lo, hi) into out (n, 4); a voxel whose
+    every candidate failed (non-finite RSS) keeps what out held (NaN from fit_fast)."""
     cand = np.empty((4, 4))
     rss2 = np.empty(4)
     kept = np.empty((4, 4))
@@ -568,10 +582,14 @@ def _fit_all(b, signal, lo, hi, vary, t_d, t_s, out):
     for v in range(signal.shape[0]):
         y = signal[v]
         _step2(b, y, lo[v], hi[v], vary, t_d, t_s, cand, rss2)
+        best2 = np.inf
+        for c in range(4):
+            if rss2[c] < best2:              # NaN (a failed candidate) never is
+                best2 = rss2[c]
         lowest = np.inf
         n_kept = 0
         for c in range(4):
-            if not rss2[c] <= rss2.min() * (1 + STEP2_TIE):
+            if not rss2[c] <= best2 * (1 + STEP2_TIE) or not np.isfinite(rss2[c]):
                 continue
             repeat = False                   # candidates that reached the same point: refine once
             for k in range(n_kept):
@@ -580,7 +598,7 @@ def _fit_all(b, signal, lo, hi, vary, t_d, t_s, out):
                 continue
             kept[n_kept] = cand[c]
             n_kept += 1
-            rss = _refine(b, y, cand[c], lo[v], hi[v], vary, t_d, t_s, p)
+            rss = _refine(b, y, cand[c], lo[v], hi[v], vary, t_d, t_s, rules, p)
             if rss < lowest:
                 lowest = rss
                 out[v] = p
@@ -589,6 +607,10 @@ def _fit_all(b, signal, lo, hi, vary, t_d, t_s, out):
 def _grid_positions(vary):
     """Positions in [0, 1] of the grid points along D (one where D is fixed) and D*."""
     return (np.linspace(0.0, 1.0, GRID_D) if vary[1] else np.zeros(1)), np.linspace(0.0, 1.0, GRID_DSTAR)
+
+
+def _refine_rules():
+    return np.array([model.REFINE, *model.REFINE_F_ZERO])
 
 
 def fit_fast(bvals, signal, lo, hi, vary):
@@ -614,5 +636,5 @@ def fit_fast(bvals, signal, lo, hi, vary):
     out = np.full((len(signal), 4), np.nan)
     c = np.ascontiguousarray
     _fit_all(c(bvals, dtype=float), c(signal, dtype=float), c(lo, dtype=float), c(hi, dtype=float),
-             np.asarray(vary, dtype=np.bool_), *_grid_positions(vary), out)
+             np.asarray(vary, dtype=np.bool_), *_grid_positions(vary), _refine_rules(), out)
     return out

@@ -50,7 +50,7 @@ def compute_parser(kind, prog, description, example):
     parser.add_argument("-D", default=DEFAULT_D[kind],
                         help=f"true D values in mm²/s: {RANGE_HELP} (default: %(default)s)")
     parser.add_argument("--engine", choices=constants.ENGINES, default="fast",
-                        help="fitting engine: fast (vectorised, default) or lmfit (the original's "
+                        help="fitting engine: fast (compiled, default) or lmfit (the original's "
                              "differential evolution, ~2 s per fit: tiny grids only)")
     parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
                         help="one-step bounds: 2020 (the original's code since Dec 2020, default) or "

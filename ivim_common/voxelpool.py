@@ -80,6 +80,8 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
                 store(start, fit.fit_voxels(bvals, signal[start:stop], voxel_ids=voxel_ids[start:stop],
                                             **options))
             return out
+        if engine == "fast":   # compile (or load) the engine here first: the workers then load
+            fit.fit_voxels(bvals, signal[:1], **options)   # it from the cache, not each compile it
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
         try:

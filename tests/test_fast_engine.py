@@ -162,5 +162,5 @@ def test_the_fit_lies_in_the_refinement_box_of_a_best_step2_candidate():
 def _refine(signal, step2, lo, hi, vary):
     """Step 3 of one voxel: the refined parameters and RSS."""
     params = np.empty(4)
-    rss = fit._refine(BVALS, signal, step2, lo, hi, vary, *fit._grid_positions(vary), params)
+    rss = fit._refine(BVALS, signal, step2, lo, hi, vary, *fit._grid_positions(vary), fit._refine_rules(), params)
     return params, rss
