@@ -306,23 +306,25 @@ def _grid(b, y, lo, hi, t_d, t_s, starts):
 
 
 @_jit
-def _signal_terms(b, p, u, w, sig):
-    """The model signal at p = (S0, D, f, D*) into sig, as S0·u·(1 + f·w) with u = exp(-b·D) and
-    w = exp(-b·D*) - 1 (:func:`ivim_common.model.ivim_signal`, written in the terms that the
-    derivatives reuse, which fills u and w)."""
+def _signal_terms(b, y, p, u, w, sig):
+    """The model signal at p = (S0, D, f, D*) into sig, with u = exp(-b·D) and w = exp(-b·D*) - 1
+    into u and w (the terms that the derivatives reuse); returns the RSS against y."""
     for k in range(b.size):
         u[k] = np.exp(-b[k] * p[1])
         w[k] = np.exp(-b[k] * p[3]) - 1.0     # not expm1 (twice the time): w's error stays
         #                                     ~1e-16 absolute, negligible next to 1 in 1 + f·w
-        sig[k] = p[0] * u[k] * (1.0 + p[2] * w[k])
+    return _signal_rss(p, u, w, y, sig)
 
 
 @_jit
-def _sum_sq_diff(a, c):
-    total = 0.0
-    for k in range(a.size):
-        total += (a[k] - c[k]) ** 2
-    return total
+def _signal_rss(p, u, w, y, sig):
+    """sig = S0·u·(1 + f·w), :func:`ivim_common.model.ivim_signal` in the terms of
+    :func:`_signal_terms`; returns the RSS against y."""
+    rss = 0.0
+    for k in range(u.size):
+        sig[k] = p[0] * u[k] * (1.0 + p[2] * w[k])
+        rss += (sig[k] - y[k]) ** 2
+    return rss
 
 
 @_jit
@@ -341,13 +343,8 @@ def _project(b, y, p, lo, hi, u, w, sig):
         h1 += x1 * y[k]
         h2 += uk * y[k]
         yy += y[k] * y[k]
-    s0, f, _, _ = _amplitudes(g11, g12, g22, h1, h2, yy, lo[0], hi[0], lo[2], hi[2])
-    p[0], p[2] = s0, f
-    rss = 0.0
-    for k in range(b.size):                  # the signal as in _signal_terms
-        sig[k] = s0 * u[k] * (1.0 + f * w[k])
-        rss += (sig[k] - y[k]) ** 2
-    return rss
+    p[0], p[2], _, _ = _amplitudes(g11, g12, g22, h1, h2, yy, lo[0], hi[0], lo[2], hi[2])
+    return _signal_rss(p, u, w, y, sig)
 
 
 @_jit
@@ -450,9 +447,9 @@ def _newton(b, y, p, lo, hi, vary):
     the steps on the floor of the curved f-D* valley instead of crawling along it.  Stops once an
     undamped, unclipped step changes the RSS by less than RTOL, or after MAX_ITER iterations."""
     nb = b.size
-    vec = np.empty((9, 4))     # few allocations: they cost as much as the arithmetic here
+    vec = np.empty((7, 4))     # few allocations: they cost as much as the arithmetic here
     wd, x, grad, step, held = vec[0], vec[1], vec[2], vec[3], vec[4]
-    x_t, p_t, x_s, p_s = vec[5], vec[6], vec[7], vec[8]      # the trial, the shortened trial
+    p_t, p_s = vec[5], vec[6]  # the trial, the shortened trial
     mats = np.empty((3, 4, 4))
     jj, hess, low = mats[0], mats[1], mats[2]
     arr = np.empty((9, nb))    # u, w, signal at p, at the trial, at the shortened trial
@@ -462,8 +459,7 @@ def _newton(b, y, p, lo, hi, vary):
         p[i] = _clip(p[i], lo[i], hi[i])
         wd[i] = hi[i] - lo[i] if vary[i] else 0.0
         x[i] = (p[i] - lo[i]) / wd[i] if wd[i] > 0 else 0.0
-    _signal_terms(b, p, u, w, sig)
-    rss = _sum_sq_diff(sig, y)
+    rss = _signal_terms(b, y, p, u, w, sig)
     lam = 1e-4
     for it in range(MAX_ITER):
         _newton_terms(b, y, p, u, w, sig, grad, jj, hess)
@@ -481,9 +477,9 @@ def _newton(b, y, p, lo, hi, vary):
         big = 0.0
         for i in range(4):
             big = max(big, abs(step[i]))
-            x_t[i] = _clip(x[i] + step[i], 0.0, 1.0)
-            unclipped &= x_t[i] == x[i] + step[i]
-            p_t[i] = lo[i] + x_t[i] * wd[i]
+            x_t = _clip(x[i] + step[i], 0.0, 1.0)
+            unclipped &= x_t == x[i] + step[i]
+            p_t[i] = lo[i] + x_t * wd[i]
         rss_new = _project(b, y, p_t, lo, hi, u_t, w_t, sig_t)
         short = False
         if not unclipped:        # also try the step shortened to its first bound
@@ -494,8 +490,7 @@ def _newton(b, y, p, lo, hi, vary):
                 elif step[i] < 0:
                     reach = min(reach, -x[i] / step[i])
             for i in range(4):
-                x_s[i] = _clip(x[i] + reach * step[i], 0.0, 1.0)
-                p_s[i] = lo[i] + x_s[i] * wd[i]
+                p_s[i] = lo[i] + _clip(x[i] + reach * step[i], 0.0, 1.0) * wd[i]
             rss_short = _project(b, y, p_s, lo, hi, u_s, w_s, sig_s)
             short = rss_short < rss_new
             if short:

@@ -100,7 +100,7 @@ def test_newton_terms_match_finite_differences():
         for p_v, y_v in zip(p, signal):
             u, w, sig = (np.empty(b.size) for _ in range(3))
             grad, gn, hess = np.empty(4), np.zeros((4, 4)), np.zeros((4, 4))
-            fit._signal_terms(b, p_v, u, w, sig)
+            fit._signal_terms(b, y_v, p_v, u, w, sig)
             fit._newton_terms(b, y_v, p_v, u, w, sig, grad, gn, hess)
             full = lambda m: np.triu(m) + np.triu(m, 1).T  # noqa: E731
             out.append((grad, full(gn), full(hess)))
