@@ -161,16 +161,24 @@ RTOL = 1e-11         # Newton stops when an undamped step changes the RSS by les
 
 
 
-def _jit(func):
+def _jit(func, **options):
     """Compile with numba, cached on disk where numba finds a writable place (beside the
     package, else its user cache); without one, compiled again in each process."""
     try:
-        return numba.njit(cache=True, error_model="numpy")(func)
+        return numba.njit(cache=True, error_model="numpy", **options)(func)
     except RuntimeError:              # numba: "cannot cache ... as it uses ... no locator available"
-        return numba.njit(error_model="numpy")(func)
+        return numba.njit(error_model="numpy", **options)(func)
 
 
-@_jit
+def _kernel(func):
+    """:func:`_jit` without numba's reference counting (its runtime, NRT; the option numba's
+    own hot helpers are compiled with): the kernels below allocate nothing (fit_fast hands them
+    their scratch), and the atomic count updates that their array arguments and views would
+    cost took 40 % of the engine's time."""
+    return _jit(func, _nrt=False)
+
+
+@_kernel
 def _clip(x, lo, hi):
     """x clipped to [lo, hi] (NaN stays NaN, as numpy.clip)."""
     if x < lo:
@@ -180,7 +188,7 @@ def _clip(x, lo, hi):
     return x
 
 
-@_jit
+@_kernel
 def _amplitudes(g11, g12, g22, h1, h2, yy, s_lo, s_hi, f_lo, f_hi):
     """Exact best (S0, f) for y ≈ S0·f·x1 + S0·(1-f)·x2, S0 in [s_lo, s_hi], f in [f_lo, f_hi].
 
@@ -222,7 +230,7 @@ def _amplitudes(g11, g12, g22, h1, h2, yy, s_lo, s_hi, f_lo, f_hi):
     return best_s, best_f, best, face
 
 
-@_jit
+@_kernel
 def _grid_row(g11, g12, g22, h1, h2, yy, s_lo, s_hi, f_lo, f_hi, rss, face):
     """:func:`_amplitudes`' minimum RSS and face RSS along one row of the grid, written without
     branches so that the compiler runs several grid points at once (SIMD): 25 % less time."""
@@ -257,7 +265,7 @@ _ROUND = 6755399441055744.0     # 1.5·2^52: adding it rounds to an integer, kep
 _C = tuple(1.0 / math.factorial(i) for i in range(14))    # Taylor coefficients of exp
 
 
-@_jit
+@_kernel
 def _exp(x):
     """exp(x), within 1 ulp of numpy.exp for |x| <= 708 (x is clamped there; NaN stays NaN),
     in a form that the compiler vectorises: a loop of them takes 3-5x less time than one of
@@ -274,13 +282,7 @@ def _exp(x):
     return q * np.int64((np.float64(shifted).view(np.int64) + 1023) << 52).view(np.float64)
 
 
-@_jit
-def _grid_scratch(nb, nd, ns):
-    """Size of :func:`_grid`'s scratch."""
-    return (nd + ns) * (nb + 1) + (2 * nd + 3) * ns
-
-
-@_jit
+@_kernel
 def _local_min(rss, i, j):
     """True where no value among the 8 neighbours of rss[i, j] is lower (nor NaN)."""
     r = rss[i, j]
@@ -291,14 +293,14 @@ def _local_min(rss, i, j):
     return True
 
 
-@_jit
+@_kernel
 def _grid(b, y, lo, hi, t_d, t_s, starts, ws):
     """(D, D*) of four starting points from a geometric (D, D*) grid over the box, amplitudes
     solved exactly: the two lowest local minima of the grid (the same point twice where it has
     one), and the best grid points on the faces f = f_hi and D* = D*_hi.  Writes starts (4, 2).
 
     ``t_d``, ``t_s``: the grid's positions in [0, 1] (geometric) along D and D*; ``ws``:
-    scratch of :func:`_grid_scratch`'s size."""
+    scratch of size (nd + ns)·(nb + 1) + (2·nd + 3)·ns."""
     nb, nd, ns = b.size, t_d.size, t_s.size
     m = nd + ns
     pos = ws[:m]                             # D, then D*
@@ -357,7 +359,7 @@ def _grid(b, y, lo, hi, t_d, t_s, starts, ws):
         starts[c, 0], starts[c, 1] = pos[g // ns], pos[nd + g % ns]
 
 
-@_jit
+@_kernel
 def _signal_terms(b, y, p, u, w, sig):
     """The model signal at p = (S0, D, f, D*) into sig, with u = exp(-b·D) and w = exp(-b·D*) - 1
     into u and w (the terms that the derivatives reuse); returns the RSS against y."""
@@ -368,7 +370,7 @@ def _signal_terms(b, y, p, u, w, sig):
     return _signal_rss(p, u, w, y, sig)
 
 
-@_jit
+@_kernel
 def _signal_rss(p, u, w, y, sig):
     """sig = S0·u·(1 + f·w), :func:`ivim_common.model.ivim_signal` in the terms of
     :func:`_signal_terms`; returns the RSS against y."""
@@ -379,7 +381,7 @@ def _signal_rss(p, u, w, y, sig):
     return rss
 
 
-@_jit
+@_kernel
 def _project(b, y, p, lo, hi, u, w, sig):
     """Replace S0 and f of p by their exact best values in the box for its (D, D*) (variable
     projection); fill u, w, sig as :func:`_signal_terms`; return the RSS."""
@@ -401,7 +403,7 @@ def _project(b, y, p, lo, hi, u, w, sig):
     return _signal_rss(p, u, w, y, sig)
 
 
-@_jit
+@_kernel
 def _newton_terms(b, y, p, u, w, sig, grad, jj, hess):
     """Gradient, Gauss-Newton matrix and exact Hessian of ½·RSS at p, into grad (4), jj, hess
     (4, 4, upper triangles), from u, w, sig of :func:`_signal_terms` at p.
@@ -448,7 +450,9 @@ def _newton_terms(b, y, p, u, w, sig, grad, jj, hess):
     grad[3] = -S0 * f * (Ru[1] + Rv[1])
     # Σ r·∇²S: -b times the first derivatives, except those with S0 (the first derivatives
     # over S0) and d²S/df dD* = -b·S0·(u + v)
-    hess[:] = jj
+    for i in range(4):
+        for j in range(i, 4):
+            hess[i, j] = jj[i, j]
     hess[0, 1] -= Ru[1] + f * Rv[1]
     hess[0, 2] += grad[2] / S0
     hess[0, 3] += grad[3] / S0
@@ -459,7 +463,7 @@ def _newton_terms(b, y, p, u, w, sig, grad, jj, hess):
     hess[3, 3] += S0 * f * (Ru[2] + Rv[2])
 
 
-@_jit
+@_kernel
 def _damped_step(h, jj, held, lam, grad, low, step):
     """Solve (h + damping)·step = -grad by Cholesky, held parameters' rows and columns replaced
     by the identity; damping = lam·|diag(jj)|.  Upper triangles of h, jj are read; low (4, 4)
@@ -489,8 +493,8 @@ def _damped_step(h, jj, held, lam, grad, low, step):
     return ok
 
 
-@_jit
-def _newton(b, y, p, lo, hi, vary):
+@_kernel
+def _newton(b, y, p, lo, hi, vary, scratch):
     """Box-constrained damped Newton from p (updated in place); returns the RSS.
 
     Works in coordinates scaled to [0, 1] over the box; fixed parameters, and those on a bound
@@ -499,14 +503,14 @@ def _newton(b, y, p, lo, hi, vary):
     step is tried clipped to the box and, where clipping changed it, also shortened to its first
     bound; each trial's (D, D*) takes its exact best (S0, f) (variable projection), which keeps
     the steps on the floor of the curved f-D* valley instead of crawling along it.  Stops once an
-    undamped, unclipped step changes the RSS by less than RTOL, or after MAX_ITER iterations."""
+    undamped, unclipped step changes the RSS by less than RTOL, or after MAX_ITER iterations.
+    ``scratch``: see :func:`_scratch`."""
     nb = b.size
-    vec = np.empty((7, 4))     # few allocations: they cost as much as the arithmetic here
+    vec, mats, arr = scratch[4], scratch[5], scratch[6]
     wd, x, grad, step, held = vec[0], vec[1], vec[2], vec[3], vec[4]
     p_t, p_s = vec[5], vec[6]  # the trial, the shortened trial
-    mats = np.empty((3, 4, 4))
     jj, hess, low = mats[0], mats[1], mats[2]
-    arr = np.empty((9, nb))    # u, w, signal at p, at the trial, at the shortened trial
+    # u, w, signal at p, at the trial, at the shortened trial
     u, w, sig, u_t, w_t, sig_t, u_s, w_s, sig_s = (arr[0], arr[1], arr[2], arr[3], arr[4],
                                                    arr[5], arr[6], arr[7], arr[8])
     for i in range(4):
@@ -553,10 +557,11 @@ def _newton(b, y, p, lo, hi, vary):
         done = ((abs(rss - rss_new) <= RTOL * rss and unclipped and lam <= 1e-2)
                 or big < 1e-12 or (not better and lam > 1e8))
         if better:
-            if short:
-                p[:], u[:], w[:], sig[:] = p_s, u_s, w_s, sig_s
-            else:
-                p[:], u[:], w[:], sig[:] = p_t, u_t, w_t, sig_t
+            src = 6 if short else 3          # rows of arr: the shortened trial's, or the trial's
+            for k in range(nb):
+                u[k], w[k], sig[k] = arr[src, k], arr[src + 1, k], arr[src + 2, k]
+            for i in range(4):
+                p[i] = p_s[i] if short else p_t[i]
             for i in range(4):
                 x[i] = (p[i] - lo[i]) / wd[i] if wd[i] > 0 else 0.0
             rss = rss_new
@@ -568,70 +573,67 @@ def _newton(b, y, p, lo, hi, vary):
     return rss
 
 
-@_jit
-def _step2(b, y, lo, hi, vary, t_d, t_s, ws, cand, rss):
+@_kernel
+def _step2(b, y, lo, hi, vary, t_d, t_s, scratch, cand, rss):
     """Step 2 of one voxel: Newton in the nominal box from each of :func:`_grid`'s starts (on
     its face for the face starts).  Writes cand (4, 4) and rss (4,); a start that repeats the
-    first one gets rss = inf."""
-    starts = np.empty((4, 2))
-    _grid(b, y, lo, hi, t_d, t_s, starts, ws)
-    box_lo = np.empty((4, 4))
-    scratch = np.empty((3, b.size))
-    first = np.empty(4)                      # the first start, before Newton moves it
+    first one gets rss = inf.  ``scratch``: see :func:`_scratch`."""
+    starts, boxes, st = scratch[1], scratch[2], scratch[3]
+    _grid(b, y, lo, hi, t_d, t_s, starts, scratch[0])
     for c in range(4):
-        box_lo[c] = lo
+        box_lo = boxes[c]
+        for i in range(4):
+            box_lo[i] = lo[i]
         if c >= 2:                           # faces: f, then D*, held at its upper bound
-            box_lo[c, c] = hi[c]
+            box_lo[c] = hi[c]
         cand[c, 0], cand[c, 1], cand[c, 2], cand[c, 3] = 1.0, starts[c, 0], 0.0, starts[c, 1]
-        _project(b, y, cand[c], box_lo[c], hi, scratch[0], scratch[1], scratch[2])
-        if c == 0:
-            first[:] = cand[0]
-        if c > 0 and np.all(cand[c] == first):
-            rss[c] = np.inf
-        else:
-            rss[c] = _newton(b, y, cand[c], box_lo[c], hi, vary)
+        _project(b, y, cand[c], box_lo, hi, st[0], st[1], st[2])
+        repeat = c > 0                       # of the first start, before Newton moved it
+        for i in range(4):
+            repeat &= cand[c, i] == boxes[6, i]
+            if c == 0:
+                boxes[6, i] = cand[0, i]
+        rss[c] = np.inf if repeat else _newton(b, y, cand[c], box_lo, hi, vary, scratch)
 
 
-@_jit
-def _refine(b, y, step2, lo, hi, vary, t_d, t_s, ws, rules, p):
+@_kernel
+def _refine(b, y, step2, lo, hi, vary, t_d, t_s, scratch, rules, p):
     """Step 3: Newton in the ±5 % box of step2 (as model.refinement_bounds; ``rules`` =
     (REFINE, REFINE_F_ZERO) of model, passed in so that the compiled cache cannot hold stale
     values); writes p, returns the RSS.  Where step-2 f is 0, D* is undetermined, so its box is the nominal range (lo, hi)
     ±5 %, started from a grid; where the refined f is 0 the signal does not depend on D*, which
     is reported at the middle of its box (the expectation of the reference's random draw); so
-    it is where the refined f is at most 1e-12, as the refinement rule's zero."""
-    box = np.empty((2, 4))
-    r_lo, r_hi = box[0], box[1]
+    it is where the refined f is at most 1e-12, as the refinement rule's zero.  ``scratch``:
+    see :func:`_scratch`."""
+    starts, boxes, st = scratch[1], scratch[2], scratch[3]
+    r_lo, r_hi = boxes[4], boxes[5]
     for i in range(4):
         scale = rules[0] if vary[i] else 0.0
         r_lo[i], r_hi[i] = step2[i] * (1.0 - scale), step2[i] * (1.0 + scale)
-    p[:] = step2
+        p[i] = step2[i]
     if step2[2] <= rules[1]:
         r_lo[2], r_hi[2] = 0.0, rules[2]
         r_lo[3], r_hi[3] = lo[3] * (1 - rules[0]), hi[3] * (1 + rules[0])
-        starts = np.empty((4, 2))
-        _grid(b, y, r_lo, r_hi, t_d, t_s, starts, ws)
-        scratch = np.empty((3, b.size))
+        _grid(b, y, r_lo, r_hi, t_d, t_s, starts, scratch[0])
         p[0], p[1], p[2], p[3] = 1.0, starts[0, 0], 0.0, starts[0, 1]
-        _project(b, y, p, r_lo, r_hi, scratch[0], scratch[1], scratch[2])
-    rss = _newton(b, y, p, r_lo, r_hi, vary)
+        _project(b, y, p, r_lo, r_hi, st[0], st[1], st[2])
+    rss = _newton(b, y, p, r_lo, r_hi, vary, scratch)
     if p[2] <= rules[1]:
         p[3] = 0.5 * (r_lo[3] + r_hi[3])
     return rss
 
 
 @_jit
-def _fit_all(b, signal, lo, hi, vary, t_d, t_s, rules, out):
+def _fit_all(b, signal, lo, hi, vary, t_d, t_s, rules, scratch, out):
     """Steps 2 and 3 of every voxel (rows of signal, lo, hi) into out (n, 4); a voxel whose
     every candidate failed (non-finite RSS) keeps what out held (NaN from fit_fast)."""
-    ws = np.empty(_grid_scratch(b.size, t_d.size, t_s.size))
     cand = np.empty((4, 4))
     rss2 = np.empty(4)
     kept = np.empty((4, 4))
     p = np.empty(4)
     for v in range(signal.shape[0]):
         y = signal[v]
-        _step2(b, y, lo[v], hi[v], vary, t_d, t_s, ws, cand, rss2)
+        _step2(b, y, lo[v], hi[v], vary, t_d, t_s, scratch, cand, rss2)
         best2 = np.inf
         for c in range(4):
             if rss2[c] < best2:              # NaN (a failed candidate) never is
@@ -643,12 +645,15 @@ def _fit_all(b, signal, lo, hi, vary, t_d, t_s, rules, out):
                 continue
             repeat = False                   # candidates that reached the same point: refine once
             for k in range(n_kept):
-                repeat |= np.all(np.abs(cand[c] - kept[k]) <= 1e-9 * np.abs(cand[c]))
+                same = True
+                for i in range(4):
+                    same &= abs(cand[c, i] - kept[k, i]) <= 1e-9 * abs(cand[c, i])
+                repeat |= same
             if repeat:
                 continue
             kept[n_kept] = cand[c]
             n_kept += 1
-            rss = _refine(b, y, cand[c], lo[v], hi[v], vary, t_d, t_s, ws, rules, p)
+            rss = _refine(b, y, cand[c], lo[v], hi[v], vary, t_d, t_s, scratch, rules, p)
             if rss < lowest:
                 lowest = rss
                 out[v] = p
@@ -657,6 +662,16 @@ def _fit_all(b, signal, lo, hi, vary, t_d, t_s, rules, out):
 def _grid_positions(vary):
     """Positions in [0, 1] of the grid points along D (one where D is fixed) and D*."""
     return (np.linspace(0.0, 1.0, GRID_D) if vary[1] else np.zeros(1)), np.linspace(0.0, 1.0, GRID_DSTAR)
+
+
+def _scratch(nb, vary):
+    """The kernels' scratch, allocated once per call of fit_fast: the grid's tables, starts
+    (4, 2), boxes (7, 4: step-2 boxes' lower bounds, refinement box, first start), signal terms
+    (3, nb) for :func:`_project`, and Newton's vectors (7, 4), matrices (3, 4, 4) and signal
+    terms (9, nb)."""
+    nd, ns = (t.size for t in _grid_positions(vary))
+    return (np.empty((nd + ns) * (nb + 1) + (2 * nd + 3) * ns), np.empty((4, 2)), np.empty((7, 4)),
+            np.empty((3, nb)), np.empty((7, 4)), np.empty((3, 4, 4)), np.empty((9, nb)))
 
 
 def _refine_rules():
@@ -685,6 +700,7 @@ def fit_fast(bvals, signal, lo, hi, vary):
     """
     out = np.full((len(signal), 4), np.nan)
     c = np.ascontiguousarray
+    vary = np.asarray(vary, dtype=np.bool_)
     _fit_all(c(bvals, dtype=float), c(signal, dtype=float), c(lo, dtype=float), c(hi, dtype=float),
-             np.asarray(vary, dtype=np.bool_), *_grid_positions(vary), _refine_rules(), out)
+             vary, *_grid_positions(vary), _refine_rules(), _scratch(len(bvals), vary), out)
     return out

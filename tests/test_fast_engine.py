@@ -141,7 +141,7 @@ def test_zero_f_reports_dstar_at_the_middle_of_its_box():
     _, lo, hi, vary = model.nominal_bounds("one-step", "2019", dinit, s0_1mf)
     params, rss = _refine(signal[0], np.array([600.0, 1.2e-3, 0.0, 5e-3]), lo[0], hi[0], vary)
     assert params[2] == 0.0
-    free = fit._newton(BVALS, signal[0], params.copy(), params * 0.5, params * 2, vary)
+    free = fit._newton(BVALS, signal[0], params.copy(), params * 0.5, params * 2, vary, fit._scratch(BVALS.size, vary))
     np.testing.assert_allclose(rss, free, rtol=1e-9)   # the same RSS for any D*
     np.testing.assert_allclose(params[3], 0.5 * (0.95 * lo[0, 3] + 1.05 * hi[0, 3]), rtol=1e-12)
 
@@ -155,11 +155,10 @@ def test_the_fit_lies_in_the_refinement_box_of_a_best_step2_candidate():
     _, lo, hi, vary = model.nominal_bounds("one-step", "2019", dinit, s0_1mf)
     final = fit.fit_fast(BVALS, signal, lo, hi, vary)
     cand, rss2 = np.empty((4, 4)), np.empty(4)
-    t_d, t_s = fit._grid_positions(vary)
-    ws = np.empty(fit._grid_scratch(BVALS.size, t_d.size, t_s.size))
+    scratch = fit._scratch(BVALS.size, vary)
     n_distinct = 0
     for v in range(len(signal)):
-        fit._step2(BVALS, signal[v], lo[v], hi[v], vary, t_d, t_s, ws, cand, rss2)
+        fit._step2(BVALS, signal[v], lo[v], hi[v], vary, *fit._grid_positions(vary), scratch, cand, rss2)
         n_distinct += np.isfinite(rss2).sum()
         tied = np.flatnonzero(rss2 <= rss2.min() * (1 + fit.STEP2_TIE))
         r_lo, r_hi = model.refinement_bounds(cand[tied], vary)
@@ -175,7 +174,6 @@ def test_the_fit_lies_in_the_refinement_box_of_a_best_step2_candidate():
 def _refine(signal, step2, lo, hi, vary):
     """Step 3 of one voxel: the refined parameters and RSS."""
     params = np.empty(4)
-    t_d, t_s = fit._grid_positions(vary)
-    ws = np.empty(fit._grid_scratch(BVALS.size, t_d.size, t_s.size))
-    rss = fit._refine(BVALS, signal, step2, lo, hi, vary, t_d, t_s, ws, fit._refine_rules(), params)
+    rss = fit._refine(BVALS, signal, step2, lo, hi, vary, *fit._grid_positions(vary), fit._scratch(BVALS.size, vary),
+                      fit._refine_rules(), params)
     return params, rss
