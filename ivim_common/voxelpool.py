@@ -6,10 +6,12 @@ random seed derives from (seed, flat voxel index), and chunk results are put bac
 the arrays are identical whatever the number of workers and the chunk size.
 """
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import signal as signal_module
 import sys
+import threading
 
 import numpy as np
 from tqdm import tqdm
@@ -19,6 +21,25 @@ from . import blas_threads_limited, fit
 # Voxels per chunk: a fast-engine chunk takes well under a second, an lmfit one (about 1-2 s
 # a voxel) tens of seconds, which keeps the progress bar moving and Ctrl-C prompt.
 DEFAULT_CHUNK_SIZE = {"fast": 5000, "lmfit": 20}
+# Loading the compiled fast engine takes well under a second; compiling it (the first run of
+# an installation) some 15 s, which is announced once it has taken this long.
+COMPILE_NOTICE_AFTER_S = 3.0
+COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine (the first run of an installation; "
+                  "some 15 s, once; later runs load it)")
+
+
+@contextlib.contextmanager
+def _notice_if_slow(enabled):
+    """Print COMPILE_NOTICE on stderr if the block is still running after COMPILE_NOTICE_AFTER_S."""
+    timer = threading.Timer(COMPILE_NOTICE_AFTER_S, print, args=(COMPILE_NOTICE,),
+                            kwargs=dict(file=sys.stderr, flush=True))
+    timer.daemon = True
+    if enabled:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _ignore_sigint():
@@ -46,7 +67,8 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
     chunk_size : int, optional
         Voxels per chunk (default :data:`DEFAULT_CHUNK_SIZE` of the engine).
     progress : bool
-        Show a progress bar over voxels on stderr (only if stderr is a terminal).
+        Show a progress bar over voxels on stderr (only if stderr is a terminal), and say so
+        there when the fast engine is being compiled (the first run of an installation).
 
     Returns
     -------
@@ -72,6 +94,9 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
             out[name][start:start + chunk_size] = result[name]
         bar.update(len(result["exception"]))
 
+    if engine == "fast" and n_voxels:   # compile (or load) the engine here first: workers then
+        with _notice_if_slow(progress):  # load it from the cache, not each compile it
+            fit.fit_voxels(bvals, signal[:1], **options)
     with tqdm(total=n_voxels, unit="voxel", file=sys.stderr, dynamic_ncols=True,
               disable=not (progress and sys.stderr.isatty())) as bar:
         if jobs <= 1:
@@ -80,8 +105,6 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
                 store(start, fit.fit_voxels(bvals, signal[start:stop], voxel_ids=voxel_ids[start:stop],
                                             **options))
             return out
-        if engine == "fast":   # compile (or load) the engine here first: the workers then load
-            fit.fit_voxels(bvals, signal[:1], **options)   # it from the cache, not each compile it
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
         try:

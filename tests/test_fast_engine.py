@@ -1,6 +1,7 @@
 """The fast engine: exact amplitude step, agreement with the lmfit reference, determinism."""
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -177,3 +178,24 @@ def _refine(signal, step2, lo, hi, vary):
     rss = fit._refine(BVALS, signal, step2, lo, hi, vary, *fit._grid_positions(vary), fit._scratch(BVALS.size, vary),
                       fit._refine_rules(), params)
     return params, rss
+
+
+def test_a_slow_compile_is_announced_once_it_takes_long(monkeypatch, capsys):
+    """The first run of an installation compiles the engine (some 15 s): the voxel pool says so
+    on stderr once that has taken COMPILE_NOTICE_AFTER_S; a quick load, or progress off, says
+    nothing."""
+    _, signal = _noisy(3, snr=50, seed=0)
+    real = fit.fit_voxels
+
+    def slow(*args, **kwargs):
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(voxelpool, "COMPILE_NOTICE_AFTER_S", 0.1)
+    voxelpool.fit_in_chunks(BVALS, signal, jobs=1, progress=True)
+    assert voxelpool.COMPILE_NOTICE not in capsys.readouterr().err
+    monkeypatch.setattr(fit, "fit_voxels", slow)
+    voxelpool.fit_in_chunks(BVALS, signal, jobs=1, progress=False)
+    assert voxelpool.COMPILE_NOTICE not in capsys.readouterr().err
+    voxelpool.fit_in_chunks(BVALS, signal, jobs=1, progress=True)
+    assert capsys.readouterr().err.count(voxelpool.COMPILE_NOTICE) == 1
