@@ -170,12 +170,16 @@ def _jit(func, **options):
         return numba.njit(error_model="numpy", **options)(func)
 
 
+# numba's option for code without its reference counting (its runtime, NRT), with which numba
+# compiles its own hot helpers; should a numba lack it, the kernels compile with counting.
+_NO_NRT = {"_nrt": False} if hasattr(numba.core.options.DefaultOptions, "_nrt") else {}
+
+
 def _kernel(func):
-    """:func:`_jit` without numba's reference counting (its runtime, NRT; the option numba's
-    own hot helpers are compiled with): the kernels below allocate nothing (fit_fast hands them
-    their scratch), and the atomic count updates that their array arguments and views would
-    cost took 40 % of the engine's time."""
-    return _jit(func, _nrt=False)
+    """:func:`_jit` without reference counting: the kernels below allocate nothing (fit_fast
+    hands them their scratch, see :func:`_scratch`), and the atomic count updates that their
+    array arguments and views would cost took 40 % of the engine's time."""
+    return _jit(func, **_NO_NRT)
 
 
 @_kernel
@@ -267,7 +271,8 @@ _C = tuple(1.0 / math.factorial(i) for i in range(14))    # Taylor coefficients 
 
 @_kernel
 def _exp(x):
-    """exp(x), within 1 ulp of numpy.exp for |x| <= 708 (x is clamped there; NaN stays NaN),
+    """exp(x), within 1 ulp of numpy.exp for |x| <= 708 (x is clamped there, so exp(-inf) is
+    3.3e-308, not 0; NaN stays NaN),
     in a form that the compiler vectorises: a loop of them takes 3-5x less time than one of
     np.exp.  exp(x) = 2^n·exp(r), n = round(x / ln 2), |r| <= ln(2)/2, exp(r) by its Taylor
     polynomial of degree 13 (remainder below 1e-17)."""
@@ -623,14 +628,11 @@ def _refine(b, y, step2, lo, hi, vary, t_d, t_s, scratch, rules, p):
     return rss
 
 
-@_jit
+@_kernel
 def _fit_all(b, signal, lo, hi, vary, t_d, t_s, rules, scratch, out):
     """Steps 2 and 3 of every voxel (rows of signal, lo, hi) into out (n, 4); a voxel whose
     every candidate failed (non-finite RSS) keeps what out held (NaN from fit_fast)."""
-    cand = np.empty((4, 4))
-    rss2 = np.empty(4)
-    kept = np.empty((4, 4))
-    p = np.empty(4)
+    cand, rss2, kept, p = scratch[7], scratch[8], scratch[9], scratch[10]
     for v in range(signal.shape[0]):
         y = signal[v]
         _step2(b, y, lo[v], hi[v], vary, t_d, t_s, scratch, cand, rss2)
@@ -651,12 +653,14 @@ def _fit_all(b, signal, lo, hi, vary, t_d, t_s, rules, scratch, out):
                 repeat |= same
             if repeat:
                 continue
-            kept[n_kept] = cand[c]
+            for i in range(4):
+                kept[n_kept, i] = cand[c, i]
             n_kept += 1
             rss = _refine(b, y, cand[c], lo[v], hi[v], vary, t_d, t_s, scratch, rules, p)
             if rss < lowest:
                 lowest = rss
-                out[v] = p
+                for i in range(4):
+                    out[v, i] = p[i]
 
 
 def _grid_positions(vary):
@@ -664,14 +668,16 @@ def _grid_positions(vary):
     return (np.linspace(0.0, 1.0, GRID_D) if vary[1] else np.zeros(1)), np.linspace(0.0, 1.0, GRID_DSTAR)
 
 
-def _scratch(nb, vary):
-    """The kernels' scratch, allocated once per call of fit_fast: the grid's tables, starts
-    (4, 2), boxes (7, 4: step-2 boxes' lower bounds, refinement box, first start), signal terms
-    (3, nb) for :func:`_project`, and Newton's vectors (7, 4), matrices (3, 4, 4) and signal
-    terms (9, nb)."""
-    nd, ns = (t.size for t in _grid_positions(vary))
+def _scratch(nb, t_d, t_s):
+    """The kernels' scratch for nb b-values and the grid positions t_d, t_s, allocated once per
+    call of fit_fast (the kernels do not check sizes): the grid's tables, starts (4, 2), boxes
+    (7, 4: step-2 boxes' lower bounds, refinement box, first start), signal terms (3, nb) for
+    :func:`_project`; Newton's vectors (7, 4), matrices (3, 4, 4) and signal terms (9, nb); the
+    step-2 candidates (4, 4) and their RSS (4), the refined ones (4, 4), a refined point (4)."""
+    nd, ns = t_d.size, t_s.size
     return (np.empty((nd + ns) * (nb + 1) + (2 * nd + 3) * ns), np.empty((4, 2)), np.empty((7, 4)),
-            np.empty((3, nb)), np.empty((7, 4)), np.empty((3, 4, 4)), np.empty((9, nb)))
+            np.empty((3, nb)), np.empty((7, 4)), np.empty((3, 4, 4)), np.empty((9, nb)),
+            np.empty((4, 4)), np.empty(4), np.empty((4, 4)), np.empty(4))
 
 
 def _refine_rules():
@@ -698,9 +704,13 @@ def fit_fast(bvals, signal, lo, hi, vary):
     -------
     params : ndarray (n_voxels, 4)
     """
-    out = np.full((len(signal), 4), np.nan)
     c = np.ascontiguousarray
+    bvals, signal = c(bvals, dtype=float), c(signal, dtype=float)
     vary = np.asarray(vary, dtype=np.bool_)
-    _fit_all(c(bvals, dtype=float), c(signal, dtype=float), c(lo, dtype=float), c(hi, dtype=float),
-             vary, *_grid_positions(vary), _refine_rules(), _scratch(len(bvals), vary), out)
+    if signal.ndim != 2 or signal.shape[1] != bvals.size or not np.shape(lo) == np.shape(hi) == (len(signal), 4):
+        raise ValueError("fit_fast: signal must be (n_voxels, n_b) and lo, hi (n_voxels, 4)")
+    t_d, t_s = _grid_positions(vary)
+    out = np.full((len(signal), 4), np.nan)
+    _fit_all(bvals, signal, c(lo, dtype=float), c(hi, dtype=float), vary, t_d, t_s, _refine_rules(),
+             _scratch(bvals.size, t_d, t_s), out)
     return out

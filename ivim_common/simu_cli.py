@@ -120,6 +120,8 @@ def _compute(kind, args, prog, argv):
     outputs = [path, simu.sidecar_path(path)]
     io.check_outputs(outputs, args.force)
 
+    from .voxelpool import prepare_engine
+    prepare_engine(sim.engine, announce=args.verbose >= 1)    # before the progress bar starts
     elapsed = simu.timer()
     n_cells = len(simu.shard_cells(sim.n_cells, *shard))
     if args.verbose >= 2:

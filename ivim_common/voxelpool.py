@@ -16,7 +16,7 @@ import threading
 import numpy as np
 from tqdm import tqdm
 
-from . import blas_threads_limited, fit
+from . import blas_threads_limited, fit, model
 
 # Voxels per chunk: a fast-engine chunk takes well under a second, an lmfit one (about 1-2 s
 # a voxel) tens of seconds, which keeps the progress bar moving and Ctrl-C prompt.
@@ -24,8 +24,8 @@ DEFAULT_CHUNK_SIZE = {"fast": 5000, "lmfit": 20}
 # Loading the compiled fast engine takes well under a second; compiling it (the first run of
 # an installation) some 15 s, which is announced once it has taken this long.
 COMPILE_NOTICE_AFTER_S = 3.0
-COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine (the first run of an installation; "
-                  "some 15 s, once; later runs load it)")
+COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 15 s (the first run of an "
+                  "installation; it is cached for later runs where it can be written)")
 
 
 @contextlib.contextmanager
@@ -40,6 +40,17 @@ def _notice_if_slow(enabled):
         yield
     finally:
         timer.cancel()
+
+
+def prepare_engine(engine, announce=True):
+    """Compile the fast engine (the first run of an installation) or load it from the cache,
+    saying so on stderr if ``announce`` and that takes over COMPILE_NOTICE_AFTER_S; worker
+    processes started afterwards load it from the cache.  Nothing to do for lmfit."""
+    if engine != "fast":
+        return
+    b = np.array([0.0, 50.0, 400.0, 800.0])
+    with _notice_if_slow(announce):       # the same compiled code serves every approach
+        fit.fit_voxels(b, model.ivim_signal(b, 1000.0, 1e-3, 0.1, 20e-3)[None])
 
 
 def _ignore_sigint():
@@ -94,9 +105,7 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
             out[name][start:start + chunk_size] = result[name]
         bar.update(len(result["exception"]))
 
-    if engine == "fast" and n_voxels:   # compile (or load) the engine here first: workers then
-        with _notice_if_slow(progress):  # load it from the cache, not each compile it
-            fit.fit_voxels(bvals, signal[:1], **options)
+    prepare_engine(engine, announce=progress)   # workers then load it, not each compile it
     with tqdm(total=n_voxels, unit="voxel", file=sys.stderr, dynamic_ncols=True,
               disable=not (progress and sys.stderr.isatty())) as bar:
         if jobs <= 1:
