@@ -53,7 +53,7 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                              "D* in [2*Dinit, 50e-3]) or 2019 (the published maps; b >= 500, f in [0, 0.35], "
                              "D* in [0.8*Dinit, 35.5e-3])")
     parser.add_argument("--engine", default="fast", choices=constants.ENGINES,
-                        help="fast: compiled (default; the first run of an installation compiles it, about 20 s); "
+                        help="fast: compiled (default; the first run of an installation compiles it, some 15 s); "
                              "lmfit: differential evolution as the original, about 1-2 s of CPU per voxel")
     parser.add_argument("--seed", type=cli.non_negative_int, default=0,
                         help="seed of the lmfit engine; each voxel's seed derives from it and the voxel's "

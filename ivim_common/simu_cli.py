@@ -141,7 +141,7 @@ def _compute(kind, args, prog, argv):
 
 
 def summary(arrays):
-    """A few lines per true D: median [min-max] of the mean errors, or of the required SNR."""
+    """A few lines per true D: median [min, max] of the mean errors, or of the required SNR."""
     import numpy as np
 
     lines = []
@@ -149,7 +149,7 @@ def summary(arrays):
         if str(arrays["kind"]) == "required_snr":
             snr = arrays["min_snr"][..., i_d]
             finite = snr[np.isfinite(snr)]
-            text = (f"required SNR median {np.median(finite):.4g} [{finite.min():.4g}-{finite.max():.4g}]"
+            text = (f"required SNR median {np.median(finite):.4g} [{finite.min():.4g}, {finite.max():.4g}]"
                     if finite.size else "required SNR: no finite value")
             lines.append(f"  D = {d:.3g} mm²/s: {text}, {snr.size - finite.size} cells not reachable/not computed")
             continue
@@ -157,9 +157,9 @@ def summary(arrays):
         for j, name in enumerate(arrays["err_order"]):
             err = arrays["mean_abs_err"][j, ..., i_d]
             err = err[np.isfinite(err)]
-            parts.append(f"{name} {np.median(err):.3g} [{err.min():.3g}-{err.max():.3g}]" if err.size
+            parts.append(f"{name} {np.median(err):.3g} [{err.min():.3g}, {err.max():.3g}]" if err.size
                          else f"{name} -")
-        lines.append(f"  D = {d:.3g} mm²/s, mean |error| % median [min-max]: " + ", ".join(parts))
+        lines.append(f"  D = {d:.3g} mm²/s, mean |error| % median [min, max]: " + "; ".join(parts))
     return "\n".join(lines)
 
 
