@@ -602,65 +602,28 @@ def _step2(b, y, lo, hi, vary, t_d, t_s, scratch, cand, rss):
 
 
 @_kernel
-def _refine(b, y, step2, lo, hi, vary, t_d, t_s, scratch, rules, p):
-    """Step 3: Newton in the ±5 % box of step2 (as model.refinement_bounds; ``rules`` =
-    (REFINE, REFINE_F_ZERO) of model, passed in so that the compiled cache cannot hold stale
-    values); writes p, returns the RSS.  Where step-2 f is 0, D* is undetermined, so its box is the nominal range (lo, hi)
-    ±5 %, started from a grid; where the refined f is 0 the signal does not depend on D*, which
-    is reported at the middle of its box (the expectation of the reference's random draw); so
-    it is where the refined f is at most 1e-12, as the refinement rule's zero.  ``scratch``:
-    see :func:`_scratch`."""
-    starts, boxes, st = scratch[1], scratch[2], scratch[3]
-    r_lo, r_hi = boxes[4], boxes[5]
-    for i in range(4):
-        scale = rules[0] if vary[i] else 0.0
-        r_lo[i], r_hi[i] = step2[i] * (1.0 - scale), step2[i] * (1.0 + scale)
-        p[i] = step2[i]
-    if step2[2] <= rules[1]:
-        r_lo[2], r_hi[2] = 0.0, rules[2]
-        r_lo[3], r_hi[3] = lo[3] * (1 - rules[0]), hi[3] * (1 + rules[0])
-        _grid(b, y, r_lo, r_hi, t_d, t_s, starts, scratch[0])
-        p[0], p[1], p[2], p[3] = 1.0, starts[0, 0], 0.0, starts[0, 1]
-        _project(b, y, p, r_lo, r_hi, st[0], st[1], st[2])
-    rss = _newton(b, y, p, r_lo, r_hi, vary, scratch)
-    if p[2] <= rules[1]:
-        p[3] = 0.5 * (r_lo[3] + r_hi[3])
-    return rss
+def _step2_all(b, signal, lo, hi, vary, t_d, t_s, scratch, cand, rss):
+    """:func:`_step2` of every voxel (rows of signal, lo, hi) into cand (n, 4, 4), rss (n, 4)."""
+    for v in range(signal.shape[0]):
+        _step2(b, signal[v], lo[v], hi[v], vary, t_d, t_s, scratch, cand[v], rss[v])
 
 
 @_kernel
-def _fit_all(b, signal, lo, hi, vary, t_d, t_s, rules, scratch, out):
-    """Steps 2 and 3 of every voxel (rows of signal, lo, hi) into out (n, 4); a voxel whose
-    every candidate failed (non-finite RSS) keeps what out held (NaN from fit_fast)."""
-    cand, rss2, kept, p = scratch[7], scratch[8], scratch[9], scratch[10]
-    for v in range(signal.shape[0]):
-        y = signal[v]
-        _step2(b, y, lo[v], hi[v], vary, t_d, t_s, scratch, cand, rss2)
-        best2 = np.inf
-        for c in range(4):
-            if rss2[c] < best2:              # NaN (a failed candidate) never is
-                best2 = rss2[c]
-        lowest = np.inf
-        n_kept = 0
-        for c in range(4):
-            if not rss2[c] <= best2 * (1 + STEP2_TIE) or not np.isfinite(rss2[c]):
-                continue
-            repeat = False                   # candidates that reached the same point: refine once
-            for k in range(n_kept):
-                same = True
-                for i in range(4):
-                    same &= abs(cand[c, i] - kept[k, i]) <= 1e-9 * abs(cand[c, i])
-                repeat |= same
-            if repeat:
-                continue
+def _refine_all(b, signal, voxel, start, r_lo, r_hi, from_grid, vary, t_d, t_s, scratch, p, rss):
+    """Step 3, job by job: Newton for the voxel signal[voxel[j]] in the box (r_lo[j], r_hi[j])
+    from start[j] or, where from_grid[j], from the lowest local minimum of a grid over that box;
+    writes p[j] and rss[j].  ``scratch``: see :func:`_scratch`."""
+    starts, st = scratch[1], scratch[3]
+    for j in range(voxel.size):
+        y, q = signal[voxel[j]], p[j]
+        if from_grid[j]:
+            _grid(b, y, r_lo[j], r_hi[j], t_d, t_s, starts, scratch[0])
+            q[0], q[1], q[2], q[3] = 1.0, starts[0, 0], 0.0, starts[0, 1]
+            _project(b, y, q, r_lo[j], r_hi[j], st[0], st[1], st[2])
+        else:
             for i in range(4):
-                kept[n_kept, i] = cand[c, i]
-            n_kept += 1
-            rss = _refine(b, y, cand[c], lo[v], hi[v], vary, t_d, t_s, scratch, rules, p)
-            if rss < lowest:
-                lowest = rss
-                for i in range(4):
-                    out[v, i] = p[i]
+                q[i] = start[j, i]
+        rss[j] = _newton(b, y, q, r_lo[j], r_hi[j], vary, scratch)
 
 
 def _grid_positions(vary):
@@ -671,17 +634,46 @@ def _grid_positions(vary):
 def _scratch(nb, t_d, t_s):
     """The kernels' scratch for nb b-values and the grid positions t_d, t_s, allocated once per
     call of fit_fast (the kernels do not check sizes): the grid's tables, starts (4, 2), boxes
-    (7, 4: step-2 boxes' lower bounds, refinement box, first start), signal terms (3, nb) for
-    :func:`_project`; Newton's vectors (7, 4), matrices (3, 4, 4) and signal terms (9, nb); the
-    step-2 candidates (4, 4) and their RSS (4), the refined ones (4, 4), a refined point (4)."""
+    (7, 4: step-2 boxes' lower bounds, first start), signal terms (3, nb) for :func:`_project`;
+    Newton's vectors (7, 4), matrices (3, 4, 4) and signal terms (9, nb)."""
     nd, ns = t_d.size, t_s.size
     return (np.empty((nd + ns) * (nb + 1) + (2 * nd + 3) * ns), np.empty((4, 2)), np.empty((7, 4)),
-            np.empty((3, nb)), np.empty((7, 4)), np.empty((3, 4, 4)), np.empty((9, nb)),
-            np.empty((4, 4)), np.empty(4), np.empty((4, 4)), np.empty(4))
+            np.empty((3, nb)), np.empty((7, 4)), np.empty((3, 4, 4)), np.empty((9, nb)))
 
 
-def _refine_rules():
-    return np.array([model.REFINE, *model.REFINE_F_ZERO])
+def _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch):
+    """Step 3 of every voxel from its step-2 candidates cand (n, 4, 4) and their RSS (n, 4):
+    Newton in the ±5 % box (:func:`ivim_common.model.refinement_bounds`) of each candidate
+    within STEP2_TIE of the voxel's lowest (once per distinct point); the lowest refined RSS
+    wins, the first on ties.  Returns params (n, 4), NaN where every candidate failed.
+
+    Where step-2 f is 0, D* is undetermined, so its box is the nominal range ±5 %, searched from
+    a grid.  Where the refined f is 0, the signal does not depend on D*, which is reported at
+    the middle of its box (the expectation of the reference's random draw); so it is where the
+    refined f is at most the refinement rule's zero."""
+    finite = np.isfinite(rss2)
+    best = np.where(finite, rss2, np.inf).min(axis=1, keepdims=True)
+    job = finite & (rss2 <= best * (1 + STEP2_TIE))
+    for c in range(1, 4):                    # candidates that reached the same point: refine once
+        for k in range(c):
+            same = np.all(np.abs(cand[:, c] - cand[:, k]) <= 1e-9 * np.abs(cand[:, c]), axis=1)
+            job[:, c] &= ~(job[:, k] & same)
+    voxel, which = np.nonzero(job)           # voxel by voxel, candidates in order
+    start = cand[voxel, which]
+    r_lo, r_hi = model.refinement_bounds(start, vary)
+    zero_f = start[:, 2] <= model.REFINE_F_ZERO[0]
+    r_lo[zero_f, 3] = lo[voxel[zero_f], 3] * (1 - model.REFINE)
+    r_hi[zero_f, 3] = hi[voxel[zero_f], 3] * (1 + model.REFINE)
+    p, rss = np.empty_like(start), np.empty(len(start))
+    _refine_all(bvals, signal, voxel, start, r_lo, r_hi, zero_f, vary, t_d, t_s, scratch, p, rss)
+    flat = p[:, 2] <= model.REFINE_F_ZERO[0]
+    p[flat, 3] = 0.5 * (r_lo[flat, 3] + r_hi[flat, 3])
+    order = np.lexsort((np.where(rss < np.inf, rss, np.inf), voxel))     # stable: first on ties
+    lowest = order[np.diff(voxel[order], prepend=-1) != 0]
+    lowest = lowest[rss[lowest] < np.inf]    # NaN or inf: the voxel failed
+    out = np.full((len(signal), 4), np.nan)
+    out[voxel[lowest]] = p[lowest]
+    return out
 
 
 def fit_fast(bvals, signal, lo, hi, vary):
@@ -709,8 +701,9 @@ def fit_fast(bvals, signal, lo, hi, vary):
     vary = np.asarray(vary, dtype=np.bool_)
     if signal.ndim != 2 or signal.shape[1] != bvals.size or not np.shape(lo) == np.shape(hi) == (len(signal), 4):
         raise ValueError("fit_fast: signal must be (n_voxels, n_b) and lo, hi (n_voxels, 4)")
+    lo, hi = c(lo, dtype=float), c(hi, dtype=float)
     t_d, t_s = _grid_positions(vary)
-    out = np.full((len(signal), 4), np.nan)
-    _fit_all(bvals, signal, c(lo, dtype=float), c(hi, dtype=float), vary, t_d, t_s, _refine_rules(),
-             _scratch(bvals.size, t_d, t_s), out)
-    return out
+    scratch = _scratch(bvals.size, t_d, t_s)
+    cand, rss2 = np.empty((len(signal), 4, 4)), np.empty((len(signal), 4))
+    _step2_all(bvals, signal, lo, hi, vary, t_d, t_s, scratch, cand, rss2)
+    return _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch)

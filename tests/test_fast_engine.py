@@ -174,11 +174,14 @@ def test_the_fit_lies_in_the_refinement_box_of_a_best_step2_candidate():
 
 
 def _refine(signal, step2, lo, hi, vary):
-    """Step 3 of one voxel: the refined parameters and RSS."""
-    params = np.empty(4)
-    rss = fit._refine(BVALS, signal, step2, lo, hi, vary, *fit._grid_positions(vary), fit._scratch(BVALS.size, *fit._grid_positions(vary)),
-                      fit._refine_rules(), params)
-    return params, rss
+    """Step 3 of one voxel from a single step-2 candidate: the refined parameters and RSS."""
+    t_d, t_s = fit._grid_positions(vary)
+    cand = np.repeat(step2[None, None], 4, axis=1)
+    rss2 = np.array([[1.0, np.inf, np.inf, np.inf]])      # the others: repeats of the first
+    params = fit._step3(BVALS, signal[None], cand, rss2, lo[None], hi[None], vary, t_d, t_s,
+                        fit._scratch(BVALS.size, t_d, t_s))[0]
+    resid = model.ivim_signal(BVALS, *params) - signal
+    return params, resid @ resid
 
 
 def test_a_slow_compile_is_announced_once_it_takes_long(monkeypatch, capsys):
