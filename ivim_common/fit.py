@@ -151,7 +151,7 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
 # The engine is compiled by numba, voxel by voxel: a voxel's work is branchy (grid minima,
 # active bounds, a few candidates, each converging at its own pace), which numpy could only run
 # as masked whole-array passes; compiled, it takes 2-3x less time (bench/bench_engines.py).
-# The compiled code is cached (see _jit): only the first run of an installation compiles it.
+# The compiled code is cached (see _kernel): only the first run of an installation compiles it.
 
 GRID_D = 12          # points over D in each voxel's box (one-step)
 GRID_DSTAR = 20      # points over D* in each voxel's box
@@ -161,25 +161,21 @@ RTOL = 1e-11         # Newton stops when an undamped step changes the RSS by les
 
 
 
-def _jit(func, **options):
-    """Compile with numba, cached on disk where numba finds a writable place (beside the
-    package, else its user cache); without one, compiled again in each process."""
-    try:
-        return numba.njit(cache=True, error_model="numpy", **options)(func)
-    except RuntimeError:              # numba: "cannot cache ... as it uses ... no locator available"
-        return numba.njit(error_model="numpy", **options)(func)
-
-
 # numba's option for code without its reference counting (its runtime, NRT), with which numba
 # compiles its own hot helpers; should a numba lack it, the kernels compile with counting.
 _NO_NRT = {"_nrt": False} if hasattr(numba.core.options.DefaultOptions, "_nrt") else {}
 
 
 def _kernel(func):
-    """:func:`_jit` without reference counting: the kernels below allocate nothing (fit_fast
-    hands them their scratch, see :func:`_scratch`), and the atomic count updates that their
-    array arguments and views would cost took 40 % of the engine's time."""
-    return _jit(func, **_NO_NRT)
+    """Compile with numba, without reference counting: the kernels below allocate nothing
+    (fit_fast hands them their scratch, see :func:`_scratch`), and the atomic count updates
+    that their array arguments and views would cost took 40 % of the engine's time.  Cached on
+    disk where numba finds a writable place (beside the package, else its user cache); without
+    one, compiled again in each process."""
+    try:
+        return numba.njit(cache=True, error_model="numpy", **_NO_NRT)(func)
+    except RuntimeError:              # numba: "cannot cache ... as it uses ... no locator available"
+        return numba.njit(error_model="numpy", **_NO_NRT)(func)
 
 
 @_kernel
@@ -365,13 +361,22 @@ def _grid(b, y, lo, hi, t_d, t_s, starts, ws):
 
 
 @_kernel
+def _exps(b, p, u, e):
+    """u = exp(-b·D) and e = exp(-b·D*) at p = (S0, D, f, D*); alone, this loop runs several
+    exps at once."""
+    for k in range(b.size):
+        u[k] = _exp(-b[k] * p[1])
+        e[k] = _exp(-b[k] * p[3])
+
+
+@_kernel
 def _signal_terms(b, y, p, u, w, sig):
     """The model signal at p = (S0, D, f, D*) into sig, with u = exp(-b·D) and w = exp(-b·D*) - 1
     into u and w (the terms that the derivatives reuse); returns the RSS against y."""
+    _exps(b, p, u, w)
     for k in range(b.size):
-        u[k] = _exp(-b[k] * p[1])
-        w[k] = _exp(-b[k] * p[3]) - 1.0       # not expm1 (twice the time): w's error stays
-        #                                     ~1e-16 absolute, negligible next to 1 in 1 + f·w
+        w[k] -= 1.0        # not expm1 (twice the time): w's error stays ~1e-16 absolute,
+        #                    negligible next to 1 in 1 + f·w
     return _signal_rss(p, u, w, y, sig)
 
 
@@ -390,9 +395,7 @@ def _signal_rss(p, u, w, y, sig):
 def _project(b, y, p, lo, hi, u, w, sig):
     """Replace S0 and f of p by their exact best values in the box for its (D, D*) (variable
     projection); fill u, w, sig as :func:`_signal_terms`; return the RSS."""
-    for k in range(b.size):                  # alone, this loop runs several exps at once
-        u[k] = _exp(-b[k] * p[1])
-        w[k] = _exp(-b[k] * p[3])
+    _exps(b, p, u, w)
     g11 = g12 = g22 = h1 = h2 = yy = 0.0
     for k in range(b.size):
         uk, ek = u[k], w[k]
@@ -562,11 +565,11 @@ def _newton(b, y, p, lo, hi, vary, scratch):
         done = ((abs(rss - rss_new) <= RTOL * rss and unclipped and lam <= 1e-2)
                 or big < 1e-12 or (not better and lam > 1e8))
         if better:
-            src = 6 if short else 3          # rows of arr: the shortened trial's, or the trial's
+            p_n, u_n, w_n, sig_n = (p_s, u_s, w_s, sig_s) if short else (p_t, u_t, w_t, sig_t)
             for k in range(nb):
-                u[k], w[k], sig[k] = arr[src, k], arr[src + 1, k], arr[src + 2, k]
+                u[k], w[k], sig[k] = u_n[k], w_n[k], sig_n[k]
             for i in range(4):
-                p[i] = p_s[i] if short else p_t[i]
+                p[i] = p_n[i]
             for i in range(4):
                 x[i] = (p[i] - lo[i]) / wd[i] if wd[i] > 0 else 0.0
             rss = rss_new
@@ -595,9 +598,9 @@ def _step2(b, y, lo, hi, vary, t_d, t_s, scratch, cand, rss):
         _project(b, y, cand[c], box_lo, hi, st[0], st[1], st[2])
         repeat = c > 0                       # of the first start, before Newton moved it
         for i in range(4):
-            repeat &= cand[c, i] == boxes[6, i]
+            repeat &= cand[c, i] == boxes[4, i]
             if c == 0:
-                boxes[6, i] = cand[0, i]
+                boxes[4, i] = cand[0, i]
         rss[c] = np.inf if repeat else _newton(b, y, cand[c], box_lo, hi, vary, scratch)
 
 
@@ -626,6 +629,39 @@ def _refine_all(b, signal, voxel, start, r_lo, r_hi, from_grid, vary, t_d, t_s, 
         rss[j] = _newton(b, y, q, r_lo[j], r_hi[j], vary, scratch)
 
 
+@_kernel
+def _jobs(cand, rss2, job):
+    """job[v, c]: whether step 3 refines the step-2 candidate c of voxel v, that is, whether its
+    RSS is within STEP2_TIE of the voxel's lowest (a failed, NaN one never is) and its point is
+    not that of a candidate refined before (candidates that reached the same point: once)."""
+    for v in range(cand.shape[0]):
+        best = np.inf
+        for c in range(4):
+            if rss2[v, c] < best:
+                best = rss2[v, c]
+        for c in range(4):
+            job[v, c] = rss2[v, c] <= best * (1 + STEP2_TIE) and np.isfinite(rss2[v, c])
+            for k in range(c):
+                same = True
+                for i in range(4):
+                    same &= abs(cand[v, c, i] - cand[v, k, i]) <= 1e-9 * abs(cand[v, c, i])
+                job[v, c] &= not (job[v, k] and same)
+
+
+@_kernel
+def _pick(voxel, rss, p, out):
+    """out[v] = the refined point of lowest RSS among the jobs of voxel v (jobs in voxel order),
+    the first on ties; out[v] is left as it was where none has a finite RSS."""
+    lowest = np.inf
+    for j in range(voxel.size):
+        if j == 0 or voxel[j] != voxel[j - 1]:
+            lowest = np.inf
+        if rss[j] < lowest:
+            lowest = rss[j]
+            for i in range(4):
+                out[voxel[j], i] = p[j, i]
+
+
 def _grid_positions(vary):
     """Positions in [0, 1] of the grid points along D (one where D is fixed) and D*."""
     return (np.linspace(0.0, 1.0, GRID_D) if vary[1] else np.zeros(1)), np.linspace(0.0, 1.0, GRID_DSTAR)
@@ -634,10 +670,10 @@ def _grid_positions(vary):
 def _scratch(nb, t_d, t_s):
     """The kernels' scratch for nb b-values and the grid positions t_d, t_s, allocated once per
     call of fit_fast (the kernels do not check sizes): the grid's tables, starts (4, 2), boxes
-    (7, 4: step-2 boxes' lower bounds, first start), signal terms (3, nb) for :func:`_project`;
-    Newton's vectors (7, 4), matrices (3, 4, 4) and signal terms (9, nb)."""
+    (5, 4: the step-2 boxes' lower bounds, the first start), signal terms (3, nb) for
+    :func:`_project`; Newton's vectors (7, 4), matrices (3, 4, 4) and signal terms (9, nb)."""
     nd, ns = t_d.size, t_s.size
-    return (np.empty((nd + ns) * (nb + 1) + (2 * nd + 3) * ns), np.empty((4, 2)), np.empty((7, 4)),
+    return (np.empty((nd + ns) * (nb + 1) + (2 * nd + 3) * ns), np.empty((4, 2)), np.empty((5, 4)),
             np.empty((3, nb)), np.empty((7, 4)), np.empty((3, 4, 4)), np.empty((9, nb)))
 
 
@@ -651,13 +687,8 @@ def _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch):
     a grid.  Where the refined f is 0, the signal does not depend on D*, which is reported at
     the middle of its box (the expectation of the reference's random draw); so it is where the
     refined f is at most the refinement rule's zero."""
-    finite = np.isfinite(rss2)
-    best = np.where(finite, rss2, np.inf).min(axis=1, keepdims=True)
-    job = finite & (rss2 <= best * (1 + STEP2_TIE))
-    for c in range(1, 4):                    # candidates that reached the same point: refine once
-        for k in range(c):
-            same = np.all(np.abs(cand[:, c] - cand[:, k]) <= 1e-9 * np.abs(cand[:, c]), axis=1)
-            job[:, c] &= ~(job[:, k] & same)
+    job = np.empty(rss2.shape, dtype=np.bool_)
+    _jobs(cand, rss2, job)
     voxel, which = np.nonzero(job)           # voxel by voxel, candidates in order
     start = cand[voxel, which]
     r_lo, r_hi = model.refinement_bounds(start, vary)
@@ -668,11 +699,8 @@ def _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch):
     _refine_all(bvals, signal, voxel, start, r_lo, r_hi, zero_f, vary, t_d, t_s, scratch, p, rss)
     flat = p[:, 2] <= model.REFINE_F_ZERO[0]
     p[flat, 3] = 0.5 * (r_lo[flat, 3] + r_hi[flat, 3])
-    order = np.lexsort((np.where(rss < np.inf, rss, np.inf), voxel))     # stable: first on ties
-    lowest = order[np.diff(voxel[order], prepend=-1) != 0]
-    lowest = lowest[rss[lowest] < np.inf]    # NaN or inf: the voxel failed
     out = np.full((len(signal), 4), np.nan)
-    out[voxel[lowest]] = p[lowest]
+    _pick(voxel, rss, p, out)
     return out
 
 
