@@ -42,15 +42,21 @@ def _notice_if_slow(enabled):
         timer.cancel()
 
 
+_engine_ready = False                     # compiled or loaded in this process
+
+
 def prepare_engine(engine, announce=True):
     """Compile the fast engine (the first run of an installation) or load it from the cache,
-    saying so on stderr if ``announce`` and that takes over COMPILE_NOTICE_AFTER_S; worker
-    processes started afterwards load it from the cache.  Nothing to do for lmfit."""
-    if engine != "fast":
+    once per process, saying so on stderr if ``announce`` and that takes over
+    COMPILE_NOTICE_AFTER_S; worker processes started afterwards load it from the cache.
+    Nothing to do for lmfit."""
+    global _engine_ready
+    if engine != "fast" or _engine_ready:
         return
     b = np.array([0.0, 50.0, 400.0, 800.0])
     with _notice_if_slow(announce):       # the same compiled code serves every approach
         fit.fit_voxels(b, model.ivim_signal(b, 1000.0, 1e-3, 0.1, 20e-3)[None])
+    _engine_ready = True
 
 
 def _ignore_sigint():

@@ -197,12 +197,17 @@ def test_a_slow_compile_is_announced_once_it_takes_long(monkeypatch, capsys):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(voxelpool, "COMPILE_NOTICE_AFTER_S", 0.1)
+    monkeypatch.setattr(voxelpool, "_engine_ready", False)  # as in a fresh process
     voxelpool.fit_in_chunks(BVALS, signal, jobs=1, progress=True)
     assert voxelpool.COMPILE_NOTICE not in capsys.readouterr().err
     monkeypatch.setattr(fit, "fit_voxels", slow)
+    monkeypatch.setattr(voxelpool, "_engine_ready", False)
     voxelpool.fit_in_chunks(BVALS, signal, jobs=1, progress=False)
     assert voxelpool.COMPILE_NOTICE not in capsys.readouterr().err
+    monkeypatch.setattr(voxelpool, "_engine_ready", False)
     voxelpool.fit_in_chunks(BVALS, signal, jobs=1, progress=True)
     assert capsys.readouterr().err.count(voxelpool.COMPILE_NOTICE) == 1
+    voxelpool.fit_in_chunks(BVALS, signal, jobs=1, progress=True)         # prepared: once per process
+    assert voxelpool.COMPILE_NOTICE not in capsys.readouterr().err
     voxelpool.prepare_engine("lmfit", announce=True)        # nothing to compile
     assert capsys.readouterr().err == ""
