@@ -52,9 +52,7 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                         help="one-step bounds: 2020 (default; b >= 400 for Dinit, f in [0, 0.20], "
                              "D* in [2*Dinit, 50e-3]) or 2019 (the published maps; b >= 500, f in [0, 0.35], "
                              "D* in [0.8*Dinit, 35.5e-3])")
-    parser.add_argument("--engine", default="fast", choices=constants.ENGINES,
-                        help="fast: compiled (default; the first run of an installation compiles it, some 15 s); "
-                             "lmfit: differential evolution as the original, about 1-2 s of CPU per voxel")
+    cli.add_engine_argument(parser)
     parser.add_argument("--seed", type=cli.non_negative_int, default=0,
                         help="seed of the lmfit engine; each voxel's seed derives from it and the voxel's "
                              "index (default: %(default)s)")
@@ -74,42 +72,24 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
 
 def fit_to_folder(args, argv):
     """Load and check the inputs, fit every selected voxel, write the maps and the sidecar."""
-    from ivim_common import io, voxelpool
+    from ivim_common import IvimModel, io
 
     start = time.perf_counter()
-    map_paths = {name: os.path.join(args.ofolder, filename) for name, filename in MAP_FILES.items()}
-    sidecar_path = os.path.join(args.ofolder, FIT_SIDECAR)
     io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), FIT_SIDECAR])
     inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
-    bounds_version = args.bounds_version or "2020"
     jobs = 1 if args.mt == 0 else (args.jobs or os.cpu_count())
+    model = IvimModel(inputs.bvals, args.model, args.bounds_version or "2020", args.engine)
     if args.verbose >= 2:
-        print(f"{PROG}: {inputs.signal.shape[0]} voxels x {inputs.bvals.size} b-values, "
+        print(f"{PROG}: {int(inputs.selected.sum())} voxels x {inputs.bvals.size} b-values, "
               f"{inputs.selection}; engine {args.engine}, {jobs} job(s)", file=sys.stderr)
-    maps = voxelpool.fit_in_chunks(inputs.bvals, inputs.signal, inputs.voxel_ids, approach=args.model,
-                                   bounds_version=bounds_version, engine=args.engine, seed=args.seed,
-                                   jobs=jobs, chunk_size=args.chunk_size, progress=args.verbose >= 1)
-    fitted = maps["exception"] == 0
-    sidecar = {
-        **io.provenance(PROG, argv),
-        "inputs": inputs.records,
-        "voxel_selection": inputs.selection,
-        "bvals": inputs.bvals,
-        **io.model_record(args.model, bounds_version),
-        "engine": args.engine,
-        "seed": args.seed,
-        "jobs": jobs,
-        "maps": MAP_FILES,
-        "counts": {"mask_voxels": fitted.size, "fitted": int(fitted.sum()), "failed": int((~fitted).sum())},
-        "summary": io.median_iqr({k: v for k, v in maps.items() if k != "exception"}, fitted),
-        "run_time_s": round(time.perf_counter() - start, 3),
-    }
-    with io.staged_outputs([*map_paths.values(), sidecar_path]) as tmp:
-        for name, path in map_paths.items():
-            io.write_map(tmp[path], maps[name], inputs.selected, inputs.image)
-        io.write_json(tmp[sidecar_path], sidecar)
+    fit = model.fit(inputs.data, inputs.selected, jobs=jobs, seed=args.seed, chunk_size=args.chunk_size,
+                    progress=args.verbose >= 1)
+    sidecar = fit.to_folder(args.ofolder, affine=inputs.image, force=args.force, sidecar={
+        **io.provenance(PROG, argv), "inputs": inputs.records, "voxel_selection": inputs.selection,
+        "run_time_s": round(time.perf_counter() - start, 3)})
     if args.verbose >= 1:
-        print(f"{PROG}: fitted {int(fitted.sum())} voxels, {int((~fitted).sum())} failed, "
+        counts = sidecar["counts"]
+        print(f"{PROG}: fitted {counts['fitted']} voxels, {counts['failed']} failed, "
               f"in {sidecar['run_time_s']:.1f} s ({args.model}, engine {args.engine}, {jobs} job(s)); "
               f"maps in {args.ofolder}{os.sep}")
 

@@ -111,11 +111,11 @@ def main(argv=None):
 
 def run(args):
     """Load the maps and data, write the requested images or open the window."""
-    from ivim_common import io, plotting
+    from ivim_common import io, viewer as view
 
     outputs = [p for p in (args.save, args.montage) if p]
     io.check_outputs(outputs, args.force)
-    folder = io.load_fit_folder(args.i, dwi=args.dwi, bvals=args.bval, mask=args.mask,
+    folder = view.load_fit_folder(args.i, dwi=args.dwi, bvals=args.bval, mask=args.mask,
                                 maps_dir=args.maps)
     if args.verbose >= 1:
         for note in folder.notes + ([] if folder.dwi is not None else
@@ -128,9 +128,9 @@ def run(args):
     if outputs:
         with io.staged_outputs(outputs) as tmp:
             if args.montage:
-                plotting.montage_figure(folder, **args.param).savefig(tmp[args.montage], dpi=100)
+                view.montage_figure(folder, **args.param).savefig(tmp[args.montage], dpi=100)
             if args.save:
-                viewer = plotting.FitViewer(folder, report=report, interactive=False, **args.param)
+                viewer = view.FitViewer(folder, report=report, interactive=False, **args.param)
                 viewer.select(*args.voxel)
                 viewer.fig.savefig(tmp[args.save], dpi=100)
         if report:
@@ -143,7 +143,7 @@ def run(args):
         raise IvimError(f"no display for the interactive window (matplotlib backend "
                         f"{plt.get_backend()}): use --voxel X,Y,Z --save FIG.png "
                         "or --montage PAGE.png")
-    viewer = plotting.FitViewer(folder, fig=plt.figure(), report=report, **args.param)
+    viewer = view.FitViewer(folder, fig=plt.figure(), report=report, **args.param)
     if args.voxel is not None:
         viewer.select(*args.voxel)
     plt.show()

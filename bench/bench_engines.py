@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import ivim_common  # noqa: E402
 
 ivim_common.limit_blas_threads()  # one BLAS thread, as the scripts: before numpy loads
-from ivim_common import fit, model  # noqa: E402
+from ivim_common import IvimModel, api, model  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -117,9 +117,9 @@ def compare(args, approach, bounds_version, report):
             seed = args.seed + 1000 * int(snr) + len(bset)
             truth, signal = phantom(bvals, args.n_voxels, snr, seed)
             sub = slice(0, args.n_ref)
-            fit.fit_voxels(bvals, signal[:3], approach, bounds_version, "fast")   # compiled, not timed
-            fast, t_fast = best_of(lambda: fit.fit_voxels(bvals, signal, approach, bounds_version, "fast"))
-            ref, t_ref, _ = timed(lambda: fit.fit_voxels(bvals, signal[sub], approach, bounds_version, "lmfit",
+            api.fit_voxels(bvals, signal[:3], approach, bounds_version, "fast")   # compiled, not timed
+            fast, t_fast = best_of(lambda: api.fit_voxels(bvals, signal, approach, bounds_version, "fast"))
+            ref, t_ref, _ = timed(lambda: api.fit_voxels(bvals, signal[sub], approach, bounds_version, "lmfit",
                                                          seed=args.seed))
             lsq, t_lsq, _ = timed(lambda: plain_leastsq(bvals, signal[sub], approach, bounds_version))
             p_fast, p_ref = as_params(fast), as_params(ref)
@@ -163,8 +163,8 @@ def peers(args, report):
     bvals = np.asarray(BSETS["with_b0"], dtype=float)
     truth, signal = phantom(bvals, args.n_voxels, 50, args.seed)
     print("\n=== peers (with_b0, SNR 50), where installed")
-    fit.fit_voxels(bvals, signal[:3], "one-step", "2020", "fast")            # compiled, not timed
-    fast, t_fast = best_of(lambda: fit.fit_voxels(bvals, signal, "one-step", "2020", "fast"))
+    api.fit_voxels(bvals, signal[:3], "one-step", "2020", "fast")            # compiled, not timed
+    fast, t_fast = best_of(lambda: api.fit_voxels(bvals, signal, "one-step", "2020", "fast"))
     report["peers"] = {"fast one-step 2020": 1e6 * t_fast / args.n_voxels}
     print(f"  fast (one-step 2020): {1e6 * t_fast / args.n_voxels:.1f} µs/voxel on {args.n_voxels} voxels; "
           "median rel. error f, D, D*: "
@@ -206,12 +206,10 @@ def peers(args, report):
 
 def scaling_worker(n, jobs):
     """Run in a fresh process: fit n phantom voxels with the voxel pool; print wall time, peak MB."""
-    from ivim_common import voxelpool
-
     bvals = np.asarray(BSETS["test_data"], dtype=float)
     _, signal = phantom(bvals, n, 50, 1)
     t0 = time.perf_counter()
-    voxelpool.fit_in_chunks(bvals, signal, jobs=jobs, progress=False)
+    IvimModel(bvals).fit_voxels(signal, jobs=jobs)
     wall = time.perf_counter() - t0
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
                resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024

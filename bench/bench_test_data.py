@@ -29,7 +29,7 @@ import nibabel as nib
 import numpy as np
 
 import ivim_fitting
-from ivim_common import fit, io, model, voxelpool
+from ivim_common import IvimModel, engines, io, model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "test_data")
@@ -39,7 +39,7 @@ TARGETS = {"S0": 90.0, "D": 90.0, "Fivim": 70.0, "Dstar": 65.0}  # % within one 
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--engine", default="fast", choices=fit.ENGINES)
+    parser.add_argument("--engine", default="fast", choices=tuple(engines.ENGINES))
     parser.add_argument("--bounds-version", default="2019", choices=model.BOUNDS_VERSIONS,
                         help="one-step bounds (default: %(default)s, those of the reference maps)")
     parser.add_argument("-j", "--jobs", type=int, help="worker processes (default: all cores)")
@@ -56,13 +56,12 @@ def get_parser():
 def rss_vs_lmfit(args, mask_path):
     """Fit the mask voxels with both engines (float64) and compare their RSS voxel by voxel."""
     inputs = io.load_fit_inputs(os.path.join(DATA, "dwi_rl.nii.gz"), os.path.join(DATA, "bval_rl.txt"), mask_path)
-    b, signal = inputs.bvals, inputs.signal
-    options = dict(voxel_ids=inputs.voxel_ids, approach="one-step", bounds_version=args.bounds_version,
-                   seed=args.seed, progress=True)
+    b, signal = inputs.bvals, inputs.data[inputs.selected]
     rss = {}
     for engine, jobs in (("fast", 1), ("lmfit", args.jobs)):
         start = time.perf_counter()
-        out = voxelpool.fit_in_chunks(b, signal, engine=engine, jobs=jobs, **options)
+        out = IvimModel(b, "one-step", args.bounds_version, engine).fit_voxels(
+            signal, np.flatnonzero(inputs.selected), jobs=jobs, seed=args.seed, progress=True)
         params = np.column_stack([out[k] for k in model.PARAM_NAMES])
         resid = model.ivim_signal(b, *params.T) - signal
         rss[engine] = np.einsum("ij,ij->i", resid, resid)

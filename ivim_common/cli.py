@@ -49,6 +49,65 @@ def positive_float(text):
     return value
 
 
+def value_list(text, positive=True):
+    """argparse type: ``start:NUM:stop`` (NUM values, as numpy.linspace) or a comma list of
+    finite numbers (> 0 when ``positive``), as a float array.  numpy is imported here, when the
+    arguments are converted, not when ``--help`` is asked for."""
+    import numpy as np
+
+    text = str(text).strip()
+    try:
+        if ":" in text:
+            start, num, stop = text.split(":")
+            values = np.linspace(float(start), float(stop), int(num))
+        else:
+            values = np.array([float(v) for v in text.split(",") if v.strip()])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read {text!r}; expected start:NUM:stop (NUM values) "
+                                         "or a comma-separated list") from None
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise argparse.ArgumentTypeError(f"{text!r} gives no finite values")
+    if positive and np.any(values <= 0):
+        raise argparse.ArgumentTypeError(f"every value must be > 0 (got {text!r})")
+    return values
+
+
+def fraction_list(text):
+    """argparse type: :func:`value_list` of fractions in (0, 1]."""
+    values = value_list(text)
+    if values.max() > 1:
+        raise argparse.ArgumentTypeError(f"a fraction, every value must be <= 1 (got {text!r})")
+    return values
+
+
+def bval_list(text):
+    """argparse type: b-values (s/mm²) as a comma list, at least 4 distinct, all >= 0."""
+    import numpy as np
+
+    bvals = value_list(text, positive=False)
+    if np.any(bvals < 0) or np.unique(bvals).size < 4:
+        raise argparse.ArgumentTypeError(f"need at least 4 distinct b-values >= 0 (got {text!r})")
+    return bvals
+
+
+def shard_spec(text):
+    """argparse type: ``K/N`` with 1 <= K <= N -> (K, N)."""
+    try:
+        k, n = (int(v) for v in str(text).split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N, e.g. 2/8 (got {text!r})") from None
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"need 1 <= K <= N (got {text!r})")
+    return k, n
+
+
+def add_engine_argument(parser):
+    """``--engine``, its choices and help from the engine registry."""
+    from .engines import ENGINES, help_text
+
+    parser.add_argument("--engine", choices=tuple(ENGINES), default="fast", help=help_text())
+
+
 def add_common_arguments(parser):
     """Add ``-v 0|1|2`` and ``--version``."""
     parser.add_argument("-v", dest="verbose", type=int, choices=(0, 1, 2), default=1,

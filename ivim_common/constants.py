@@ -1,9 +1,10 @@
-"""Names and texts of the toolbox that the scripts' ``--help`` shows, without importing numpy.
+"""The toolbox's tables and names, in plain Python, so that ``--help`` needs no numpy.
 
-``--help`` must stay instant, and numpy alone takes about 0.2 s to import, so the choices and
-texts a parser needs live here, in plain Python; :mod:`ivim_common.model`,
-:mod:`ivim_common.fit` and :mod:`ivim_common.simulation` take them from here.
+``--help`` must stay instant (numpy alone takes about 0.2 s to import), so what a parser, a
+sidecar, the viewer and the figures say about the model, its maps and the simulations lives here
+once; :mod:`ivim_common.model`, :mod:`ivim_common.simulation` and the rest read it from here.
 """
+from dataclasses import dataclass
 
 # The model (see ivim_common.model).
 EQUATION = "S(b) = S0 * exp(-b*D) * (Fivim*exp(-b*Dstar) + 1 - Fivim)"
@@ -14,13 +15,68 @@ CONVERSION = (
 APPROACHES = ("one-step", "two-step")
 BOUNDS_VERSIONS = ("2020", "2019")
 
-# The fitters (see ivim_common.fit).
-ENGINES = ("fast", "lmfit")
-OUTPUT_NAMES = ("S0", "D", "Fivim", "Dstar", "FivimXDstar", "AIC", "R2", "exception")
+
+@dataclass(frozen=True)
+class Parameter:
+    """One output map: what it is and how it is shown.
+
+    Attributes
+    ----------
+    label : str
+        Short name for plots and panels (e.g. 'f', 'D*').
+    unit : str
+        Unit for sidecars ('' for a pure number).
+    axis : str
+        Colour-bar and axis label.
+    display : tuple of float or None
+        Default colour range of the viewer (None: 1st-99th percentile of the map).
+    description : str
+        One line for the sidecar.
+    fmt : str
+        Format of a value in the viewer's panel.
+    cmap : str
+        Default colour map.
+    """
+    label: str
+    unit: str
+    axis: str
+    display: tuple
+    description: str
+    fmt: str = ".4g"
+    cmap: str = "viridis"
+
+    @property
+    def short_unit(self):
+        """The unit as the viewer's panel shows it beside a value ('' for signal units)."""
+        return self.unit.replace("^2", "²") if self.unit.startswith("mm") else ""
+
+
+# Every map ivim_fitting.py writes, in the order of the files and the viewer's panel.  A new
+# map is one entry here and the lines that compute it (ivim_common.api.fit_voxels).
+PARAMETERS = {
+    "S0": Parameter("S0", "signal units (as the DWI)", "S0 (DWI units)", None,
+                    "signal at b = 0 of the fitted model", ".4g", "gray"),
+    "D": Parameter("D", "mm^2/s", "D (mm²/s)", (0.0, 3e-3), "diffusion coefficient", ".3e"),
+    "Fivim": Parameter("f", "fraction (0-1)", "f (fraction)", (0.0, 0.35), "perfusion fraction", ".3f"),
+    "Dstar": Parameter("D*", "mm^2/s", "D* (mm²/s)", (0.0, 0.0525),
+                       "pseudo-diffusion coefficient in excess of D (the perfusing pool decays with D + D*)",
+                       ".3e"),
+    "FivimXDstar": Parameter("f·D*", "mm^2/s", "f·D* (mm²/s)", (0.0, 0.01),
+                             "product of f and D* (related to blood flow)", ".3e"),
+    "AIC": Parameter("AIC", "dimensionless", "AIC", None,
+                     "Akaike information criterion n*ln(RSS/n) + 2k, k the free parameters (as lmfit)", ".4g"),
+    "R2": Parameter("R²", "dimensionless", "R² (on the signal)", (0.0, 1.0),
+                    "coefficient of determination on the signal", ".3f"),
+    "exception": Parameter("exception", "1 = fit failed, 0 = fitted", "exception (1 = failed)", (0.0, 1.0),
+                           "1 where the fit failed (NaN or non-positive signal, or no finite result)", ".0f"),
+}
+MODEL_PARAMETERS = ("S0", "D", "Fivim", "Dstar")      # the model's, in the order fitters use
+OUTPUT_NAMES = tuple(PARAMETERS)
 
 # What ivim_fitting.py writes and ivim_view_fits.py reads.
 MAP_FILES = {name: f"{name}_map.nii.gz" for name in OUTPUT_NAMES}
 FIT_SIDECAR = "ivim_fitting.json"
+
 
 # The simulations (see ivim_common.simulation).
 S0_TRUE = 600.0             # the true signal at b = 0; SNR = S0_TRUE / sigma
@@ -29,3 +85,35 @@ CONDITIONS = ("FDstar", "all")
 DEFAULT_N_DRAWS = 1000
 DEFAULT_MAX_ERROR = 10.0    # % (mean |error|)
 DEFAULT_SNR_START = 1500.0
+SNR_CAP = 1e5               # a cell still failing at this SNR is "not reachable"
+# The estimates the simulations score, as named in their result files, and the map each is.
+ERROR_PARAMETERS = {"f": "Fivim", "Dstar": "Dstar", "D": "D", "fDstar": "FivimXDstar"}
+
+
+@dataclass(frozen=True)
+class SimulationKind:
+    """One kind of simulation result: how it is computed, stored and drawn.
+
+    Attributes
+    ----------
+    snr : {None, 'fixed', 'start'}
+        None: no noise; 'fixed': one SNR (-snr, required); 'start': the SNR where the search starts.
+    default_D : str
+        Default true D values of the script (-D).
+    figures : tuple of str
+        Figures ivim_simu_plot.py draws, one of each per true D.
+    title : str
+        What the result holds, for the figures.
+    """
+    snr: str
+    default_D: str
+    figures: tuple
+    title: str
+
+
+SIMULATION_KINDS = {
+    "error_nonoise": SimulationKind(None, "0.2e-3,0.3e-3,0.7e-3,1.0e-3,1.2e-3,1.5e-3,1.8e-3,2.0e-3,2.5e-3,2.9e-3",
+                                    ("sim", "true"), "Error without noise"),
+    "error_noise": SimulationKind("fixed", "0.3e-3,1.5e-3", ("sim", "sim_STD", "true"), "Error with noise"),
+    "required_snr": SimulationKind("start", "0.3e-3,1.5e-3", ("minSNR", "params"), "Required SNR"),
+}

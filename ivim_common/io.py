@@ -6,7 +6,8 @@ that names the file and the problem.  Outputs are checked before any work
 into place at the end (:func:`staged_outputs`), so an interrupted or failed run leaves nothing
 half-written.  The helpers :func:`sha256_file`, :func:`input_record`, :func:`provenance`,
 :func:`write_json`, :func:`check_outputs`, :func:`check_output_folder` and
-:func:`staged_outputs` know nothing about IVIM and serve every script.
+:func:`staged_outputs` know nothing about IVIM and serve every script; :func:`write_fit_folder`
+and :func:`read_fit_folder` write and read a folder of maps.
 """
 import contextlib
 import dataclasses
@@ -25,7 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from . import __version__, model
-from .constants import FIT_SIDECAR, MAP_FILES
+from .constants import FIT_SIDECAR, MAP_FILES, PARAMETERS
 from .errors import InputError, IvimError, OutputExistsError
 
 
@@ -54,23 +55,25 @@ def provenance(tool, argv):
     ----------
     tool : str
         Script name, e.g. ``"ivim_fitting.py"``.
-    argv : list of str
-        The arguments the script parsed (without the program name).
+    argv : list of str or None
+        The arguments the script parsed (without the program name); None from the Python API.
     """
     return {
         "tool": tool,
         "version": __version__,
-        "command": shlex.join([tool, *argv]),
+        "command": None if argv is None else shlex.join([tool, *argv]),
         "cwd": os.getcwd(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def model_record(approach, bounds_version):
-    """The sidecar fields of the model and its fit: equation, conversion, units, parameter names,
-    approach, bounds version (one-step only) and the bounds in words."""
+    """The sidecar fields of the model and its fit: equation, conversion, each map's unit and
+    description, parameter names, approach, bounds version (one-step only) and the bounds in words."""
     return {
-        "model": {"equation": model.EQUATION, "conversion": model.CONVERSION, "units": model.UNITS,
+        "model": {"equation": model.EQUATION, "conversion": model.CONVERSION,
+                  "units": {name: p.unit for name, p in PARAMETERS.items()},
+                  "descriptions": {name: p.description for name, p in PARAMETERS.items()},
                   "parameters": list(model.PARAM_NAMES)},
         "approach": approach,
         "bounds_version": bounds_version if approach == "one-step" else None,
@@ -179,7 +182,7 @@ def load_nifti(path, role):
     return image, data
 
 
-def _load_on_grid(path, role, ndim, reference=None, reference_role="map"):
+def load_on_grid(path, role, ndim, reference=None, reference_role="map"):
     """:func:`load_nifti`, checked for its number of dimensions and, given a reference image,
     for the reference's grid: the same shape along x, y, z and the same affine."""
     image, data = load_nifti(path, role)
@@ -203,10 +206,8 @@ class FitInputs:
     ----------
     bvals : ndarray (n_b,)
         b-values in s/mm².
-    signal : ndarray (n_voxels, n_b)
-        Signal of the selected voxels, in C order of the volume.
-    voxel_ids : ndarray of int (n_voxels,)
-        Flat (C-order) indices of the selected voxels in the 3-D grid.
+    data : ndarray (x, y, z, n_b)
+        The DWI (float64).
     selected : ndarray of bool (x, y, z)
         The voxels that are fitted (the mask, or the automatic selection).
     image : nibabel.Nifti1Pair
@@ -218,8 +219,7 @@ class FitInputs:
     """
 
     bvals: np.ndarray
-    signal: np.ndarray
-    voxel_ids: np.ndarray
+    data: np.ndarray
     selected: np.ndarray
     image: object
     records: dict
@@ -249,7 +249,7 @@ def load_fit_inputs(dwi_path, bval_path, mask_path=None, approach="one-step"):
     if data.shape[3] != bvals.size:
         raise InputError(f"DWI {dwi_path} has {data.shape[3]} volumes but b-value file {bval_path} "
                          f"has {bvals.size} b-values")
-    n_free = len(model.PARAM_NAMES) - (0 if model.settings(approach)["vary_D"] else 1)  # two-step: D fixed
+    n_free = model.n_free(approach)
     n_distinct = np.unique(bvals).size
     if n_distinct < n_free:
         raise InputError(f"b-value file {bval_path}: {n_distinct} distinct b-values, {approach} needs at "
@@ -266,13 +266,12 @@ def load_fit_inputs(dwi_path, bval_path, mask_path=None, approach="one-step"):
         selection = f"mask {mask_path} (voxels > 0)"
     records = {"dwi": input_record(dwi_path), "bvals": input_record(bval_path),
                "mask": input_record(mask_path)}
-    return FitInputs(bvals=bvals, signal=data[selected], voxel_ids=np.flatnonzero(selected),
-                     selected=selected, image=image, records=records, selection=selection)
+    return FitInputs(bvals=bvals, data=data, selected=selected, image=image, records=records, selection=selection)
 
 
 def _load_mask(path, dwi_image):
     """Boolean mask (values > 0) on the DWI's grid; errors if shape or affine differ or it is empty."""
-    data = _load_on_grid(path, "mask", 3, dwi_image, "DWI")[1]
+    data = load_on_grid(path, "mask", 3, dwi_image, "DWI")[1]
     with np.errstate(invalid="ignore"):
         mask = data > 0
     if not mask.any():
@@ -382,29 +381,28 @@ def staged_outputs(paths):
             shutil.rmtree(stage, ignore_errors=True)
 
 
-def write_map(path, values, selected, reference):
-    """Write per-voxel values as a float32 NIfTI on the reference's grid (0 outside ``selected``).
+def write_map(path, volume, reference):
+    """Write a 3-D map as a float32 NIfTI image (NaN stays NaN).
 
     Parameters
     ----------
     path : str
         Destination (``.nii`` or ``.nii.gz``).
-    values : ndarray (n_voxels,)
-        Values of the selected voxels, in C order (NaN stays NaN).
-    selected : ndarray of bool (x, y, z)
-    reference : nibabel.Nifti1Pair
-        The image whose affine, qform/sform codes and spatial unit are kept (the DWI);
-        its data type is not (the original toolbox inherited an int8 mask's).
+    volume : ndarray (x, y, z)
+    reference : nibabel image or ndarray (4, 4)
+        The image whose affine, qform/sform codes and spatial unit are kept (the DWI; its data
+        type is not: the original toolbox inherited an int8 mask's), or an affine alone.
     """
-    volume = np.zeros(selected.shape, dtype=np.float32)
-    volume[selected] = values
-    image = nib.Nifti1Image(volume, reference.affine)
+    affine = np.asarray(getattr(reference, "affine", reference), dtype=float)
+    image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine)
     image.header.set_data_dtype(np.float32)
-    qcode, scode = int(reference.header["qform_code"]), int(reference.header["sform_code"])
-    if qcode or scode:
-        image.set_qform(reference.affine, code=qcode)
-        image.set_sform(reference.affine, code=scode)
-    image.header.set_xyzt_units(xyz=reference.header.get_xyzt_units()[0])
+    header = getattr(reference, "header", None)
+    if header is not None:
+        qcode, scode = int(header["qform_code"]), int(header["sform_code"])
+        if qcode or scode:
+            image.set_qform(affine, code=qcode)
+            image.set_sform(affine, code=scode)
+        image.header.set_xyzt_units(xyz=header.get_xyzt_units()[0])
     nib.save(image, path)
 
 
@@ -431,136 +429,8 @@ def median_iqr(maps, fitted):
     return out
 
 
-# --------------------------------------------------------------------------- viewer: a fit folder
-# The maps of one fit and the DWI, b-values and mask behind them (ivim_view_fits.py).
-
-@dataclasses.dataclass
-class FitFolder:
-    """Maps of one fit and, where found, the data they were fitted to.
-
-    Attributes
-    ----------
-    name : str
-        Name of the map the user opened (a key of ``maps``), e.g. 'Fivim'.
-    path : str
-        Path of that map.
-    maps : dict of str -> ndarray, shape (nx, ny, nz)
-        Every map found (float64; D, Dstar, FivimXDstar in mm²/s).
-    zooms : tuple of float
-        Voxel size (mm) along x, y, z.
-    bvals : ndarray, shape (n_b,), or None
-        b-values in s/mm².
-    dwi : ndarray, shape (nx, ny, nz, n_b), or None
-        Measured signal (None: map-only view).
-    mask : ndarray of bool, shape (nx, ny, nz), or None
-    sidecar : dict or None
-        Contents of ivim_fitting.json.
-    notes : list of str
-        Things the user should know (inputs named by the sidecar but not found).
-    """
-    name: str
-    path: str
-    maps: dict
-    zooms: tuple
-    bvals: np.ndarray = None
-    dwi: np.ndarray = None
-    mask: np.ndarray = None
-    sidecar: dict = None
-    notes: list = dataclasses.field(default_factory=list)
-
-    @property
-    def shape(self):
-        return self.maps[self.name].shape
-
-    def has_model(self):
-        """True when the four model parameter maps are all present."""
-        return all(p in self.maps for p in model.PARAM_NAMES)
-
-    def values(self, ijk):
-        """Value of every map at voxel ``ijk`` (0-based x, y, z)."""
-        return {name: float(data[ijk]) for name, data in self.maps.items()}
-
-    def signal(self, ijk):
-        """Measured signal at voxel ``ijk``, shape (n_b,), or None without a DWI."""
-        return None if self.dwi is None else self.dwi[ijk]
-
-    @property
-    def region(self):
-        """Voxels that were fitted: the mask, else where a parameter map is not 0.
-
-        ivim_fitting.py writes 0 outside the mask and NaN where a fit failed.
-        """
-        if self.mask is not None:
-            return self.mask
-        names = [p for p in model.PARAM_NAMES if p in self.maps] or [self.name]
-        return np.any([self.maps[n] != 0 for n in names], axis=0)
-
-    def status(self, ijk):
-        """'fitted', 'outside mask' or 'failed' for voxel ``ijk``."""
-        if not self.region[ijk]:
-            return "outside mask"
-        values = self.values(ijk)
-        if values.get("exception", 0) >= 0.5 or any(np.isnan(v) for v in values.values()):
-            return "failed"
-        return "fitted"
-
-
-def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
-    """Load a map, the other maps beside it and the inputs named by its sidecar.
-
-    The sidecar ``ivim_fitting.json`` in the map's folder names the other maps, the DWI, the
-    mask and holds the b-values.  Each argument given here overrides what the sidecar says.
-
-    Parameters
-    ----------
-    map_path : str
-        A map written by ivim_fitting.py (e.g. params_map/Fivim_map.nii.gz).
-    dwi, bvals, mask : str, optional
-        Paths of the 4-D DWI, the b-value text file (s/mm²) and the mask.
-    maps_dir : str, optional
-        Folder of the other maps (default: the map's folder).
-
-    Returns
-    -------
-    FitFolder
-
-    Raises
-    ------
-    InputError
-        A file given here or a map is missing or unreadable, or the images do not match.
-    """
-    folder = os.path.dirname(os.path.abspath(map_path))
-    sidecar = _read_sidecar(os.path.join(folder, FIT_SIDECAR))
-    image, data = _load_on_grid(map_path, "map", 3)
-    map_files = (sidecar or {}).get("maps") or MAP_FILES
-    name = _map_name(map_path, map_files)
-    paths = {n: os.path.join(maps_dir or folder, f) for n, f in map_files.items()}
-    paths[name] = map_path  # the opened map, wherever the others are
-    maps = {n: data if n == name else _load_on_grid(p, f"{n} map", 3, image)[1]
-            for n, p in paths.items() if n == name or os.path.isfile(p)}
-    out = FitFolder(name=name, path=map_path, maps=maps, sidecar=sidecar,
-                    zooms=tuple(float(z) for z in image.header.get_zooms()[:3]))
-
-    dwi_path = dwi or _sidecar_input(sidecar, "dwi", out.notes)
-    mask_path = mask or _sidecar_input(sidecar, "mask", out.notes)
-    if bvals:
-        out.bvals = read_bvals(bvals)
-    elif sidecar and sidecar.get("bvals"):
-        out.bvals = np.asarray(sidecar["bvals"], dtype=float)
-    if dwi_path:
-        if out.bvals is None:
-            raise InputError(f"DWI {dwi_path}: no b-values for it (no {FIT_SIDECAR} in {folder}; "
-                             "give the b-value file)")
-        out.dwi = _load_on_grid(dwi_path, "DWI", 4, image)[1]
-        if out.dwi.shape[3] != len(out.bvals):
-            raise InputError(f"DWI {dwi_path}: {out.dwi.shape[3]} volumes but {len(out.bvals)} "
-                             f"b-values (from {bvals or FIT_SIDECAR})")
-    if mask_path:
-        out.mask = _load_on_grid(mask_path, "mask", 3, image)[1] > 0
-    return out
-
-
-def _read_sidecar(path):
+def read_sidecar(path):
+    """The JSON sidecar at ``path``, or None where there is none."""
     if not os.path.isfile(path):
         return None
     try:
@@ -570,26 +440,48 @@ def _read_sidecar(path):
         raise InputError(f"{path}: not a readable JSON sidecar ({err})") from None
 
 
-def _map_name(map_path, map_files):
-    """The map's name: its key in the sidecar, else the file name without '_map.nii[.gz]'."""
-    filename = os.path.basename(map_path)
-    for name, other in map_files.items():
-        if other == filename:
-            return name
-    for suffix in (".gz", ".nii", "_map"):
-        filename = filename.removesuffix(suffix)
-    return filename
+def write_fit_folder(folder, volumes, reference, sidecar, force):
+    """Write the maps of a fit (float32 NIfTI, see :func:`write_map`) and their sidecar
+    ``ivim_fitting.json`` into ``folder``, complete or not at all.
+
+    Parameters
+    ----------
+    folder : str
+    volumes : dict of str -> ndarray (x, y, z)
+        Maps named as the keys of MAP_FILES (0 outside the fitted voxels, NaN where failed).
+    reference : nibabel image or ndarray (4, 4)
+        See :func:`write_map`.
+    sidecar : dict
+    force : bool
+        Allow an existing folder (its toolbox files are replaced, nothing else is touched).
+    """
+    check_output_folder(folder, force, [*MAP_FILES.values(), FIT_SIDECAR])
+    paths = {name: os.path.join(folder, MAP_FILES[name]) for name in volumes}
+    sidecar_path = os.path.join(folder, FIT_SIDECAR)
+    with staged_outputs([*paths.values(), sidecar_path]) as tmp:
+        for name, path in paths.items():
+            write_map(tmp[path], volumes[name], reference)
+        write_json(tmp[sidecar_path], sidecar)
 
 
-def _sidecar_input(sidecar, key, notes):
-    """Path of an input named by the sidecar, if it still exists (else a note, and None)."""
-    entry = ((sidecar or {}).get("inputs") or {}).get(key)
-    if not entry:
-        return None
-    for path in (entry.get("abspath"), entry.get("path")):
-        if path and os.path.isfile(path):
-            return path
-    notes.append(f"{key} {entry.get('abspath') or entry.get('path')} (named in {FIT_SIDECAR}) "
-                 "not found")
-    return None
+def read_fit_folder(folder):
+    """The maps (float64) and the sidecar (or None) of a folder of maps.
 
+    The sidecar names the map files; without one, the files of MAP_FILES that exist are read.
+    The S0 map, at least, must be there, and every map on its grid.
+
+    Returns
+    -------
+    volumes : dict of str -> ndarray (x, y, z)
+    sidecar : dict or None
+    """
+    if not os.path.isdir(folder):
+        raise InputError(f"fit folder {folder}: no such folder")
+    sidecar = read_sidecar(os.path.join(folder, FIT_SIDECAR))
+    files = (sidecar or {}).get("maps") or MAP_FILES
+    if not os.path.isfile(os.path.join(folder, files.get("S0", ""))):
+        raise InputError(f"fit folder {folder}: no S0 map ({files.get('S0')})")
+    reference = load_on_grid(os.path.join(folder, files["S0"]), "S0 map", 3)[0]
+    volumes = {name: load_on_grid(os.path.join(folder, f), f"{name} map", 3, reference)[1]
+               for name, f in files.items() if os.path.isfile(os.path.join(folder, f))}
+    return volumes, sidecar

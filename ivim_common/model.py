@@ -14,19 +14,8 @@ of D).  b is in s/mm², D and D* in mm²/s.
 """
 import numpy as np
 
-from .constants import APPROACHES, BOUNDS_VERSIONS, CONVERSION, EQUATION  # noqa: F401
-
-PARAM_NAMES = ("S0", "D", "Fivim", "Dstar")
-UNITS = {
-    "S0": "signal units (as the DWI)",
-    "D": "mm^2/s",
-    "Fivim": "fraction (0-1)",
-    "Dstar": "mm^2/s",
-    "FivimXDstar": "mm^2/s",
-    "AIC": "dimensionless (n*ln(RSS/n) + 2k)",
-    "R2": "dimensionless (on the signal)",
-    "exception": "1 = fit failed, 0 = fitted",
-}
+from .constants import (APPROACHES, BOUNDS_VERSIONS, CONVERSION, EQUATION,  # noqa: F401
+                        MODEL_PARAMETERS as PARAM_NAMES)
 
 # Log-linear initialisation of D (both approaches, both bounds versions).
 D_INIT_BOUNDS = (0.15e-3, 4.5e-3)
@@ -137,15 +126,20 @@ def nominal_bounds(approach, bounds_version, dinit, s0_1mf):
     return init, lo, hi, vary
 
 
-def refinement_bounds(params, vary):
-    """The ±5 % box around step-2 values (not clipped to the nominal bounds).
+def refinement_bounds(params, vary, lo, hi):
+    """The ±5 % box of step 3 around step-2 values (not clipped to the nominal bounds).
 
-    For f <= 1e-12 the box of f is [0, 0.05].  Fixed parameters keep lo = hi = value.
+    Where step-2 f <= 1e-12, the box of f is [0, 0.05] and, since the signal then does not
+    depend on D*, the box of D* is the nominal range ±5 % (a search, not a polish).  Fixed
+    parameters keep lo = hi = value.
 
     Parameters
     ----------
     params : ndarray, shape (n_voxels, 4)
+        Step-2 values.
     vary : ndarray of bool, shape (4,)
+    lo, hi : ndarray, shape (n_voxels, 4)
+        The nominal bounds of step 2.
 
     Returns
     -------
@@ -153,18 +147,57 @@ def refinement_bounds(params, vary):
     """
     params = np.asarray(params, dtype=float)
     scale = np.where(vary, REFINE, 0.0)
-    lo = params * (1.0 - scale)
-    hi = params * (1.0 + scale)
-    f_zero = params[:, 2] <= REFINE_F_ZERO[0]
-    lo[f_zero, 2] = 0.0
-    hi[f_zero, 2] = REFINE_F_ZERO[1]
-    return lo, hi
+    r_lo = params * (1.0 - scale)
+    r_hi = params * (1.0 + scale)
+    f_zero = f_is_zero(params)
+    r_lo[f_zero, 2] = 0.0
+    r_hi[f_zero, 2] = REFINE_F_ZERO[1]
+    r_lo[f_zero, 3] = np.asarray(lo)[f_zero, 3] * (1 - REFINE)
+    r_hi[f_zero, 3] = np.asarray(hi)[f_zero, 3] * (1 + REFINE)
+    return r_lo, r_hi
+
+
+def f_is_zero(params):
+    """Where f (column 2 of params (n, 4)) is at most the refinement rule's zero, 1e-12."""
+    return np.asarray(params)[:, 2] <= REFINE_F_ZERO[0]
+
+
+def settle_undetermined_dstar(params, r_lo, r_hi):
+    """Where the refined f is 0 the signal does not depend on D*: report D* at the middle of
+    its step-3 box (the expectation of a random draw in it), in place."""
+    flat = f_is_zero(params)
+    params[flat, 3] = 0.5 * (r_lo[flat, 3] + r_hi[flat, 3])
+    return params
+
+
+def valid_voxels(signal):
+    """True where every sample of a voxel is finite and positive (others are marked failed)."""
+    signal = np.asarray(signal, dtype=float)
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(signal).all(axis=1) & (signal > 0).all(axis=1)
+
+
+def goodness_of_fit(bvals, signal, params, n_varied):
+    """RSS, AIC (lmfit's n·ln(RSS/n) + 2k) and R² (on the signal) of parameters (n_voxels, 4)."""
+    resid = ivim_signal(bvals, *params.T) - signal
+    rss = np.einsum("ij,ij->i", resid, resid)
+    n_b = signal.shape[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        aic = n_b * np.log(np.maximum(rss, 1e-250 * n_b) / n_b) + 2 * n_varied  # floor as lmfit
+        tss = ((signal - signal.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
+        r2 = 1.0 - rss / tss
+    return rss, aic, r2
+
+
+def n_free(approach):
+    """Free parameters of an approach: 4 (one-step), 3 (two-step: D fixed)."""
+    return len(PARAM_NAMES) - (0 if settings(approach)["vary_D"] else 1)
 
 
 def bounds_description(approach, bounds_version):
     """Human-readable bounds, for --help and the sidecars."""
     cfg = settings(approach, bounds_version)
-    d = (f"D in [0.15e-3, 1.2*Dinit] starting at Dinit" if cfg["vary_D"] else "D fixed at Dinit")
+    d = ("D in [0.15e-3, 1.2*Dinit] starting at Dinit" if cfg["vary_D"] else "D fixed at Dinit")
     start = "10*Dinit" if cfg["dstar_init"] == "10xDinit" else "the midpoint"
     return {
         "initialisation": (f"least-squares line of ln S vs b on b >= {cfg['bval_threshold']:g} s/mm^2; "
@@ -174,6 +207,8 @@ def bounds_description(approach, bounds_version):
         "D": d,
         "Fivim": f"[0, {cfg['f_max']:g}] starting at 0.1",
         "Dstar": (f"[{cfg['dstar_lo_x_dinit']:g}*Dinit, {cfg['dstar_hi']:g}] starting at {start}"),
-        "refinement": ("each varied parameter refitted within +/-5% of its step-2 value "
-                       "(f in [0, 0.05] if step-2 f <= 1e-12), not clipped to the bounds above"),
+        "refinement": ("each varied parameter refitted within +/-5% of its step-2 value, not clipped "
+                       "to the bounds above; where step-2 f <= 1e-12: f in [0, 0.05] and D* in its "
+                       "bounds above +/-5%; where the refined f <= 1e-12, D* (undetermined) is reported "
+                       "at the middle of that box (both engines)"),
     }

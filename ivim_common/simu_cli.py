@@ -7,13 +7,12 @@ import os
 import sys
 
 from . import cli, constants
+from .constants import SIMULATION_KINDS
 from .errors import InputError
 
 DEFAULT_BVALS = "5,10,15,20,30,50,75,100,125,150,200,250,600,700,800"
 DEFAULT_F = "0.01:10:0.30"
 DEFAULT_DSTAR = "3.0e-3:10:35e-3"
-DEFAULT_D = {"error_nonoise": "0.2e-3,0.3e-3,0.7e-3,1.0e-3,1.2e-3,1.5e-3,1.8e-3,2.0e-3,2.5e-3,2.9e-3",
-             "error_noise": "0.3e-3,1.5e-3", "required_snr": "0.3e-3,1.5e-3"}
 RANGE_HELP = "start:NUM:stop (NUM values, as numpy.linspace) or a comma list"
 
 
@@ -24,19 +23,20 @@ def _common_arguments(parser):
 
 
 def compute_parser(kind, prog, description, example):
-    """Parser of a compute script; kind in 'error_nonoise', 'error_noise', 'required_snr'."""
+    """Parser of a compute script; kind a key of :data:`ivim_common.constants.SIMULATION_KINDS`."""
     parser = cli.ArgumentParser(prog=prog, description=description, epilog=example)
-    noisy = kind != "error_nonoise"
+    snr_kind = SIMULATION_KINDS[kind].snr
+    noisy = snr_kind is not None
     parser.add_argument("-model", required=True, choices=constants.APPROACHES,
                         help="fitting approach (as ivim_fitting.py)")
     parser.add_argument("-ofolder", required=True,
                         help="output folder (created if needed) for sim_results_<yymmddHHMMSS>.npz and .json")
-    parser.add_argument("-bval", default=DEFAULT_BVALS,
-                        help="comma-separated b-values in s/mm² (default: %(default)s)")
-    if kind == "error_noise":
+    parser.add_argument("-bval", type=cli.bval_list, default=DEFAULT_BVALS,
+                        help="comma-separated b-values in s/mm², at least 4 distinct (default: %(default)s)")
+    if snr_kind == "fixed":
         parser.add_argument("-snr", type=cli.positive_float, required=True,
                             help=f"SNR = S0/σ of the noise, with S0 = {constants.S0_TRUE:g} the true b = 0 signal")
-    if kind == "required_snr":
+    if snr_kind == "start":
         parser.add_argument("-snr", type=cli.positive_float, default=constants.DEFAULT_SNR_START,
                             help="SNR where the search starts (default: %(default)g)")
         parser.add_argument("-condition", choices=constants.CONDITIONS, default="FDstar",
@@ -44,14 +44,13 @@ def compute_parser(kind, prog, description, example):
                                  "and f·D* all <= --max-error (default: %(default)s)")
         parser.add_argument("--max-error", type=cli.positive_float, default=constants.DEFAULT_MAX_ERROR,
                             help="largest acceptable mean |error| in %% (default: %(default)g)")
-    parser.add_argument("-F", default=DEFAULT_F, help=f"true f values: {RANGE_HELP} (default: %(default)s)")
-    parser.add_argument("-Dstar", default=DEFAULT_DSTAR,
+    parser.add_argument("-F", type=cli.fraction_list, default=DEFAULT_F,
+                        help=f"true f values: {RANGE_HELP} (default: %(default)s)")
+    parser.add_argument("-Dstar", type=cli.value_list, default=DEFAULT_DSTAR,
                         help=f"true D* values in mm²/s: {RANGE_HELP} (default: %(default)s)")
-    parser.add_argument("-D", default=DEFAULT_D[kind],
+    parser.add_argument("-D", type=cli.value_list, default=SIMULATION_KINDS[kind].default_D,
                         help=f"true D values in mm²/s: {RANGE_HELP} (default: %(default)s)")
-    parser.add_argument("--engine", choices=constants.ENGINES, default="fast",
-                        help="fitting engine: fast (compiled, default) or lmfit (the original's "
-                             "differential evolution, ~2 s per fit: tiny grids only)")
+    cli.add_engine_argument(parser)
     parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
                         help="one-step bounds: 2020 (the original's code since Dec 2020, default) or "
                              "2019 (the code behind the published results); not for two-step")
@@ -67,7 +66,7 @@ def compute_parser(kind, prog, description, example):
                                  "rician: |S + N(0,σ) + i·N(0,σ)|, magnitude data with its noise floor")
     parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
                         help="worker processes for the fits (default: all cores)")
-    parser.add_argument("--shard", metavar="K/N",
+    parser.add_argument("--shard", metavar="K/N", type=cli.shard_spec, default=(1, 1),
                         help="compute only shard K of N of the grid (K = 1..N, N <= grid cells), e.g. for "
                              "a job array; merge the shard files with ivim_simu_plot.py")
     _common_arguments(parser)
@@ -100,37 +99,38 @@ def run_compute(kind, parser, argv=None):
     if args.model == "two-step" and args.bounds_version is not None:
         parser.error("--bounds-version applies to -model one-step only (two-step has one set of bounds)")
     args.bounds_version = args.bounds_version or "2020"
+    n_cells = len(args.F) * len(args.Dstar) * len(args.D)
+    if getattr(args, "snr", 1.0) > constants.SNR_CAP:
+        parser.error(f"argument -snr: must be <= {constants.SNR_CAP:g} (the search's cap), got {args.snr:g}")
+    if args.shard[1] > n_cells:
+        parser.error(f"argument --shard: {args.shard[1]} shards but the grid has only {n_cells} cells")
     return cli.run(lambda a: _compute(kind, a, parser.prog, argv), args, parser.prog)
 
 
 def _compute(kind, args, prog, argv):
-    from . import io
+    from . import engines, io
     from . import simulation as simu
 
-    values = dict(bvals=simu.parse_bvals(args.bval), F_range=simu.parse_values(args.F, "-F"),
-                  Dstar_range=simu.parse_values(args.Dstar, "-Dstar"), D_range=simu.parse_values(args.D, "-D"))
-    if values["F_range"].max() > 1:
-        raise InputError(f"-F: f is a fraction, every value must be <= 1 (got {args.F!r})")
-    sim = simu.Simulation(approach=args.model, bounds_version=args.bounds_version, engine=args.engine,
+    sim = simu.Simulation(bvals=args.bval, F_range=args.F, Dstar_range=args.Dstar, D_range=args.D,
+                          approach=args.model, bounds_version=args.bounds_version, engine=args.engine,
                           seed=args.seed, n_draws=getattr(args, "n_draws", 1),
-                          noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or os.cpu_count() or 1,
-                          **values)
-    shard = simu.parse_shard(args.shard, sim.n_cells) if args.shard else (1, 1)
+                          noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or os.cpu_count() or 1)
+    shard = args.shard
     path = simu.result_path(args.ofolder, shard)
     outputs = [path, simu.sidecar_path(path)]
     io.check_outputs(outputs, args.force)
 
-    from .voxelpool import prepare_engine
-    prepare_engine(sim.engine, announce=args.verbose >= 1)    # before the progress bar starts
+    engines.get(sim.engine).prepare(announce=args.verbose >= 1)    # before the progress bar starts
     elapsed = simu.timer()
     n_cells = len(simu.shard_cells(sim.n_cells, *shard))
     if args.verbose >= 2:
         print(f"{kind}: {n_cells} grid cells (shard {shard[0]}/{shard[1]}), {sim}", file=sys.stderr)
+    snr_kind = SIMULATION_KINDS[kind].snr
     with _progress(n_cells, args.verbose) as bar:
-        if kind == "required_snr":
+        if snr_kind == "start":
             arrays = simu.run_required_snr(sim, args.condition, args.max_error, args.snr, shard, bar.update)
         else:
-            arrays = simu.run_errors(sim, args.snr if kind == "error_noise" else None, shard, bar.update)
+            arrays = simu.run_errors(sim, args.snr if snr_kind == "fixed" else None, shard, bar.update)
     run_time = elapsed()
     doc = simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time)
     with io.staged_outputs(outputs) as tmp:
@@ -146,7 +146,7 @@ def summary(arrays):
 
     lines = []
     for i_d, d in enumerate(arrays["D_range"]):
-        if str(arrays["kind"]) == "required_snr":
+        if SIMULATION_KINDS[str(arrays["kind"])].snr == "start":
             snr = arrays["min_snr"][..., i_d]
             finite = snr[np.isfinite(snr)]
             text = (f"required SNR median {np.median(finite):.4g} [{finite.min():.4g}, {finite.max():.4g}]"

@@ -26,17 +26,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import io, model
-from .constants import (CONDITIONS, DEFAULT_MAX_ERROR, DEFAULT_N_DRAWS, DEFAULT_SNR_START, ENGINES,
-                        NOISE_MODELS, S0_TRUE)
+from . import engines, io, model
+from .api import IvimModel
+from .constants import (CONDITIONS, DEFAULT_MAX_ERROR, DEFAULT_N_DRAWS, DEFAULT_SNR_START, ERROR_PARAMETERS,
+                        NOISE_MODELS, S0_TRUE, SIMULATION_KINDS, SNR_CAP)
 from .errors import InputError
-from .voxelpool import fit_in_chunks
 
-ERR_ORDER = ("f", "Dstar", "D", "fDstar")
-KINDS = ("error_nonoise", "error_noise", "required_snr")
+ERR_ORDER = tuple(ERROR_PARAMETERS)
 PERCENTILES = (5, 50, 95)
 
-SNR_CAP = 1e5        # a cell still failing at this SNR is "not reachable" (NaN)
 SNR_FLOOR = 1.0      # a cell passing at this SNR stops there
 BISECT_ABS = 1.0     # the search stops when the bracket is within 1 SNR unit ...
 BISECT_REL = 0.005   # ... or 0.5 % of its upper end
@@ -50,7 +48,7 @@ SNR_DEFINITION = f"SNR = S0/sigma with S0 = {S0_TRUE:g}, the true signal at b = 
 ERROR_DEFINITION = ("error of p in % = 100*(p_hat - p)/p per noise draw, p in (f, Dstar, D, f*Dstar); "
                     "failed fits are counted in n_failed and left out")
 ARRAY_DESCRIPTIONS = {
-    "kind": "'error_nonoise' | 'error_noise' | 'required_snr'",
+    "kind": " | ".join(f"'{kind}'" for kind in SIMULATION_KINDS),
     "F_range": "true f values (rows of the grid)",
     "Dstar_range": "true D* values, mm^2/s",
     "D_range": "true D values, mm^2/s",
@@ -71,56 +69,6 @@ ARRAY_DESCRIPTIONS = {
 # Arrays with one value per grid cell in their last 3 axes: the ones shards fill in.
 CELL_ARRAYS = ("mean_abs_err", "sd_abs_err", "mean_signed_err", "pct_signed_err", "n_failed",
                "min_snr", "mean_err_at_min_snr")
-
-
-# ----------------------------------------------------------------------------------------------
-# Parsing
-
-def parse_values(text, name, positive=True):
-    """Parse ``start:NUM:stop`` (NUM values, as numpy.linspace) or a comma list of numbers.
-
-    Raises
-    ------
-    InputError
-        With one line naming ``name`` when the text cannot be parsed or a value is not finite
-        (or not > 0 when ``positive``).
-    """
-    text = str(text).strip()
-    try:
-        if ":" in text:
-            start, num, stop = text.split(":")
-            values = np.linspace(float(start), float(stop), int(num))
-        else:
-            values = np.array([float(v) for v in text.split(",") if v.strip()])
-    except ValueError:
-        raise InputError(f"{name}: cannot read {text!r}; expected start:NUM:stop (NUM values) "
-                         "or a comma-separated list") from None
-    if values.size == 0 or not np.all(np.isfinite(values)):
-        raise InputError(f"{name}: {text!r} gives no finite values")
-    if positive and np.any(values <= 0):
-        raise InputError(f"{name}: every value must be > 0 (got {text!r})")
-    return values
-
-
-def parse_bvals(text):
-    """b-values (s/mm²) from a comma list; at least 4 distinct values, all >= 0."""
-    bvals = parse_values(text, "-bval", positive=False)
-    if np.any(bvals < 0) or np.unique(bvals).size < 4:
-        raise InputError(f"-bval: need at least 4 distinct b-values >= 0 (got {text!r})")
-    return bvals
-
-
-def parse_shard(text, n_cells):
-    """``K/N`` (1 <= K <= N <= n_cells, the number of grid cells) -> (K, N)."""
-    try:
-        k, n = (int(v) for v in str(text).split("/"))
-    except ValueError:
-        raise InputError(f"--shard: expected K/N, e.g. 2/8 (got {text!r})") from None
-    if not 1 <= k <= n:
-        raise InputError(f"--shard: need 1 <= K <= N (got {text!r})")
-    if n > n_cells:
-        raise InputError(f"--shard: {n} shards but the grid has only {n_cells} cells (got {text!r})")
-    return k, n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,12 +107,11 @@ class Simulation:
 
     def __post_init__(self):
         model.settings(self.approach, self.bounds_version)  # validates both
-        if self.engine not in ENGINES:
-            raise ValueError(f"unknown engine {self.engine!r}")
+        engines.get(self.engine)
         if self.noise not in NOISE_MODELS:
             raise ValueError(f"unknown noise model {self.noise!r}")
         if self.n_draws < 1:
-            raise InputError(f"--n-draws: need at least 1 draw (got {self.n_draws})")
+            raise ValueError(f"n_draws: need at least 1 draw (got {self.n_draws})")
 
     @property
     def shape(self):
@@ -234,10 +181,9 @@ def _fit(sim, signal, voxel_ids):
 
     The voxels are split over ``sim.jobs`` worker processes (ivim_common.voxelpool).
     """
-    out = fit_in_chunks(sim.bvals, signal, voxel_ids, approach=sim.approach,
-                        bounds_version=sim.bounds_version, engine=sim.engine, seed=sim.seed,
-                        jobs=sim.jobs, progress=False)
-    est = np.stack([out["Fivim"], out["Dstar"], out["D"], out["FivimXDstar"]], axis=-1)
+    fitter = IvimModel(sim.bvals, sim.approach, sim.bounds_version, sim.engine)
+    out = fitter.fit_voxels(signal, voxel_ids, jobs=sim.jobs, seed=sim.seed)
+    est = np.stack([out[ERROR_PARAMETERS[name]] for name in ERR_ORDER], axis=-1)
     est[out["exception"] != 0] = np.nan
     return est
 
@@ -346,7 +292,7 @@ def required_snr(sim, cells, condition="FDstar", max_error=DEFAULT_MAX_ERROR,
         the largest SNR found failing (0 if none); ``n_steps`` the number of search steps.
     """
     if not 0 < snr_start <= SNR_CAP:
-        raise InputError(f"-snr: the starting SNR must be in (0, {SNR_CAP:g}] (got {snr_start:g})")
+        raise ValueError(f"snr_start: the starting SNR must be in (0, {SNR_CAP:g}] (got {snr_start:g})")
     cells = np.asarray(cells, dtype=int)
     n = len(cells)
     passing = np.full(n, np.inf)       # smallest SNR found passing
@@ -442,7 +388,7 @@ def load_results(path):
             arrays = {name: data[name] for name in data.files}
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read as a simulation result (.npz): {exc}") from None
-    if "kind" not in arrays or str(arrays["kind"]) not in KINDS:
+    if "kind" not in arrays or str(arrays["kind"]) not in SIMULATION_KINDS:
         raise InputError(f"{path}: not a simulation result of this toolbox (no valid 'kind' array)")
     arrays.setdefault("shard", np.array([1, 1]))
     return arrays
@@ -515,7 +461,8 @@ def sidecar(arrays, provenance, sim=None, run_time_s=None, extra=None):
     """JSON-ready description of a result: provenance (tool, version, command, cwd, date, from
     ivim_common.io.provenance), settings, model, grid, noise, and what each array holds."""
     settings = json.loads(str(arrays["settings"]))
-    noisy = str(arrays["kind"]) != "error_nonoise"
+    search = SIMULATION_KINDS[str(arrays["kind"])].snr == "start"
+    noisy = SIMULATION_KINDS[str(arrays["kind"])].snr is not None
     doc = {
         **provenance,
         "kind": str(arrays["kind"]),
@@ -537,7 +484,7 @@ def sidecar(arrays, provenance, sim=None, run_time_s=None, extra=None):
         "arrays": {name: ARRAY_DESCRIPTIONS[name] for name in arrays},
         "run_time_s": None if run_time_s is None else round(run_time_s, 3),
     }
-    if str(arrays["kind"]) == "required_snr":
+    if search:
         doc["search"] = {"condition": settings["condition"], "max_error_percent": settings["max_error"],
                          "snr_start": settings["snr_start"], "snr_cap": SNR_CAP, "snr_floor": SNR_FLOOR,
                          "rule": ("x3 while failing, /2 while passing, then bisection until the bracket "

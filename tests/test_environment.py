@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from ivim_common import BLAS_THREAD_VARIABLES, fit, voxelpool
+from ivim_common import BLAS_THREAD_VARIABLES, voxelpool
 
 # Not from conftest, which sets the variables: the worker processes import this module.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -20,7 +20,8 @@ def _environment_without_blas_variables():
 
 def test_importing_the_package_leaves_the_environment_alone():
     code = ("import os; before = dict(os.environ)\n"
-            "from ivim_common import fit, io, simulation, voxelpool\n"
+            "from ivim_common import IvimModel, api, engines, io, simulation, viewer, voxelpool\n"
+            "from ivim_common.engines import fast, lmfit_reference\n"
             "assert dict(os.environ) == before, set(os.environ) - set(before)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                             env=_environment_without_blas_variables(), timeout=60)
@@ -43,16 +44,15 @@ def test_scripts_run_with_one_blas_thread(entry):
     assert result.stdout.splitlines()[-1] == "['1', '1', '3']"
 
 
-def _report_blas_threads(bvals, signal, voxel_ids=None, **options):
-    """Stand-in for fit.fit_voxels in a worker: every output is the worker's OPENBLAS_NUM_THREADS."""
-    value = float(os.environ.get("OPENBLAS_NUM_THREADS", 0))
-    return {name: np.full(len(signal), value) for name in fit.OUTPUT_NAMES}
+def _report_blas_threads(signal, voxel_ids):
+    """Run in a worker: every output is the worker's OPENBLAS_NUM_THREADS."""
+    return {"threads": np.full(len(signal), float(os.environ.get("OPENBLAS_NUM_THREADS", 0)))}
 
 
 def test_workers_get_one_blas_thread_and_this_process_keeps_its_environment(monkeypatch):
     for var in BLAS_THREAD_VARIABLES:
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(fit, "fit_voxels", _report_blas_threads)
-    out = voxelpool.fit_in_chunks([0.0, 500.0], np.ones((4, 2)), jobs=2, chunk_size=1, progress=False)
-    assert np.all(out["S0"] == 1)
+    out = voxelpool.map_chunks(_report_blas_threads, np.ones((4, 2)), np.arange(4), jobs=2, chunk_size=1,
+                               progress=False)
+    assert np.array_equal(out["threads"], np.ones(4))
     assert not any(var in os.environ for var in BLAS_THREAD_VARIABLES)

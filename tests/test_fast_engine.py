@@ -1,4 +1,4 @@
-"""The fast engine: exact amplitude step, agreement with the lmfit reference, determinism."""
+"""The fast engine: its kernels, agreement with the lmfit reference, determinism."""
 import subprocess
 import sys
 import time
@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from conftest import BVALS
-from ivim_common import fit, model, voxelpool
+from ivim_common import IvimModel, model
+from ivim_common.constants import OUTPUT_NAMES
+from ivim_common.engines import fast
+
+
+def fit_maps(signal, approach="one-step", bounds_version="2020", engine="fast", **options):
+    """The maps of the public API's fit of rows of signal, as a dict of 1-D arrays."""
+    return IvimModel(BVALS, approach, bounds_version, engine).fit(signal, **options).maps
 
 
 def _noisy(n, snr, seed, bvals=BVALS):
@@ -35,7 +42,7 @@ def test_amplitudes_match_brute_force():
         x1 = x2 * np.exp(-BVALS * dstar)
         y = rng.uniform(100, 800) * (rng.uniform(0, 0.5) * x1 + x2) + rng.normal(0, 30, BVALS.size)
         box = (rng.uniform(50, 400), rng.uniform(500, 900), rng.uniform(0, 0.1), rng.uniform(0.15, 0.4))
-        s0, f, rss, face = fit._amplitudes(x1 @ x1, x1 @ x2, x2 @ x2, x1 @ y, x2 @ y, y @ y, *box)
+        s0, f, rss, face = fast._amplitudes(x1 @ x1, x1 @ x2, x2 @ x2, x1 @ y, x2 @ y, y @ y, *box)
         assert box[0] <= s0 <= box[1] and box[2] <= f <= box[3]
         np.testing.assert_allclose(rss, np.sum((s0 * f * x1 + s0 * (1 - f) * x2 - y) ** 2), rtol=1e-7)
         s_grid, f_grid = np.meshgrid(np.linspace(box[0], box[1], 301), np.linspace(box[2], box[3], 301))
@@ -43,7 +50,7 @@ def test_amplitudes_match_brute_force():
         assert rss <= brute.min() * (1 + 1e-9)
         assert rss <= face <= brute[-1].min() * (1 + 1e-9)      # the best with f = f_max
         rows, faces = np.empty(1), np.empty(1)                  # the grid's SIMD version
-        fit._grid_row(np.array([x1 @ x1]), np.array([x1 @ x2]), x2 @ x2, np.array([x1 @ y]), x2 @ y, y @ y,
+        fast._grid_row(np.array([x1 @ x1]), np.array([x1 @ x2]), x2 @ x2, np.array([x1 @ y]), x2 @ y, y @ y,
                       *box, rows, faces)
         np.testing.assert_allclose([rows[0], faces[0]], [rss, face], rtol=1e-12)
 
@@ -53,10 +60,10 @@ def test_kernel_exp_is_numpy_exp():
     rng = np.random.default_rng(2)
     x = np.concatenate([-rng.uniform(0, 708, 200_000), rng.uniform(0, 5, 1000), -rng.uniform(0, 1e-6, 1000),
                         [0.0, -0.0, 1e-300, -1e-300, -708.0, 708.0, -745.0, 710.0]])
-    got = np.array([fit._exp(v) for v in x])
+    got = np.array([fast._exp(v) for v in x])
     ulps = np.abs(got.view(np.int64) - np.exp(np.clip(x, -708, 708)).view(np.int64))  # positive floats
     assert ulps.max() <= 1
-    assert np.isnan(fit._exp(np.nan))
+    assert np.isnan(fast._exp(np.nan))
 
 
 def test_kernel_signal_is_the_model_signal():
@@ -65,11 +72,11 @@ def test_kernel_signal_is_the_model_signal():
     for _ in range(10):
         p = np.array([rng.uniform(100, 900), rng.uniform(0.2e-3, 3e-3), rng.uniform(0, 0.4), rng.uniform(1e-3, 50e-3)])
         y = model.ivim_signal(BVALS, *p) * rng.uniform(0.9, 1.1, BVALS.size)
-        rss = fit._signal_terms(BVALS, y, p, u, w, sig)
+        rss = fast._signal_terms(BVALS, y, p, u, w, sig)
         np.testing.assert_allclose(sig, model.ivim_signal(BVALS, *p), rtol=1e-13)
         np.testing.assert_allclose(rss, np.sum((sig - y) ** 2), rtol=1e-13)
         q = p.copy()
-        rss = fit._project(BVALS, y, q, p * 0 + [1, 0, 0, 0], p * 0 + [1e4, 1, 1, 1], u, w, sig)
+        rss = fast._project(BVALS, y, q, p * 0 + [1, 0, 0, 0], p * 0 + [1e4, 1, 1, 1], u, w, sig)
         np.testing.assert_allclose(sig, model.ivim_signal(BVALS, *q), rtol=1e-13)
         np.testing.assert_allclose(rss, np.sum((sig - y) ** 2), rtol=1e-13)
 
@@ -83,7 +90,7 @@ def test_fast_recovers_many_noise_free_voxels(approach, bounds_version):
                              rng.uniform(0.02, f_max, n), rng.uniform(12e-3, 33e-3, n)])
     if approach == "two-step":   # D is fixed at Dinit: keep D* high enough for Dinit = D
         truth[:, 3] = rng.uniform(20e-3, 33e-3, n)
-    out = fit.fit_voxels(BVALS, model.ivim_signal(BVALS, *truth.T), approach, bounds_version, engine="fast")
+    out = fit_maps(model.ivim_signal(BVALS, *truth.T), approach, bounds_version)
     for j, name in enumerate(model.PARAM_NAMES):
         np.testing.assert_allclose(out[name], truth[:, j], rtol=1e-3, err_msg=name)
 
@@ -91,24 +98,24 @@ def test_fast_recovers_many_noise_free_voxels(approach, bounds_version):
 @pytest.mark.parametrize("approach, bounds_version", [("one-step", "2020"), ("two-step", "2020")])
 def test_fast_rss_no_worse_than_lmfit_reference(approach, bounds_version):
     _, signal = _noisy(4, snr=30, seed=5)
-    fast = fit.fit_voxels(BVALS, signal, approach, bounds_version, engine="fast")
-    ref = fit.fit_voxels(BVALS, signal, approach, bounds_version, engine="lmfit", seed=0)
-    assert np.all(_rss(BVALS, signal, fast) <= _rss(BVALS, signal, ref) * (1 + 1e-6))
+    compiled = fit_maps(signal, approach, bounds_version)
+    ref = fit_maps(signal, approach, bounds_version, engine="lmfit", seed=0)
+    assert np.all(_rss(BVALS, signal, compiled) <= _rss(BVALS, signal, ref) * (1 + 1e-6))
 
 
 def test_fast_results_do_not_depend_on_chunks_or_jobs():
     _, signal = _noisy(300, snr=20, seed=9)
-    runs = [voxelpool.fit_in_chunks(BVALS, signal, jobs=1, chunk_size=c, progress=False) for c in (7, 64, 300)]
-    runs.append(voxelpool.fit_in_chunks(BVALS, signal, jobs=2, chunk_size=64, progress=False))
+    runs = [fit_maps(signal, jobs=1, chunk_size=c) for c in (7, 64, 300)]
+    runs.append(fit_maps(signal, jobs=2, chunk_size=64))
     for other in runs[1:]:
-        for name in fit.OUTPUT_NAMES:
+        for name in OUTPUT_NAMES:
             np.testing.assert_array_equal(other[name], runs[0][name], err_msg=name)
 
 
 def test_fast_path_imports_neither_lmfit_nor_matplotlib():
-    code = ("import sys, numpy as np; from ivim_common import fit, model;"
+    code = ("import sys, numpy as np; from ivim_common import IvimModel, model;"
             "b = np.array([5., 50, 200, 600, 800]);"
-            "fit.fit_voxels(b, model.ivim_signal(b, 600, 1e-3, 0.1, 20e-3)[None], engine='fast');"
+            "IvimModel(b).fit(model.ivim_signal(b, 600, 1e-3, 0.1, 20e-3));"
             "print(sorted(m for m in ('lmfit', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -143,7 +150,7 @@ def test_zero_f_reports_dstar_at_the_middle_of_its_box():
     _, lo, hi, vary = model.nominal_bounds("one-step", "2019", dinit, s0_1mf)
     params, rss = _refine(signal[0], np.array([600.0, 1.2e-3, 0.0, 5e-3]), lo[0], hi[0], vary)
     assert params[2] == 0.0
-    free = fit._newton(BVALS, signal[0], params.copy(), params * 0.5, params * 2, vary, fit._scratch(BVALS.size, *fit._grid_positions(vary)))
+    free = fast._newton(BVALS, signal[0], params.copy(), params * 0.5, params * 2, vary, fast._scratch(BVALS.size, *fast._grid_positions(vary)))
     np.testing.assert_allclose(rss, free, rtol=1e-9)   # the same RSS for any D*
     np.testing.assert_allclose(params[3], 0.5 * (0.95 * lo[0, 3] + 1.05 * hi[0, 3]), rtol=1e-12)
 
@@ -155,17 +162,15 @@ def test_the_fit_lies_in_the_refinement_box_of_a_best_step2_candidate():
     cfg = model.settings("one-step", "2019")
     dinit, s0_1mf = model.initial_estimate(BVALS, signal, cfg["bval_threshold"])
     _, lo, hi, vary = model.nominal_bounds("one-step", "2019", dinit, s0_1mf)
-    final = fit.fit_fast(BVALS, signal, lo, hi, vary)
+    final = fast.fit_fast(BVALS, signal, lo, hi, vary)
     cand, rss2 = np.empty((4, 4)), np.empty(4)
-    scratch = fit._scratch(BVALS.size, *fit._grid_positions(vary))
+    scratch = fast._scratch(BVALS.size, *fast._grid_positions(vary))
     n_distinct = 0
     for v in range(len(signal)):
-        fit._step2(BVALS, signal[v], lo[v], hi[v], vary, *fit._grid_positions(vary), scratch, cand, rss2)
+        fast._step2(BVALS, signal[v], lo[v], hi[v], vary, *fast._grid_positions(vary), scratch, cand, rss2)
         n_distinct += np.isfinite(rss2).sum()
-        tied = np.flatnonzero(rss2 <= rss2.min() * (1 + fit.STEP2_TIE))
-        r_lo, r_hi = model.refinement_bounds(cand[tied], vary)
-        zero_f = cand[tied, 2] <= model.REFINE_F_ZERO[0]      # D* undetermined: its nominal range
-        r_lo[zero_f, 3], r_hi[zero_f, 3] = lo[v, 3] * 0.95, hi[v, 3] * 1.05
+        tied = np.flatnonzero(rss2 <= rss2.min() * (1 + fast.STEP2_TIE))
+        r_lo, r_hi = model.refinement_bounds(cand[tied], vary, lo[[v] * len(tied)], hi[[v] * len(tied)])
         inside = np.all((final[v] >= r_lo * (1 - 1e-12)) & (final[v] <= r_hi * (1 + 1e-12)), axis=1)
         assert inside.any(), v
         resid = model.ivim_signal(BVALS, *final[v]) - signal[v]
@@ -175,39 +180,59 @@ def test_the_fit_lies_in_the_refinement_box_of_a_best_step2_candidate():
 
 def _refine(signal, step2, lo, hi, vary):
     """Step 3 of one voxel from a single step-2 candidate: the refined parameters and RSS."""
-    t_d, t_s = fit._grid_positions(vary)
+    t_d, t_s = fast._grid_positions(vary)
     cand = np.repeat(step2[None, None], 4, axis=1)
     rss2 = np.array([[1.0, np.inf, np.inf, np.inf]])      # the others: repeats of the first
-    params = fit._step3(BVALS, signal[None], cand, rss2, lo[None], hi[None], vary, t_d, t_s,
-                        fit._scratch(BVALS.size, t_d, t_s))[0]
+    params = fast._step3(BVALS, signal[None], cand, rss2, lo[None], hi[None], vary, t_d, t_s,
+                        fast._scratch(BVALS.size, t_d, t_s))[0]
     resid = model.ivim_signal(BVALS, *params) - signal
     return params, resid @ resid
 
 
 def test_a_slow_compile_is_announced_once_it_takes_long(monkeypatch, capsys):
-    """The first run of an installation compiles the engine (some 15 s): the voxel pool says so
-    on stderr once that has taken COMPILE_NOTICE_AFTER_S; a quick load, or progress off, says
-    nothing."""
+    """The first run of an installation compiles the engine (some 15 s): prepare() says so on
+    stderr once that has taken COMPILE_NOTICE_AFTER_S; a quick load, or announce off, says
+    nothing, and a prepared engine is not prepared again in the same process."""
     _, signal = _noisy(3, snr=50, seed=0)
-    voxelpool.prepare_engine("fast", announce=False)        # compiled or loaded: quick from now on
-    real = fit.fit_voxels
+    fast.prepare(announce=False)                  # compiled or loaded: quick from now on
+    real = fast.fit_fast
 
     def slow(*args, **kwargs):
         time.sleep(0.4)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(voxelpool, "COMPILE_NOTICE_AFTER_S", 0.1)
-    monkeypatch.setattr(voxelpool, "_engine_ready", False)  # as in a fresh process
-    voxelpool.fit_in_chunks(BVALS, signal, jobs=1, progress=True)
-    assert voxelpool.COMPILE_NOTICE not in capsys.readouterr().err
-    monkeypatch.setattr(fit, "fit_voxels", slow)
-    monkeypatch.setattr(voxelpool, "_engine_ready", False)
-    voxelpool.fit_in_chunks(BVALS, signal, jobs=1, progress=False)
-    assert voxelpool.COMPILE_NOTICE not in capsys.readouterr().err
-    monkeypatch.setattr(voxelpool, "_engine_ready", False)
-    voxelpool.fit_in_chunks(BVALS, signal, jobs=1, progress=True)
-    assert capsys.readouterr().err.count(voxelpool.COMPILE_NOTICE) == 1
-    voxelpool.fit_in_chunks(BVALS, signal, jobs=1, progress=True)         # prepared: once per process
-    assert voxelpool.COMPILE_NOTICE not in capsys.readouterr().err
-    voxelpool.prepare_engine("lmfit", announce=True)        # nothing to compile
-    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(fast, "COMPILE_NOTICE_AFTER_S", 0.1)
+    monkeypatch.setattr(fast, "_ready", False)    # as in a fresh process
+    fit_maps(signal, progress=True)
+    assert fast.COMPILE_NOTICE not in capsys.readouterr().err
+    monkeypatch.setattr(fast, "fit_fast", slow)
+    monkeypatch.setattr(fast, "_ready", False)
+    fit_maps(signal, progress=False)
+    assert fast.COMPILE_NOTICE not in capsys.readouterr().err
+    monkeypatch.setattr(fast, "_ready", False)
+    fit_maps(signal, progress=True)
+    assert capsys.readouterr().err.count(fast.COMPILE_NOTICE) == 1
+    fit_maps(signal, progress=True)               # prepared: once per process
+    assert fast.COMPILE_NOTICE not in capsys.readouterr().err
+
+
+def test_each_kernel_compiles_one_specialisation():
+    """The kernels get the array layouts they were compiled for: in a fresh process, fitting
+    voxels with several refinement jobs each (noisy ties, zero f) after prepare() adds no
+    second specialisation of any kernel."""
+    code = """if True:
+        import numpy as np
+        from ivim_common import IvimModel, model
+        from ivim_common.engines import fast
+        b = np.array([5., 10, 20, 30, 50, 75, 150, 250, 600, 700, 800])
+        fast.prepare(announce=False)
+        rng = np.random.default_rng(3)
+        noisy = model.ivim_signal(b, 600.0, 1e-3, rng.uniform(0, 0.2, 200), 20e-3) + rng.normal(0, 30, (200, b.size))
+        flat = model.ivim_signal(b, 600.0, 1.2e-3, 0.0, 20e-3) * (1 + np.linspace(0, 0.02, b.size))
+        IvimModel(b, bounds_version="2019").fit(np.vstack([np.abs(noisy), flat, flat]))
+        kernels = [k for k in vars(fast).values() if hasattr(k, "signatures")]
+        print(len(kernels), sorted(k.__name__ for k in kernels if len(k.signatures) > 1))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    n_kernels, multiple = out.stdout.split(" ", 1)
+    assert int(n_kernels) > 10 and multiple.strip() == "[]", out.stdout

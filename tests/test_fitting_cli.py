@@ -14,8 +14,9 @@ import ivim_fitting
 from conftest import AFFINE, BVALS, NAN_VOXEL, NONPOS_VOXEL, REPO, run_script, write_dataset
 
 TEST_DATA = os.path.join(REPO, "test_data")
-from ivim_common import fit, io, model
-from ivim_common.errors import InputError
+from ivim_common import IvimFit, IvimModel, engines, io, model
+from ivim_common.constants import OUTPUT_NAMES
+from ivim_common.errors import InputError, OutputExistsError
 
 CLI_ENGINE = "fast"
 
@@ -36,7 +37,7 @@ def base_args(data, out):
 
 def read_maps(folder):
     """{name: nibabel image} of the 8 maps in an output folder."""
-    return {name: nib.load(os.path.join(folder, f"{name}_map.nii.gz")) for name in fit.OUTPUT_NAMES}
+    return {name: nib.load(os.path.join(folder, f"{name}_map.nii.gz")) for name in OUTPUT_NAMES}
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -150,8 +151,7 @@ def test_no_mask_selects_finite_positive_at_lowest_b(dataset):
     expected = np.ones((3, 3, 1), bool)
     expected[0, 0, 0] = expected[0, 1, 0] = False
     np.testing.assert_array_equal(inputs.selected, expected)  # NAN_VOXEL is selected: NaN at b = 30
-    np.testing.assert_array_equal(inputs.voxel_ids, np.flatnonzero(expected))
-    assert inputs.signal.shape == (7, BVALS.size)
+    assert inputs.data.shape == (3, 3, 1, BVALS.size)
     assert inputs.records["mask"] is None
 
 
@@ -215,7 +215,7 @@ def test_sidecar(fitted_run):
     assert (sidecar["approach"], sidecar["bounds_version"], sidecar["engine"], sidecar["seed"]) == \
         ("one-step", "2020", CLI_ENGINE, 0)
     assert sidecar["bounds"] == model.bounds_description("one-step", "2020")
-    assert sidecar["maps"] == {name: f"{name}_map.nii.gz" for name in fit.OUTPUT_NAMES}
+    assert sidecar["maps"] == {name: f"{name}_map.nii.gz" for name in OUTPUT_NAMES}
     assert sidecar["command"].startswith("ivim_fitting.py -i ")
     d_map = read_maps(out)["D"].get_fdata()
     d_fitted = d_map[np.isfinite(d_map) & (d_map != 0)]
@@ -234,7 +234,7 @@ def test_force_replaces_only_toolbox_files(tmp_path, capsys):
     assert code == 0, err
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(os.listdir(out)) == sorted(["notes.txt", "ivim_fitting.json"] +
-                                             [f"{name}_map.nii.gz" for name in fit.OUTPUT_NAMES])
+                                             [f"{name}_map.nii.gz" for name in OUTPUT_NAMES])
     assert nib.load(out / "S0_map.nii.gz").get_data_dtype() == np.float32
     assert sorted(os.listdir(tmp_path)) == ["data", "out"]  # no temporary folder left
 
@@ -273,7 +273,8 @@ def test_failed_forced_run_leaves_the_previous_outputs(tmp_path):
 
 # --------------------------------------------------------------------------- processes
 
-@pytest.mark.parametrize("engine", fit.ENGINES)
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", engines.ENGINES)
 def test_jobs_and_chunks_give_identical_maps(engine, tmp_path):
     data = write_dataset(tmp_path / "data", mask_voxels=3)  # 2 voxels to fit, NAN_VOXEL between them
     common = ["-i", data["dwi"], "-b", data["bval"], "-ma", data["mask"], "--engine", engine, "-v", "0"]
@@ -281,10 +282,11 @@ def test_jobs_and_chunks_give_identical_maps(engine, tmp_path):
     two = run_script("ivim_fitting.py", *common, "-o", tmp_path / "j2", "-j", "2", "--chunk-size", "1")
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     maps1, maps2 = read_maps(tmp_path / "j1"), read_maps(tmp_path / "j2")
-    for name in fit.OUTPUT_NAMES:
+    for name in OUTPUT_NAMES:
         np.testing.assert_array_equal(maps1[name].get_fdata(), maps2[name].get_fdata(), err_msg=name)
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_writes_nothing(dataset, tmp_path):
     out = tmp_path / "out"
     process = subprocess.Popen(
@@ -299,6 +301,7 @@ def test_ctrl_c_exits_130_and_writes_nothing(dataset, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["data"]
 
 
+@pytest.mark.slow
 def test_test_data_matches_published_maps_whatever_the_jobs(tmp_path):
     """Fast engine, 2019 bounds: -j 1 and -j 2 agree exactly, and both agree with the original's maps."""
     common = ["-i", os.path.join(TEST_DATA, "dwi_rl.nii.gz"), "-b", os.path.join(TEST_DATA, "bval_rl.txt"),
@@ -307,7 +310,7 @@ def test_test_data_matches_published_maps_whatever_the_jobs(tmp_path):
     two = run_script("ivim_fitting.py", *common, "-o", tmp_path / "j2", "-j", "2", "--chunk-size", "700")
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     maps1, maps2 = read_maps(tmp_path / "j1"), read_maps(tmp_path / "j2")
-    for name in fit.OUTPUT_NAMES:
+    for name in OUTPUT_NAMES:
         np.testing.assert_array_equal(maps1[name].get_fdata(), maps2[name].get_fdata(), err_msg=name)
     mask = nib.load(os.path.join(TEST_DATA, "cord_seg_dilated.nii.gz")).get_fdata() > 0
     reference = os.path.join(TEST_DATA, "results_you_should_get", "ivim_maps_rl")
@@ -336,3 +339,99 @@ def test_mt_0_runs_one_job_and_summary_is_printed(dataset, tmp_path, capsys):
     assert "fitted 4 voxels, 2 failed" in out and "1 job(s)" in out and str(tmp_path / "out") in out
     with open(tmp_path / "out" / "ivim_fitting.json") as f:
         assert json.load(f)["jobs"] == 1
+
+
+# --------------------------------------------------------------------------- the Python API
+
+TEST_DATA_CASES = [("one-step", "2020", "fast", None), ("two-step", "2020", "fast", None),
+                   pytest.param("one-step", "2020", "lmfit", 3, marks=pytest.mark.slow),
+                   pytest.param("two-step", "2020", "lmfit", 3, marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("approach, bounds_version, engine, n_voxels", TEST_DATA_CASES)
+def test_api_maps_are_the_cli_maps_bit_for_bit(approach, bounds_version, engine, n_voxels, tmp_path, capsys):
+    """The test data (lmfit: a mask of its first few voxels) fitted by ivim_fitting.py and by
+    IvimModel(...).fit(...).to_folder(...) give identical files, and from_folder reads them back."""
+    dwi, bval = os.path.join(TEST_DATA, "dwi_rl.nii.gz"), os.path.join(TEST_DATA, "bval_rl.txt")
+    mask_path = os.path.join(TEST_DATA, "cord_seg_dilated.nii.gz")
+    mask_image = nib.load(mask_path)
+    mask = mask_image.get_fdata() > 0
+    if n_voxels:
+        mask.flat[np.flatnonzero(mask)[n_voxels:]] = False
+        mask_path = _save(tmp_path / "mask.nii.gz", mask.astype(np.int8), mask_image.affine)
+    code, err = call_main(["-i", dwi, "-b", bval, "-ma", mask_path, "-mo", approach, "--engine", engine,
+                           "-o", tmp_path / "cli", "-j", "2", "-v", "0"], capsys)
+    assert code == 0, err
+
+    image = nib.load(dwi)
+    fit = IvimModel(np.loadtxt(bval), approach, bounds_version, engine).fit(image.get_fdata(), mask=mask)
+    fit.to_folder(tmp_path / "api", affine=image)
+    cli_maps, api_maps = read_maps(tmp_path / "cli"), read_maps(tmp_path / "api")
+    for name in OUTPUT_NAMES:
+        assert cli_maps[name].header.get_sform(coded=True)[1] == api_maps[name].header.get_sform(coded=True)[1]
+        np.testing.assert_array_equal(np.asarray(api_maps[name].dataobj), np.asarray(cli_maps[name].dataobj),
+                                      err_msg=name)
+        np.testing.assert_array_equal(api_maps[name].affine, cli_maps[name].affine)
+    for folder in ("cli", "api"):
+        back = IvimFit.from_folder(tmp_path / folder)
+        assert (back.model.approach, back.model.engine) == (approach, engine)
+        np.testing.assert_array_equal(back.mask, mask)
+        for name in OUTPUT_NAMES:
+            np.testing.assert_array_equal(getattr(back, name), np.where(mask, getattr(fit, name).astype(np.float32),
+                                                                         np.nan), err_msg=name)
+    with open(tmp_path / "cli" / "ivim_fitting.json") as f:
+        cli_sidecar = json.load(f)
+    with open(tmp_path / "api" / "ivim_fitting.json") as f:
+        api_sidecar = json.load(f)
+    same = ("bvals", "model", "approach", "bounds_version", "bounds", "engine", "seed", "maps", "counts", "summary")
+    assert {k: api_sidecar[k] for k in same} == {k: cli_sidecar[k] for k in same}
+    assert api_sidecar["command"] is None and cli_sidecar["command"].startswith("ivim_fitting.py")
+
+
+def test_api_shapes_mask_and_predict():
+    """Any leading shape; NaN outside the mask; predict reuses the model; fit[index] is one voxel."""
+    rng = np.random.default_rng(4)
+    truth = rng.uniform([400, 0.5e-3, 0.05, 15e-3], [800, 1.5e-3, 0.18, 30e-3], (2, 3, 4))
+    data = model.ivim_signal(BVALS, *np.moveaxis(truth, -1, 0))
+    mask = np.array([[True, False, True], [True, True, False]])
+    fit = IvimModel(BVALS).fit(data, mask=mask)
+    assert fit.S0.shape == fit.f.shape == fit.exception.shape == (2, 3)
+    assert np.isnan(fit.D[~mask]).all() and np.isnan(fit.exception[~mask]).all()
+    np.testing.assert_array_equal(fit.exception[mask], 0)
+    for j, name in enumerate(model.PARAM_NAMES):
+        np.testing.assert_allclose(getattr(fit, name)[mask], truth[mask][:, j], rtol=1e-3)
+    assert fit.f is fit.Fivim
+    predicted = fit.predict(BVALS)
+    assert predicted.shape == data.shape
+    np.testing.assert_allclose(predicted[mask], data[mask], rtol=1e-5)
+    assert np.isnan(predicted[~mask]).all()
+    one = fit[1, 0]
+    assert one.f == fit.f[1, 0] and one.predict([0, 800]).shape == (2,)
+    single = IvimModel(BVALS).fit(data[0, 0])               # one voxel: 0-d maps
+    assert single.D.shape == () and single.D == pytest.approx(truth[0, 0, 1], rel=1e-3)
+
+
+def test_api_accepts_an_object_with_bvals_and_checks_its_inputs():
+    class GradientTable:            # what the API needs of dipy's
+        bvals = BVALS
+
+    assert np.array_equal(IvimModel(GradientTable()).bvals, BVALS)
+    with pytest.raises(ValueError, match="3 distinct b-values, one-step needs at least 4"):
+        IvimModel([0, 0, 400, 800, 800])
+    with pytest.raises(ValueError, match="unknown engine"):
+        IvimModel(BVALS, engine="gpu")
+    with pytest.raises(ValueError, match=r"data: expected shape \(\.\.\., 11\)"):
+        IvimModel(BVALS).fit(np.ones((3, 10)))
+    with pytest.raises(ValueError, match=r"mask: expected shape \(3,\)"):
+        IvimModel(BVALS).fit(np.ones((3, 11)), mask=np.ones(4, bool))
+
+
+def test_api_to_folder_refuses_an_existing_folder(tmp_path):
+    fit = IvimModel(BVALS).fit(model.ivim_signal(BVALS, 600.0, 1e-3, 0.1, 20e-3)[None, None])
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OutputExistsError, match="already exists"):
+        fit.to_folder(tmp_path / "out")
+    fit.to_folder(tmp_path / "out", force=True)
+    back = IvimFit.from_folder(tmp_path / "out")
+    assert back.S0.shape == (1, 1, 1) and back.f[0, 0, 0] == pytest.approx(0.1, rel=1e-3)
+    np.testing.assert_array_equal(read_maps(tmp_path / "out")["S0"].affine, np.eye(4))

@@ -1,9 +1,16 @@
-"""Parameter recovery on noise-free synthetic voxels, and the shared initialisation."""
+"""Parameter recovery on noise-free synthetic voxels, the shared initialisation and the
+refinement rules, through the public API where it reaches."""
 import numpy as np
 import pytest
 
 from conftest import BVALS
-from ivim_common import fit, model
+from ivim_common import IvimModel, engines, model
+from ivim_common.constants import OUTPUT_NAMES
+from ivim_common.engines import fast
+
+
+def fit_maps(signal, approach="one-step", bounds_version="2020", engine="fast", bvals=BVALS, **options):
+    return IvimModel(bvals, approach, bounds_version, engine).fit(signal, **options).maps
 
 # Truths (S0, D, Fivim, Dstar) inside each approach's bounds.  For two-step D is fixed at Dinit,
 # the slope of ln S on b >= 500: with D* >= 20e-3 the perfusion term there is below 1e-5 of the
@@ -15,12 +22,13 @@ TRUTHS = {
 }
 
 
-@pytest.mark.parametrize("engine", fit.ENGINES)
+@pytest.mark.parametrize("engine", [pytest.param(e, marks=pytest.mark.slow) if e == "lmfit" else e
+                                    for e in engines.ENGINES])
 @pytest.mark.parametrize("approach, bounds_version", TRUTHS)
 def test_noise_free_recovery(approach, bounds_version, engine):
     truth = np.array(TRUTHS[approach, bounds_version], dtype=float)
     signal = model.ivim_signal(BVALS, *truth.T)
-    out = fit.fit_voxels(BVALS, signal, approach=approach, bounds_version=bounds_version, engine=engine, seed=0)
+    out = fit_maps(signal, approach, bounds_version, engine, seed=0)
     np.testing.assert_array_equal(out["exception"], 0)
     for j, name in enumerate(model.PARAM_NAMES):
         np.testing.assert_allclose(out[name], truth[:, j], rtol=1e-3, err_msg=name)
@@ -53,16 +61,17 @@ def test_initial_estimate_without_high_b():
     np.testing.assert_array_equal(s0_1mf, signal.max(axis=1))
 
 
-@pytest.mark.parametrize("engine", fit.ENGINES)
+@pytest.mark.parametrize("engine", engines.ENGINES)
 def test_failed_voxels_get_nan_and_exception(engine):
-    signal = model.ivim_signal(BVALS, [600.0] * 3, 1e-3, 0.1, 20e-3)
+    signal = model.ivim_signal(BVALS, [600.0] * 4, 1e-3, 0.1, 20e-3)
     signal[0, 2] = np.nan
     signal[1, 5] = np.inf
     signal[2, -1] = -1.0
-    out = fit.fit_voxels(BVALS, signal, engine=engine)
-    np.testing.assert_array_equal(out["exception"], 1)
-    for name in fit.OUTPUT_NAMES[:-1]:
+    out = fit_maps(signal, engine=engine, mask=[True, True, True, False])
+    np.testing.assert_array_equal(out["exception"][:3], 1)
+    for name in OUTPUT_NAMES[:-1]:
         assert np.isnan(out[name]).all(), name
+    assert np.isnan(out["exception"][3])      # outside the mask
 
 
 def test_initial_estimate_needs_two_distinct_high_b_values():
@@ -71,7 +80,7 @@ def test_initial_estimate_needs_two_distinct_high_b_values():
     dinit, s0_1mf = model.initial_estimate(bvals, signal, 500.0)
     np.testing.assert_array_equal(dinit, 2.325e-3)
     np.testing.assert_array_equal(s0_1mf, signal.max(axis=1))
-    out = fit.fit_voxels(bvals, signal, engine="fast")
+    out = fit_maps(signal, bvals=bvals)
     assert np.isfinite([out[k][0] for k in model.PARAM_NAMES]).all() and out["exception"][0] == 0
 
 
@@ -100,8 +109,8 @@ def test_newton_terms_match_finite_differences():
         for p_v, y_v in zip(p, signal):
             u, w, sig = (np.empty(b.size) for _ in range(3))
             grad, gn, hess = np.empty(4), np.zeros((4, 4)), np.zeros((4, 4))
-            fit._signal_terms(b, y_v, p_v, u, w, sig)
-            fit._newton_terms(b, y_v, p_v, u, w, sig, grad, gn, hess)
+            fast._signal_terms(b, y_v, p_v, u, w, sig)
+            fast._newton_terms(b, y_v, p_v, u, w, sig, grad, gn, hess)
             full = lambda m: np.triu(m) + np.triu(m, 1).T  # noqa: E731
             out.append((grad, full(gn), full(hess)))
         return [np.array(t) for t in zip(*out)]
@@ -120,16 +129,52 @@ def test_newton_terms_match_finite_differences():
     assert not np.allclose(hess, gn, rtol=1e-3)     # the residual term matters here
 
 
-@pytest.mark.parametrize("engine", ["fast", "lmfit"])
+@pytest.mark.parametrize("engine", engines.ENGINES)
 def test_non_finite_fit_results_are_failures(engine, monkeypatch):
-    """A fitter returning NaN/Inf for a voxel marks it failed; the other voxels are kept."""
+    """An engine returning NaN/Inf for a voxel marks it failed; the other voxels are kept."""
     truth = np.array([[600.0, 1e-3, 0.1, 20e-3], [500.0, 0.8e-3, 0.15, 25e-3]])
     broken = truth.copy()
     broken[1, 3] = np.inf
-    name = "fit_fast" if engine == "fast" else "fit_lmfit"
-    monkeypatch.setattr(fit, name, lambda *args: broken.copy())
-    out = fit.fit_voxels(BVALS, model.ivim_signal(BVALS, *truth.T), engine=engine)
+    monkeypatch.setattr(engines.get(engine), "fit", lambda *args: {"params": broken.copy()})
+    out = fit_maps(model.ivim_signal(BVALS, *truth.T), engine=engine)
     np.testing.assert_array_equal(out["exception"], [0, 1])
-    assert np.isnan([out[k][1] for k in fit.OUTPUT_NAMES if k != "exception"]).all()
+    assert np.isnan([out[k][1] for k in OUTPUT_NAMES if k != "exception"]).all()
     np.testing.assert_allclose([out[k][0] for k in model.PARAM_NAMES], truth[0])
     assert np.isfinite(out["AIC"][0]) and out["R2"][0] > 0.999
+
+
+def test_refinement_box_rules():
+    """±5 % around each varied step-2 value; where f is 0: f in [0, 0.05] and D* over its nominal
+    range ±5 %; fixed parameters keep their value."""
+    step2 = np.array([[600.0, 1e-3, 0.1, 20e-3], [500.0, 2e-3, 0.0, 8e-3]])
+    lo = np.array([[400.0, 1e-3, 0.0, 2e-3]] * 2)
+    hi = np.array([[900.0, 1e-3, 0.35, 35.5e-3]] * 2)
+    vary = np.array([True, False, True, True])
+    r_lo, r_hi = model.refinement_bounds(step2, vary, lo, hi)
+    np.testing.assert_allclose(r_lo[0], [570.0, 1e-3, 0.095, 19e-3])
+    np.testing.assert_allclose(r_hi[0], [630.0, 1e-3, 0.105, 21e-3])
+    np.testing.assert_allclose(r_lo[1], [475.0, 2e-3, 0.0, 0.95 * 2e-3])
+    np.testing.assert_allclose(r_hi[1], [525.0, 2e-3, 0.05, 1.05 * 35.5e-3])
+    settled = model.settle_undetermined_dstar(step2.copy(), r_lo, r_hi)
+    np.testing.assert_array_equal(settled[0], step2[0])
+    assert settled[1, 3] == pytest.approx(0.5 * (0.95 * 2e-3 + 1.05 * 35.5e-3))
+
+
+def test_reference_engine_refines_in_the_model_box(monkeypatch):
+    """The lmfit reference takes its step-3 box from model.refinement_bounds (where step-2 f is 0:
+    D* over its nominal range ±5 %) and settles an undetermined D* as the fast engine does."""
+    from ivim_common.engines import lmfit_reference
+
+    boxes = []
+
+    def fake_minimize(bvals, signal, start, lo, hi, vary, seed):
+        boxes.append((lo.copy(), hi.copy()))
+        return np.array([600.0, 1e-3, 0.0, 20e-3])      # f = 0 at both steps
+
+    monkeypatch.setattr(lmfit_reference, "_minimize", fake_minimize)
+    init = np.array([[700.0, 1e-3, 0.1, 10e-3]])
+    lo, hi = np.array([[400.0, 0.15e-3, 0.0, 2e-3]]), np.array([[1000.0, 1.2e-3, 0.2, 50e-3]])
+    vary = np.ones(4, dtype=bool)
+    params = lmfit_reference.fit(BVALS, np.ones((1, BVALS.size)), init, lo, hi, vary, np.zeros((1, 2)))["params"]
+    np.testing.assert_allclose([boxes[1][0][3], boxes[1][1][3]], [0.95 * 2e-3, 1.05 * 50e-3])
+    assert params[0, 3] == pytest.approx(0.5 * (0.95 * 2e-3 + 1.05 * 50e-3))

@@ -14,7 +14,9 @@ from matplotlib.backend_bases import KeyEvent, MouseEvent  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 
 import ivim_view_fits  # noqa: E402
-from ivim_common import constants, fit, io, model, plotting  # noqa: E402
+from ivim_common import constants, model  # noqa: E402
+from ivim_common import viewer as view  # noqa: E402
+from ivim_common.constants import OUTPUT_NAMES  # noqa: E402
 
 BVALS = np.array([5, 10, 20, 50, 100, 200, 400, 600, 800], dtype=float)
 SHAPE = (6, 5, 3)
@@ -47,7 +49,7 @@ def fit_dir(tmp_path):
         path = tmp_path / f"{key}.nii.gz"
         nib.save(nib.Nifti1Image(data.astype(np.float32), affine), path)
         inputs[key] = {"path": path.name, "abspath": str(path), "sha256": "not checked"}
-    files = {name: f"{name}_map.nii.gz" for name in fit.OUTPUT_NAMES}
+    files = {name: f"{name}_map.nii.gz" for name in OUTPUT_NAMES}
     for name, filename in files.items():
         nib.save(nib.Nifti1Image(maps[name].astype(np.float32), affine), folder / filename)
     sidecar = {"tool": "ivim_fitting.py", "inputs": inputs, "bvals": BVALS.tolist(),
@@ -64,16 +66,16 @@ def click(viewer, x, y):
 
 
 def make_viewer(folder, **kwargs):
-    viewer = plotting.FitViewer(folder, **kwargs)
+    viewer = view.FitViewer(folder, **kwargs)
     FigureCanvasAgg(viewer.fig)
     viewer.fig.canvas.draw()
     return viewer
 
 
 def test_load_fit_folder_finds_everything_through_the_sidecar(fit_dir):
-    folder = io.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
+    folder = view.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
     assert folder.name == "Fivim"
-    assert list(folder.maps) == list(fit.OUTPUT_NAMES)
+    assert list(folder.maps) == list(OUTPUT_NAMES)
     assert folder.dwi.shape == SHAPE + (len(BVALS),)
     np.testing.assert_array_equal(folder.bvals, BVALS)
     assert folder.mask.sum() == np.prod(SHAPE) - 1
@@ -84,11 +86,11 @@ def test_load_fit_folder_finds_everything_through_the_sidecar(fit_dir):
     comma_bvals = fit_dir.parent / "bvals.txt"
     comma_bvals.write_text(",".join(f"{b:g}" for b in BVALS) + "\n")
     np.testing.assert_array_equal(
-        io.load_fit_folder(str(fit_dir / "D_map.nii.gz"), bvals=str(comma_bvals)).bvals, BVALS)
+        view.load_fit_folder(str(fit_dir / "D_map.nii.gz"), bvals=str(comma_bvals)).bvals, BVALS)
 
 
 def test_click_plots_the_voxel_signal_and_the_model_at_its_parameters(fit_dir):
-    folder = io.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
+    folder = view.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
     reports = []
     viewer = make_viewer(folder, report=reports.append)
     viewer.on_key(KeyEvent("key_press_event", viewer.fig.canvas, key="down"))
@@ -118,7 +120,7 @@ def test_click_plots_the_voxel_signal_and_the_model_at_its_parameters(fit_dir):
 
 
 def test_outside_mask_and_failed_voxels_are_reported_not_fitted(fit_dir):
-    viewer = make_viewer(io.load_fit_folder(str(fit_dir / "D_map.nii.gz")))
+    viewer = make_viewer(view.load_fit_folder(str(fit_dir / "D_map.nii.gz")))
     for ijk, message in ((OUTSIDE, "status: outside the mask"), (FAILED, "status: fit failed")):
         viewer.select(*ijk)
         assert "fit" not in viewer.lines and "measured" in viewer.lines
@@ -131,7 +133,7 @@ def test_outside_mask_and_failed_voxels_are_reported_not_fitted(fit_dir):
 
 def test_map_only_view_without_dwi_still_draws_the_fitted_curve(fit_dir):
     (fit_dir.parent / "dwi.nii.gz").unlink()
-    folder = io.load_fit_folder(str(fit_dir / "R2_map.nii.gz"))
+    folder = view.load_fit_folder(str(fit_dir / "R2_map.nii.gz"))
     assert folder.dwi is None and "dwi" in folder.notes[0] and "not found" in folder.notes[0]
     viewer = make_viewer(folder)
     viewer.select(1, 1, 1)
@@ -145,12 +147,12 @@ def test_voxel_save_and_montage_write_images(fit_dir, tmp_path, capsys, monkeypa
             "--montage", str(page_png), "-param", "cmap=jet,clim=0;0.3", "-plotdir", "ignored"]
     viewers = []
 
-    class RecordedViewer(plotting.FitViewer):
+    class RecordedViewer(view.FitViewer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
             viewers.append(self)
 
-    monkeypatch.setattr(plotting, "FitViewer", RecordedViewer)
+    monkeypatch.setattr(view, "FitViewer", RecordedViewer)
     assert ivim_view_fits.main(argv) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("voxel (x, y, z) = (3, 2, 1) [fitted]")
@@ -234,16 +236,16 @@ def test_usage_errors_exit_2(argv):
 def test_display_param_and_defaults():
     assert ivim_view_fits.display_param("cmap=jet,clim=0;0.3") == {"cmap": "jet", "clim": (0, 0.3)}
     data = np.arange(101.0).reshape(101, 1, 1)
-    assert plotting.map_display("Fivim", data) == ("f (fraction)", "viridis", (0.0, 0.35))
-    assert plotting.map_display("S0", data)[2] == pytest.approx((1.0, 99.0))
-    assert plotting.map_display("D", data, cmap="jet", clim=(0, 1))[1:] == ("jet", (0, 1))
+    assert view.map_display("Fivim", data) == ("f (fraction)", "viridis", (0.0, 0.35))
+    assert view.map_display("S0", data)[2] == pytest.approx((1.0, 99.0))
+    assert view.map_display("D", data, cmap="jet", clim=(0, 1))[1:] == ("jet", (0, 1))
 
 
 def test_montage_has_every_slice_of_every_map_and_param_applies_to_the_opened_map(fit_dir):
-    folder = io.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
-    fig = plotting.montage_figure(folder, cmap="jet", clim=(0.0, 0.3))
+    folder = view.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
+    fig = view.montage_figure(folder, cmap="jet", clim=(0.0, 0.3))
     images = [ax.images[0] for ax in fig.axes if ax.images]
-    assert len(images) == len(fit.OUTPUT_NAMES) * SHAPE[2]
+    assert len(images) == len(OUTPUT_NAMES) * SHAPE[2]
     by_map = dict(zip(folder.maps, images[::SHAPE[2]]))
     assert by_map["Fivim"].get_cmap().name == "jet" and by_map["Fivim"].get_clim() == (0.0, 0.3)
     assert by_map["D"].get_cmap().name == "viridis" and by_map["D"].get_clim() == (0.0, 3e-3)

@@ -1,165 +1,33 @@
-"""IVIM fitters: the lmfit reference (as the original toolbox) and the fast compiled engine.
+"""The fast engine: the toolbox's least-squares problem, solved exactly and compiled by numba.
 
-Both solve the same problem, voxel by voxel:
+Variable projection: for fixed (D, D*) the signal is linear in the amplitudes a = S0·f and
+c = S0·(1 - f), and the bounds on S0 and f are linear constraints on them, so each point of a
+(D, D*) grid costs a closed-form 2-variable constrained least squares.  Four points of each
+voxel's grid seed a box-constrained Newton (Levenberg-Marquardt damped, exact Hessian, so large
+residuals still converge fast; each trial's S0 and f solved exactly the same way) in the
+nominal box; the lowest result is refined in its ±5 % box.
 
-1. the shared initialisation (:func:`ivim_common.model.initial_estimate`);
-2. a fit of all b-values within the nominal bounds (:func:`ivim_common.model.nominal_bounds`);
-3. a refinement within ±5 % of the step-2 values (:func:`ivim_common.model.refinement_bounds`).
-
-:func:`fit_voxels` is the entry point; it returns the maps as a dict of 1-D arrays.
+The engine is compiled by numba, voxel by voxel: a voxel's work is branchy (grid minima,
+active bounds, a few candidates, each converging at its own pace), which numpy could only run
+as masked whole-array passes (bench/bench_engines.py measures it).  The compiled code is cached (see _kernel): only the first run of an installation compiles it.
 """
+import contextlib
 import math
+import sys
+import threading
 
 import numba
 import numpy as np
 
-from . import model
-from .constants import ENGINES, OUTPUT_NAMES  # noqa: F401
+from .. import model
 
-
-def valid_voxels(signal):
-    """True where every sample of a voxel is finite and positive (others are marked failed)."""
-    signal = np.asarray(signal, dtype=float)
-    with np.errstate(invalid="ignore"):
-        return np.isfinite(signal).all(axis=1) & (signal > 0).all(axis=1)
-
-
-def goodness_of_fit(bvals, signal, params, n_varied):
-    """RSS, AIC (lmfit's n·ln(RSS/n) + 2k) and R² (on the signal) of parameters (n_voxels, 4)."""
-    resid = model.ivim_signal(bvals, *params.T) - signal
-    rss = np.einsum("ij,ij->i", resid, resid)
-    n_b = signal.shape[1]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        aic = n_b * np.log(np.maximum(rss, 1e-250 * n_b) / n_b) + 2 * n_varied  # floor as lmfit
-        tss = ((signal - signal.mean(axis=1, keepdims=True)) ** 2).sum(axis=1)
-        r2 = 1.0 - rss / tss
-    return rss, aic, r2
-
-
-def voxel_seeds(seed, voxel_ids):
-    """Two 32-bit seeds per voxel (step 2, refinement) from (seed, flat voxel index).
-
-    They do not depend on chunking or worker count.
-    """
-    return np.array([np.random.SeedSequence([int(seed), int(i)]).generate_state(2)
-                     for i in voxel_ids], dtype=np.uint32).reshape(-1, 2)
-
-
-def _lmfit_minimize(bvals, signal, start, lo, hi, vary, seed):
-    """Differential evolution of lmfit (as the original), one voxel. Returns the 4 parameters."""
-    import lmfit
-
-    params = lmfit.Parameters()
-    for name, v, l, h, free in zip(model.PARAM_NAMES, start, lo, hi, vary):
-        if free:
-            params.add(name, value=v, min=l, max=h)
-        else:  # lmfit refuses min == max
-            params.add(name, value=v, vary=False)
-
-    def residual(p):
-        v = p.valuesdict()
-        return model.ivim_signal(bvals, v["S0"], v["D"], v["Fivim"], v["Dstar"]) - signal
-
-    result = lmfit.minimize(residual, params, method="differential_evolution", seed=int(seed))
-    return np.array([result.params[name].value for name in model.PARAM_NAMES])
-
-
-def fit_lmfit(bvals, signal, init, lo, hi, vary, seeds):
-    """Reference fit: lmfit differential evolution, then the ±5 % refinement, voxel by voxel.
-
-    Parameters
-    ----------
-    bvals : ndarray (n_b,); signal : ndarray (n_voxels, n_b)
-    init, lo, hi : ndarray (n_voxels, 4), nominal start values and bounds
-    vary : ndarray of bool (4,)
-    seeds : ndarray (n_voxels, 2), see :func:`voxel_seeds`
-
-    Returns
-    -------
-    params : ndarray (n_voxels, 4)
-    """
-    out = np.empty_like(init)
-    for i in range(signal.shape[0]):
-        step2 = _lmfit_minimize(bvals, signal[i], init[i], lo[i], hi[i], vary, seeds[i, 0])
-        rlo, rhi = model.refinement_bounds(step2[None], vary)
-        out[i] = _lmfit_minimize(bvals, signal[i], step2, rlo[0], rhi[0], vary, seeds[i, 1])
-    return out
-
-
-def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine="fast",
-               seed=0, voxel_ids=None):
-    """Fit the IVIM model to many voxels.
-
-    Parameters
-    ----------
-    bvals : array_like (n_b,)
-        b-values in s/mm².
-    signal : array_like (n_voxels, n_b)
-    approach : {'one-step', 'two-step'}
-    bounds_version : {'2020', '2019'}
-        One-step bounds (ignored by two-step).
-    engine : {'fast', 'lmfit'}
-    seed : int
-        Seed of the lmfit engine's differential evolution (the fast engine draws nothing).
-    voxel_ids : array_like of int (n_voxels,), optional
-        Flat indices of the voxels in the volume, from which each voxel's seed derives
-        (default ``arange(n_voxels)``).
-
-    Returns
-    -------
-    dict of ndarray (n_voxels,)
-        Keys of OUTPUT_NAMES.  Failed voxels (non-finite or non-positive signal, or a fit
-        that returned non-finite values) have NaN parameters and exception = 1.
-    """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
-    bvals = np.asarray(bvals, dtype=float)
-    signal = np.atleast_2d(np.asarray(signal, dtype=float))
-    n = signal.shape[0]
-    voxel_ids = np.arange(n) if voxel_ids is None else np.asarray(voxel_ids)
-    cfg = model.settings(approach, bounds_version)
-
-    ok = valid_voxels(signal)
-    dinit, s0_1mf = model.initial_estimate(bvals, signal[ok], cfg["bval_threshold"])
-    init, lo, hi, vary = model.nominal_bounds(approach, bounds_version, dinit, s0_1mf)
-    if engine == "lmfit":
-        params = fit_lmfit(bvals, signal[ok], init, lo, hi, vary, voxel_seeds(seed, voxel_ids[ok]))
-    else:
-        params = fit_fast(bvals, signal[ok], lo, hi, vary)
-    finite = np.isfinite(params).all(axis=1)      # a fit that did not give numbers failed too
-    fitted = ok.copy()
-    fitted[ok] = finite
-    params = params[finite]
-
-    out = {name: np.full(n, np.nan) for name in OUTPUT_NAMES}
-    for j, name in enumerate(model.PARAM_NAMES):
-        out[name][fitted] = params[:, j]
-    out["FivimXDstar"][fitted] = params[:, 2] * params[:, 3]
-    _, out["AIC"][fitted], out["R2"][fitted] = goodness_of_fit(bvals, signal[fitted], params, int(vary.sum()))
-    out["exception"] = np.where(fitted, 0.0, 1.0)
-    return out
-
-
-# --- The fast engine ---------------------------------------------------------------------------
-# Variable projection: for fixed (D, D*) the signal is linear in the amplitudes a = S0·f and
-# c = S0·(1 - f), and the bounds on S0 and f are linear constraints on them, so each point of a
-# (D, D*) grid costs a closed-form 2-variable constrained least squares.  Four points of each
-# voxel's grid seed a box-constrained Newton (Levenberg-Marquardt damped, exact Hessian, so large
-# residuals still converge fast; each trial's S0 and f solved exactly the same way) in the
-# nominal box; the lowest result is refined in its ±5 % box.
-#
-# The engine is compiled by numba, voxel by voxel: a voxel's work is branchy (grid minima,
-# active bounds, a few candidates, each converging at its own pace), which numpy could only run
-# as masked whole-array passes; compiled, it takes 2-3x less time (bench/bench_engines.py).
-# The compiled code is cached (see _kernel): only the first run of an installation compiles it.
+CHUNK_SIZE = 5000    # voxels: well under a second of work
 
 GRID_D = 12          # points over D in each voxel's box (one-step)
 GRID_DSTAR = 20      # points over D* in each voxel's box
 STEP2_TIE = 1e-6     # step-2 candidates this close (relative RSS) to the lowest are ties
 MAX_ITER = 100       # Newton iterations per start
 RTOL = 1e-11         # Newton stops when an undamped step changes the RSS by less (relative)
-
-
 
 # numba's option for code without its reference counting (its runtime, NRT), with which numba
 # compiles its own hot helpers; should a numba lack it, the kernels compile with counting.
@@ -169,7 +37,7 @@ _NO_NRT = {"_nrt": False} if hasattr(numba.core.options.DefaultOptions, "_nrt") 
 def _kernel(func):
     """Compile with numba, without reference counting: the kernels below allocate nothing
     (fit_fast hands them their scratch, see :func:`_scratch`), and the atomic count updates
-    that their array arguments and views would cost took 40 % of the engine's time.  Cached on
+    that their array arguments and views would cost dominate such short kernels.  Cached on
     disk where numba finds a writable place (beside the package, else its user cache); without
     one, compiled again in each process."""
     try:
@@ -233,7 +101,7 @@ def _amplitudes(g11, g12, g22, h1, h2, yy, s_lo, s_hi, f_lo, f_hi):
 @_kernel
 def _grid_row(g11, g12, g22, h1, h2, yy, s_lo, s_hi, f_lo, f_hi, rss, face):
     """:func:`_amplitudes`' minimum RSS and face RSS along one row of the grid, written without
-    branches so that the compiler runs several grid points at once (SIMD): 25 % less time."""
+    branches so that the compiler runs several grid points at once (SIMD)."""
     for j in range(g11.size):
         a11, a12, b1 = g11[j], g12[j], h1[j]
         hu = f_hi * b1 + (1 - f_hi) * h2
@@ -269,8 +137,7 @@ _C = tuple(1.0 / math.factorial(i) for i in range(14))    # Taylor coefficients 
 def _exp(x):
     """exp(x), within 1 ulp of numpy.exp for |x| <= 708 (x is clamped there, so exp(-inf) is
     3.3e-308, not 0; NaN stays NaN),
-    in a form that the compiler vectorises: a loop of them takes 3-5x less time than one of
-    np.exp.  exp(x) = 2^n·exp(r), n = round(x / ln 2), |r| <= ln(2)/2, exp(r) by its Taylor
+    in a form that the compiler vectorises (np.exp is a call per element).  exp(x) = 2^n·exp(r), n = round(x / ln 2), |r| <= ln(2)/2, exp(r) by its Taylor
     polynomial of degree 13 (remainder below 1e-17)."""
     t = -708.0 if x < -708.0 else (708.0 if x > 708.0 else x)
     shifted = t * _LOG2E + _ROUND            # n in the low bits of its float64
@@ -679,26 +546,24 @@ def _scratch(nb, t_d, t_s):
 
 def _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch):
     """Step 3 of every voxel from its step-2 candidates cand (n, 4, 4) and their RSS (n, 4):
-    Newton in the ±5 % box (:func:`ivim_common.model.refinement_bounds`) of each candidate
+    Newton in the step-3 box (:func:`ivim_common.model.refinement_bounds`) of each candidate
     within STEP2_TIE of the voxel's lowest (once per distinct point); the lowest refined RSS
     wins, the first on ties.  Returns params (n, 4), NaN where every candidate failed.
 
-    Where step-2 f is 0, D* is undetermined, so its box is the nominal range ±5 %, searched from
-    a grid.  Where the refined f is 0, the signal does not depend on D*, which is reported at
-    the middle of its box (the expectation of the reference's random draw); so it is where the
-    refined f is at most the refinement rule's zero."""
+    Where step-2 f is 0, the D* box is the nominal range, searched from a grid rather than
+    polished from the step-2 point; where the refined f is 0, D* is settled by
+    :func:`ivim_common.model.settle_undetermined_dstar`."""
     job = np.empty(rss2.shape, dtype=np.bool_)
     _jobs(cand, rss2, job)
-    voxel, which = np.nonzero(job)           # voxel by voxel, candidates in order
+    # voxel by voxel, candidates in order; np.nonzero's arrays are strided views, and a strided
+    # array would make numba compile a second specialisation of the kernels below
+    voxel, which = (np.ascontiguousarray(a) for a in np.nonzero(job))
     start = cand[voxel, which]
-    r_lo, r_hi = model.refinement_bounds(start, vary)
-    zero_f = start[:, 2] <= model.REFINE_F_ZERO[0]
-    r_lo[zero_f, 3] = lo[voxel[zero_f], 3] * (1 - model.REFINE)
-    r_hi[zero_f, 3] = hi[voxel[zero_f], 3] * (1 + model.REFINE)
+    r_lo, r_hi = model.refinement_bounds(start, vary, lo[voxel], hi[voxel])
+    zero_f = model.f_is_zero(start)
     p, rss = np.empty_like(start), np.empty(len(start))
     _refine_all(bvals, signal, voxel, start, r_lo, r_hi, zero_f, vary, t_d, t_s, scratch, p, rss)
-    flat = p[:, 2] <= model.REFINE_F_ZERO[0]
-    p[flat, 3] = 0.5 * (r_lo[flat, 3] + r_hi[flat, 3])
+    model.settle_undetermined_dstar(p, r_lo, r_hi)
     out = np.full((len(signal), 4), np.nan)
     _pick(voxel, rss, p, out)
     return out
@@ -735,3 +600,47 @@ def fit_fast(bvals, signal, lo, hi, vary):
     cand, rss2 = np.empty((len(signal), 4, 4)), np.empty((len(signal), 4))
     _step2_all(bvals, signal, lo, hi, vary, t_d, t_s, scratch, cand, rss2)
     return _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch)
+
+
+_ready = False      # compiled or loaded in this process
+
+
+def prepare(announce=True):
+    """Compile the kernels (the first run of an installation, some 15 s) or load them from
+    numba's cache, once per process; say so on stderr if ``announce`` and it takes over
+    COMPILE_NOTICE_AFTER_S."""
+    global _ready
+    if _ready:
+        return
+    b = np.array([0.0, 50.0, 400.0, 800.0])
+    signal = model.ivim_signal(b, 1000.0, 1e-3, 0.1, 20e-3)[None]
+    dinit, s0_1mf = model.initial_estimate(b, signal, 400.0)
+    _, lo, hi, vary = model.nominal_bounds("one-step", "2020", dinit, s0_1mf)
+    with _notice_if_slow(announce):       # the same compiled code serves every approach
+        fit_fast(b, signal, lo, hi, vary)
+    _ready = True
+
+
+def fit(bvals, signal, init, lo, hi, vary, seeds):
+    """The engine's entry point (see :mod:`ivim_common.engines`); ``init`` and ``seeds`` are
+    not needed: the grid finds the starts and nothing is random."""
+    return {"params": fit_fast(bvals, signal, lo, hi, vary)}
+
+
+COMPILE_NOTICE_AFTER_S = 3.0
+COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 15 s (the first run of an "
+                  "installation; it is cached for later runs where it can be written)")
+
+
+@contextlib.contextmanager
+def _notice_if_slow(enabled):
+    """Print COMPILE_NOTICE on stderr if the block is still running after COMPILE_NOTICE_AFTER_S."""
+    timer = threading.Timer(COMPILE_NOTICE_AFTER_S, print, args=(COMPILE_NOTICE,),
+                            kwargs=dict(file=sys.stderr, flush=True))
+    timer.daemon = True
+    if enabled:
+        timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()

@@ -1,0 +1,299 @@
+"""The public API: :class:`IvimModel` (an acquisition and how to fit it) and :class:`IvimFit`
+(the maps), in the shape of dipy's ``reconst`` models.
+
+Every fit of the toolbox goes through here: the scripts, the simulations and the viewer.
+"""
+import time
+
+import numpy as np
+
+from . import engines, io, model, voxelpool
+from .constants import MAP_FILES, OUTPUT_NAMES
+
+
+def voxel_seeds(seed, voxel_ids):
+    """Two 32-bit seeds per voxel (step 2, refinement) from (seed, flat voxel index).
+
+    They do not depend on chunking or worker count.
+    """
+    return np.array([np.random.SeedSequence([int(seed), int(i)]).generate_state(2)
+                     for i in voxel_ids], dtype=np.uint32).reshape(-1, 2)
+
+
+def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine="fast",
+               seed=0, voxel_ids=None):
+    """Fit the IVIM model to many voxels, in this process: the work of one chunk.
+
+    Parameters
+    ----------
+    bvals : array_like (n_b,)
+        b-values in s/mm².
+    signal : array_like (n_voxels, n_b)
+    approach : {'one-step', 'two-step'}
+    bounds_version : {'2020', '2019'}
+        One-step bounds (ignored by two-step).
+    engine : str
+        A name of :data:`ivim_common.engines.ENGINES`.
+    seed : int
+        Seed of the engines that draw random numbers (each voxel's from it and its index).
+    voxel_ids : array_like of int (n_voxels,), optional
+        Flat indices of the voxels in the volume, from which each voxel's seed derives
+        (default ``arange(n_voxels)``).
+
+    Returns
+    -------
+    dict of ndarray (n_voxels,)
+        Keys of :data:`ivim_common.constants.OUTPUT_NAMES`.  Failed voxels (non-finite or
+        non-positive signal, or a fit that returned non-finite values) have NaN parameters and
+        exception = 1.
+    """
+    fitter = engines.get(engine)
+    bvals = np.asarray(bvals, dtype=float)
+    signal = np.atleast_2d(np.asarray(signal, dtype=float))
+    n = signal.shape[0]
+    voxel_ids = np.arange(n) if voxel_ids is None else np.asarray(voxel_ids)
+    cfg = model.settings(approach, bounds_version)
+
+    ok = model.valid_voxels(signal)
+    dinit, s0_1mf = model.initial_estimate(bvals, signal[ok], cfg["bval_threshold"])
+    init, lo, hi, vary = model.nominal_bounds(approach, bounds_version, dinit, s0_1mf)
+    params = fitter.fit(bvals, signal[ok], init, lo, hi, vary, voxel_seeds(seed, voxel_ids[ok]))["params"]
+    finite = np.isfinite(params).all(axis=1)      # a fit that did not give numbers failed too
+    fitted = ok.copy()
+    fitted[ok] = finite
+    params = params[finite]
+
+    out = {name: np.full(n, np.nan) for name in OUTPUT_NAMES}
+    for j, name in enumerate(model.PARAM_NAMES):
+        out[name][fitted] = params[:, j]
+    out["FivimXDstar"][fitted] = params[:, 2] * params[:, 3]
+    _, out["AIC"][fitted], out["R2"][fitted] = model.goodness_of_fit(bvals, signal[fitted], params,
+                                                                     int(vary.sum()))
+    out["exception"] = np.where(fitted, 0.0, 1.0)
+    return out
+
+
+class IvimModel:
+    """The IVIM model of one acquisition, and how to fit it.
+
+    ``S(b) = S0·exp(-b·D)·(f·exp(-b·D*) + 1 - f)``: the perfusing pool decays with D + D*
+    (see :mod:`ivim_common.model`).  b in s/mm², D and D* in mm²/s.
+
+    Parameters
+    ----------
+    bvals : array_like (n_b,) or object with a ``bvals`` attribute
+        b-values in s/mm², one per volume (a dipy ``GradientTable`` works).
+    approach : {'one-step', 'two-step'}
+        one-step: S0, D, f, D* free; two-step: D fixed at the log-linear estimate of the high b.
+    bounds_version : {'2020', '2019'}
+        Bounds of one-step (two-step has one set): '2020' the original's code since Dec 2020,
+        '2019' the code behind its published maps.
+    engine : str
+        'fast' (compiled, default) or 'lmfit' (the original's differential evolution, about
+        1-2 s per voxel): see :data:`ivim_common.engines.ENGINES`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ivim_common import IvimModel
+    >>> from ivim_common.model import ivim_signal
+    >>> bvals = [0, 10, 20, 50, 100, 200, 400, 600, 800]
+    >>> signal = ivim_signal(bvals, 1000.0, 1e-3, 0.1, 20e-3)      # S0, D, f, D*
+    >>> fit = IvimModel(bvals).fit(signal)
+    >>> print(f"f = {fit.f:.3f}, D = {fit.D:.2e} mm²/s, D* = {fit.Dstar:.2e} mm²/s")
+    f = 0.100, D = 1.00e-03 mm²/s, D* = 2.00e-02 mm²/s
+    """
+
+    def __init__(self, bvals, approach="one-step", bounds_version="2020", engine="fast"):
+        bvals = np.asarray(getattr(bvals, "bvals", bvals), dtype=float)
+        model.settings(approach, bounds_version)            # checks both
+        engines.get(engine)
+        if bvals.ndim != 1 or not np.isfinite(bvals).all() or (bvals < 0).any():
+            raise ValueError(f"bvals: expected finite b-values >= 0 in one row, got shape {bvals.shape}")
+        if np.unique(bvals).size < model.n_free(approach):
+            raise ValueError(f"bvals: {np.unique(bvals).size} distinct b-values, {approach} needs at "
+                             f"least {model.n_free(approach)}")
+        self.bvals, self.approach, self.bounds_version, self.engine = bvals, approach, bounds_version, engine
+
+    def __repr__(self):
+        return (f"IvimModel({self.bvals.size} b-values, approach={self.approach!r}, "
+                f"bounds_version={self.bounds_version!r}, engine={self.engine!r})")
+
+    def fit_voxels(self, signal, voxel_ids=None, jobs=1, seed=0, chunk_size=None, progress=False):
+        """Fit rows of signal (n_voxels, n_b) in ``jobs`` processes; maps as 1-D arrays.
+
+        ``voxel_ids`` are the voxels' seed keys (default: their row numbers); the results do
+        not depend on ``jobs`` or ``chunk_size``.  Returns the dict of :func:`fit_voxels`.
+        """
+        fitter = engines.get(self.engine)
+        fitter.prepare(announce=progress)        # once here, so workers load it rather than compile
+        signal = np.asarray(signal, dtype=float).reshape(-1, self.bvals.size)
+        if not len(signal):
+            return {name: np.empty(0) for name in OUTPUT_NAMES}
+        voxel_ids = np.arange(len(signal)) if voxel_ids is None else np.asarray(voxel_ids)
+        return voxelpool.map_chunks(fit_voxels, signal, voxel_ids, jobs=jobs,
+                                    chunk_size=chunk_size or fitter.CHUNK_SIZE, progress=progress,
+                                    bvals=self.bvals, approach=self.approach,
+                                    bounds_version=self.bounds_version, engine=self.engine, seed=seed)
+
+    def fit(self, data, mask=None, jobs=1, seed=0, chunk_size=None, progress=False):
+        """Fit every voxel of ``data`` (in ``mask``).
+
+        Parameters
+        ----------
+        data : array_like (..., n_b)
+            Signal, any number of leading axes (one voxel, a list of voxels, a volume).
+        mask : array_like of bool (data.shape[:-1]), optional
+            Voxels to fit (default: all).  A voxel with a NaN, Inf or non-positive sample is
+            marked failed.
+        jobs : int
+            Worker processes (1: this process).  The maps do not depend on it.
+        seed : int
+            Seed of the engines that draw random numbers (lmfit); recorded.
+        chunk_size : int, optional
+            Voxels per chunk of work (default: the engine's).
+        progress : bool
+            A progress bar on stderr (when it is a terminal).
+
+        Returns
+        -------
+        IvimFit
+        """
+        data = np.asarray(data, dtype=float)
+        if data.ndim < 1 or data.shape[-1] != self.bvals.size:
+            raise ValueError(f"data: expected shape (..., {self.bvals.size}), got {data.shape}")
+        shape = data.shape[:-1]
+        mask = np.ones(shape, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
+        if mask.shape != shape:
+            raise ValueError(f"mask: expected shape {shape}, got {mask.shape}")
+        start = time.perf_counter()
+        flat = self.fit_voxels(data[mask], np.flatnonzero(mask), jobs=jobs, seed=seed,
+                               chunk_size=chunk_size, progress=progress)
+        maps = {}
+        for name, values in flat.items():
+            maps[name] = np.full(shape, np.nan)
+            maps[name][mask] = values
+        return IvimFit(self, maps, mask, seed=seed, jobs=jobs, run_time_s=time.perf_counter() - start)
+
+
+class IvimFit:
+    """The maps of an :class:`IvimModel` fit, each of shape ``mask.shape``.
+
+    The maps are properties: ``S0``, ``D``, ``Fivim`` (also ``f``), ``Dstar``, ``FivimXDstar``,
+    ``AIC``, ``R2`` and ``exception``, NaN outside the mask and where the fit failed (there
+    ``exception`` is 1).  Units: D and D* in mm²/s, S0 in those of the data.  Indexing gives
+    the fit of part of the voxels (``fit[3, 4, 0]``: one voxel).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ivim_common import IvimModel
+    >>> from ivim_common.model import ivim_signal
+    >>> bvals = np.array([0, 10, 20, 50, 100, 200, 400, 600, 800])
+    >>> data = ivim_signal(bvals, 1000.0, 1e-3, np.linspace(0.05, 0.15, 6).reshape(2, 3, 1), 20e-3)
+    >>> fit = IvimModel(bvals).fit(data, mask=data[..., 0] > 0)
+    >>> fit.f.shape
+    (2, 3, 1)
+    >>> print(np.round(fit[1, 2, 0].f, 3))
+    0.15
+    >>> np.allclose(fit.predict(bvals), data)
+    True
+    """
+
+    def __init__(self, model, maps, mask, seed=0, jobs=1, run_time_s=None, sidecar=None):
+        self.model, self.mask, self.seed, self.jobs = model, mask, seed, jobs
+        self.run_time_s, self.sidecar = run_time_s, sidecar
+        self._maps = maps
+
+    def __getitem__(self, index):
+        return IvimFit(self.model, {k: v[index] for k, v in self._maps.items()}, self.mask[index],
+                       self.seed, self.jobs, self.run_time_s, self.sidecar)
+
+    @property
+    def shape(self):
+        return self.mask.shape
+
+    @property
+    def maps(self):
+        """Every map, as a dict of arrays named as the files (without ``_map.nii.gz``)."""
+        return dict(self._maps)
+
+    S0 = property(lambda self: self._maps["S0"], doc="Signal at b = 0 (units of the data).")
+    D = property(lambda self: self._maps["D"], doc="Diffusion coefficient (mm²/s).")
+    Fivim = property(lambda self: self._maps["Fivim"], doc="Perfusion fraction (0-1).")
+    f = Fivim
+    Dstar = property(lambda self: self._maps["Dstar"],
+                     doc="Pseudo-diffusion coefficient in excess of D (mm²/s).")
+    FivimXDstar = property(lambda self: self._maps["FivimXDstar"], doc="f·D* (mm²/s).")
+    AIC = property(lambda self: self._maps["AIC"], doc="n·ln(RSS/n) + 2k, as lmfit.")
+    R2 = property(lambda self: self._maps["R2"], doc="Coefficient of determination on the signal.")
+    exception = property(lambda self: self._maps["exception"], doc="1 where the fit failed, else 0.")
+
+    def predict(self, bvals):
+        """The model's signal at ``bvals`` (s/mm²) for every voxel: shape (..., n_b)."""
+        return model.ivim_signal(getattr(bvals, "bvals", bvals), self.S0, self.D, self.Fivim, self.Dstar)
+
+    def sidecar_fields(self):
+        """What the sidecar of a fit folder says of this fit (without provenance and inputs)."""
+        mdl = self.model
+        fitted = self.exception[self.mask] == 0
+        return {
+            "voxel_selection": "the mask given to IvimModel.fit",
+            "bvals": mdl.bvals,
+            **io.model_record(mdl.approach, mdl.bounds_version),
+            "engine": mdl.engine,
+            "seed": self.seed,
+            "jobs": self.jobs,
+            "maps": MAP_FILES,
+            "counts": {"mask_voxels": fitted.size, "fitted": int(fitted.sum()),
+                       "failed": int((~fitted).sum())},
+            "summary": io.median_iqr({k: v[self.mask] for k, v in self._maps.items() if k != "exception"},
+                                     fitted),
+            "run_time_s": None if self.run_time_s is None else round(self.run_time_s, 3),
+        }
+
+    def to_folder(self, folder, affine=None, force=False, sidecar=None):
+        """Write the maps and their sidecar as ``ivim_fitting.py`` does.
+
+        Parameters
+        ----------
+        folder : str
+            Output folder; an existing one only with ``force`` (then only the toolbox's files
+            in it are replaced).  Written complete or not at all.
+        affine : ndarray (4, 4) or nibabel image, optional
+            Voxel-to-world matrix of the maps, or the image whose affine, qform/sform codes and
+            spatial unit they take (the DWI).  Default: the identity.
+        force : bool
+        sidecar : dict, optional
+            Fields added to the sidecar (e.g. provenance and inputs).
+
+        Returns
+        -------
+        dict
+            The sidecar written.
+        """
+        if len(self.shape) > 3:
+            raise ValueError(f"to_folder: maps of {len(self.shape)} dimensions, NIfTI maps hold 3")
+        grid = self.shape + (1,) * (3 - len(self.shape))
+        volumes = {name: np.where(self.mask, v, 0.0).reshape(grid) for name, v in self._maps.items()}
+        doc = {**io.provenance("ivim_common.IvimFit.to_folder", None), **self.sidecar_fields(), **(sidecar or {})}
+        io.write_fit_folder(folder, volumes, np.eye(4) if affine is None else affine, doc, force)
+        return doc
+
+    @classmethod
+    def from_folder(cls, folder):
+        """Read a folder written by ``ivim_fitting.py`` or :meth:`to_folder`.
+
+        The voxels outside the mask (0 in every map) become NaN; with a sidecar, ``model`` is
+        the :class:`IvimModel` it describes, else None (e.g. the original toolbox's maps).
+        """
+        volumes, sidecar = io.read_fit_folder(folder)
+        mask = (volumes["S0"] != 0) | (volumes.get("exception", volumes["S0"]) != 0)
+        maps = {name: np.where(mask, volumes[name], np.nan) if name in volumes else np.full(mask.shape, np.nan)
+                for name in OUTPUT_NAMES}
+        mdl = None
+        if sidecar and sidecar.get("bvals") and sidecar.get("approach"):
+            mdl = IvimModel(sidecar["bvals"], sidecar["approach"], sidecar.get("bounds_version") or "2020",
+                            sidecar.get("engine", "fast"))
+        return cls(mdl, maps, mask, seed=(sidecar or {}).get("seed", 0), jobs=(sidecar or {}).get("jobs", 1),
+                   run_time_s=(sidecar or {}).get("run_time_s"), sidecar=sidecar)
