@@ -69,3 +69,21 @@ def test_ci_runs_the_readme_test_command():
     command = 'python3 -m venv .venv && . .venv/bin/activate && pip install ".[test]" && python -m pytest -q'
     assert f"```bash\n{command}\n```" in readme
     assert command in ci_lines
+
+
+@pytest.mark.slow
+def test_readme_python_api_example_runs(tmp_path):
+    """The README's Python API example, run as written (beside a link to test_data/)."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme[readme.index("## Python API"):]
+    code = section[section.index("```python\n") + 10:section.index("\n```", section.index("```python"))]
+    os.symlink(os.path.join(REPO, "test_data"), tmp_path / "test_data")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": REPO}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    f_median, d_median = (float(v) for v in result.stdout.split())
+    assert 0 < f_median < 0.35 and 0.1e-3 < d_median < 3e-3
+    assert sorted(os.listdir(tmp_path / "maps_from_python")) == sorted(
+        ["ivim_fitting.json"] + [f"{name}_map.nii.gz" for name in
+                                 ("S0", "D", "Fivim", "Dstar", "FivimXDstar", "AIC", "R2", "exception")])
