@@ -5,7 +5,7 @@ import sys
 import textwrap
 import time
 
-from ivim_common import cli, constants, limit_blas_threads
+from ivim_common import cli, constants, engines, limit_blas_threads
 from ivim_common.constants import FIT_SIDECAR, MAP_FILES
 
 PROG = "ivim_fitting.py"
@@ -78,7 +78,7 @@ def fit_to_folder(args, argv):
     io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), FIT_SIDECAR])
     inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
     jobs = 1 if args.mt == 0 else (args.jobs or os.cpu_count())
-    model = IvimModel(inputs.bvals, args.model, args.bounds_version or "2020", args.engine)
+    model = IvimModel(inputs.bvals, args.model, args.bounds_version or "2020", args.engine, **args.engine_options)
     if args.verbose >= 2:
         print(f"{PROG}: {int(inputs.selected.sum())} voxels x {inputs.bvals.size} b-values, "
               f"{inputs.selection}; engine {args.engine}, {jobs} job(s)", file=sys.stderr)
@@ -101,6 +101,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.model == "two-step" and args.bounds_version is not None:
         parser.error("--bounds-version applies to -mo one-step only (two-step has one set of bounds)")
+    args.engine_options = engines.options_of(parser, args)
     return cli.run(lambda a: fit_to_folder(a, argv), args, PROG)
 
 

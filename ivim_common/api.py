@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from . import engines, io, model, voxelpool
-from .constants import MAP_FILES, OUTPUT_NAMES
+from .constants import CORE_MAPS, MAP_FILES, UNCERTAINTY
 
 
 def voxel_seeds(seed, voxel_ids):
@@ -21,7 +21,7 @@ def voxel_seeds(seed, voxel_ids):
 
 
 def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine="fast",
-               seed=0, voxel_ids=None):
+               seed=0, voxel_ids=None, engine_options=None):
     """Fit the IVIM model to many voxels, in this process: the work of one chunk.
 
     Parameters
@@ -39,13 +39,16 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     voxel_ids : array_like of int (n_voxels,), optional
         Flat indices of the voxels in the volume, from which each voxel's seed derives
         (default ``arange(n_voxels)``).
+    engine_options : dict, optional
+        Passed to the engine's ``fit`` (see :mod:`ivim_common.engines`).
 
     Returns
     -------
     dict of ndarray (n_voxels,)
-        Keys of :data:`ivim_common.constants.OUTPUT_NAMES`.  Failed voxels (non-finite or
-        non-positive signal, or a fit that returned non-finite values) have NaN parameters and
-        exception = 1.
+        The maps of :data:`ivim_common.constants.CORE_MAPS`, and ``<param>_sd``,
+        ``<param>_ci_low``, ``<param>_ci_high`` where the engine gives them.  Failed voxels
+        (non-finite or non-positive signal, or a fit that returned non-finite values) have NaN
+        parameters and exception = 1.
     """
     fitter = engines.get(engine)
     bvals = np.asarray(bvals, dtype=float)
@@ -57,15 +60,20 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     ok = model.valid_voxels(signal)
     dinit, s0_1mf = model.initial_estimate(bvals, signal[ok], cfg["bval_threshold"])
     init, lo, hi, vary = model.nominal_bounds(approach, bounds_version, dinit, s0_1mf)
-    params = fitter.fit(bvals, signal[ok], init, lo, hi, vary, voxel_seeds(seed, voxel_ids[ok]))["params"]
-    finite = np.isfinite(params).all(axis=1)      # a fit that did not give numbers failed too
+    seeds = voxel_seeds(seed, voxel_ids[ok]) if getattr(fitter, "RANDOM", False) else None
+    result = fitter.fit(bvals, signal[ok], init, lo, hi, vary, seeds, **(engine_options or {}))
+    finite = np.isfinite(result["params"]).all(axis=1)      # a fit that did not give numbers failed too
     fitted = ok.copy()
     fitted[ok] = finite
-    params = params[finite]
+    params = result["params"][finite]
 
-    out = {name: np.full(n, np.nan) for name in OUTPUT_NAMES}
+    out = {name: np.full(n, np.nan) for name in CORE_MAPS}
     for j, name in enumerate(model.PARAM_NAMES):
         out[name][fitted] = params[:, j]
+        for kind in UNCERTAINTY:
+            if kind in result:
+                out[f"{name}_{kind}"] = np.full(n, np.nan)
+                out[f"{name}_{kind}"][fitted] = result[kind][finite, j]
     out["FivimXDstar"][fitted] = params[:, 2] * params[:, 3]
     _, out["AIC"][fitted], out["R2"][fitted] = model.goodness_of_fit(bvals, signal[fitted], params,
                                                                      int(vary.sum()))
@@ -89,8 +97,11 @@ class IvimModel:
         Bounds of one-step (two-step has one set): '2020' the original's code since Dec 2020,
         '2019' the code behind its published maps.
     engine : str
-        'fast' (compiled, default) or 'lmfit' (the original's differential evolution, about
-        1-2 s per voxel): see :data:`ivim_common.engines.ENGINES`.
+        'fast' (compiled least squares, default), 'lmfit' (the original's differential
+        evolution, about 1-2 s per voxel) or 'bayes' (posterior means, with SD and 95 %
+        intervals): see :data:`ivim_common.engines.ENGINES`.
+    **engine_options
+        Options of the engine's ``image_options`` (e.g. ``prior='empirical'`` for 'bayes').
 
     Examples
     --------
@@ -104,16 +115,20 @@ class IvimModel:
     f = 0.100, D = 1.00e-03 mm²/s, D* = 2.00e-02 mm²/s
     """
 
-    def __init__(self, bvals, approach="one-step", bounds_version="2020", engine="fast"):
+    def __init__(self, bvals, approach="one-step", bounds_version="2020", engine="fast", **engine_options):
         bvals = np.asarray(getattr(bvals, "bvals", bvals), dtype=float)
         model.settings(approach, bounds_version)            # checks both
-        engines.get(engine)
+        fitter = engines.get(engine)
+        if engine_options and not hasattr(fitter, "image_options"):
+            raise ValueError(f"engine {engine!r} takes no options (got {', '.join(engine_options)})")
         if bvals.ndim != 1 or not np.isfinite(bvals).all() or (bvals < 0).any():
             raise ValueError(f"bvals: expected finite b-values >= 0 in one row, got shape {bvals.shape}")
         if np.unique(bvals).size < model.n_free(approach):
             raise ValueError(f"bvals: {np.unique(bvals).size} distinct b-values, {approach} needs at "
                              f"least {model.n_free(approach)}")
         self.bvals, self.approach, self.bounds_version, self.engine = bvals, approach, bounds_version, engine
+        self.engine_options = engine_options
+        self.engine_record = {}         # what the last fit's engine options were, for the sidecar
 
     def __repr__(self):
         return (f"IvimModel({self.bvals.size} b-values, approach={self.approach!r}, "
@@ -129,12 +144,17 @@ class IvimModel:
         fitter.prepare(announce=progress)        # once here, so workers load it rather than compile
         signal = np.asarray(signal, dtype=float).reshape(-1, self.bvals.size)
         if not len(signal):
-            return {name: np.empty(0) for name in OUTPUT_NAMES}
+            return {name: np.empty(0) for name in CORE_MAPS}
         voxel_ids = np.arange(len(signal)) if voxel_ids is None else np.asarray(voxel_ids)
+        options = {}
+        if hasattr(fitter, "image_options"):
+            valid = model.valid_voxels(signal)
+            options, self.engine_record = fitter.image_options(self, signal[valid], jobs, **self.engine_options)
         return voxelpool.map_chunks(fit_voxels, signal, voxel_ids, jobs=jobs,
                                     chunk_size=chunk_size or fitter.CHUNK_SIZE, progress=progress,
                                     bvals=self.bvals, approach=self.approach,
-                                    bounds_version=self.bounds_version, engine=self.engine, seed=seed)
+                                    bounds_version=self.bounds_version, engine=self.engine, seed=seed,
+                                    engine_options=options)
 
     def fit(self, data, mask=None, jobs=1, seed=0, chunk_size=None, progress=False):
         """Fit every voxel of ``data`` (in ``mask``).
@@ -229,6 +249,13 @@ class IvimFit:
     R2 = property(lambda self: self._maps["R2"], doc="Coefficient of determination on the signal.")
     exception = property(lambda self: self._maps["exception"], doc="1 where the fit failed, else 0.")
 
+    def __getattr__(self, name):
+        """The other maps by name, e.g. ``fit.Fivim_sd`` where the engine gave uncertainties."""
+        maps = self.__dict__.get("_maps", {})
+        if name in maps:
+            return maps[name]
+        raise AttributeError(f"{type(self).__name__} has no map or attribute {name!r}")
+
     def predict(self, bvals):
         """The model's signal at ``bvals`` (s/mm²) for every voxel: shape (..., n_b)."""
         return model.ivim_signal(getattr(bvals, "bvals", bvals), self.S0, self.D, self.Fivim, self.Dstar)
@@ -242,9 +269,10 @@ class IvimFit:
             "bvals": mdl.bvals,
             **io.model_record(mdl.approach, mdl.bounds_version),
             "engine": mdl.engine,
+            "engine_options": mdl.engine_record,
             "seed": self.seed,
             "jobs": self.jobs,
-            "maps": MAP_FILES,
+            "maps": {name: MAP_FILES[name] for name in self._maps},
             "counts": {"mask_voxels": fitted.size, "fitted": int(fitted.sum()),
                        "failed": int((~fitted).sum())},
             "summary": io.median_iqr({k: v[self.mask] for k, v in self._maps.items() if k != "exception"},
@@ -289,11 +317,12 @@ class IvimFit:
         """
         volumes, sidecar = io.read_fit_folder(folder)
         mask = (volumes["S0"] != 0) | (volumes.get("exception", volumes["S0"]) != 0)
-        maps = {name: np.where(mask, volumes[name], np.nan) if name in volumes else np.full(mask.shape, np.nan)
-                for name in OUTPUT_NAMES}
+        maps = {name: np.full(mask.shape, np.nan) for name in CORE_MAPS}      # absent: NaN
+        maps.update({name: np.where(mask, v, np.nan) for name, v in volumes.items()})
         mdl = None
         if sidecar and sidecar.get("bvals") and sidecar.get("approach"):
             mdl = IvimModel(sidecar["bvals"], sidecar["approach"], sidecar.get("bounds_version") or "2020",
                             sidecar.get("engine", "fast"))
+            mdl.engine_record = sidecar.get("engine_options") or {}
         return cls(mdl, maps, mask, seed=(sidecar or {}).get("seed", 0), jobs=(sidecar or {}).get("jobs", 1),
                    run_time_s=(sidecar or {}).get("run_time_s"), sidecar=sidecar)

@@ -102,10 +102,11 @@ def shard_spec(text):
 
 
 def add_engine_argument(parser):
-    """``--engine``, its choices and help from the engine registry."""
-    from .engines import ENGINES, help_text
+    """``--engine`` and the engines' options, their choices and help from the engine registry."""
+    from .engines import ENGINES, add_option_arguments, help_text
 
     parser.add_argument("--engine", choices=tuple(ENGINES), default="fast", help=help_text())
+    add_option_arguments(parser)
 
 
 def add_common_arguments(parser):

@@ -71,6 +71,17 @@ PARAMETERS = {
                            "1 where the fit failed (NaN or non-positive signal, or no finite result)", ".0f"),
 }
 MODEL_PARAMETERS = ("S0", "D", "Fivim", "Dstar")      # the model's, in the order fitters use
+CORE_MAPS = tuple(PARAMETERS)                         # written by every fit
+# The uncertainty of each model parameter, where the engine gives it: its standard deviation
+# and the ends of its 95 % interval, in the parameter's unit.
+UNCERTAINTY = {"sd": ("SD of", "standard deviation of"),
+               "ci_low": ("2.5 % of", "lower end (2.5 %) of the 95 % interval of"),
+               "ci_high": ("97.5 % of", "upper end (97.5 %) of the 95 % interval of")}
+for _name in MODEL_PARAMETERS:
+    for _kind, (_short, _long) in UNCERTAINTY.items():
+        _p = PARAMETERS[_name]
+        PARAMETERS[f"{_name}_{_kind}"] = Parameter(f"{_short} {_p.label}", _p.unit, f"{_short} {_p.axis}", None,
+                                                   f"{_long} {_p.label}", _p.fmt, _p.cmap)
 OUTPUT_NAMES = tuple(PARAMETERS)
 
 # What ivim_fitting.py writes and ivim_view_fits.py reads.

@@ -99,6 +99,9 @@ def run_compute(kind, parser, argv=None):
     if args.model == "two-step" and args.bounds_version is not None:
         parser.error("--bounds-version applies to -model one-step only (two-step has one set of bounds)")
     args.bounds_version = args.bounds_version or "2020"
+    from .engines import options_of
+
+    args.engine_options = options_of(parser, args)
     n_cells = len(args.F) * len(args.Dstar) * len(args.D)
     if getattr(args, "snr", 1.0) > constants.SNR_CAP:
         parser.error(f"argument -snr: must be <= {constants.SNR_CAP:g} (the search's cap), got {args.snr:g}")
@@ -114,7 +117,8 @@ def _compute(kind, args, prog, argv):
     sim = simu.Simulation(bvals=args.bval, F_range=args.F, Dstar_range=args.Dstar, D_range=args.D,
                           approach=args.model, bounds_version=args.bounds_version, engine=args.engine,
                           seed=args.seed, n_draws=getattr(args, "n_draws", 1),
-                          noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or os.cpu_count() or 1)
+                          noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or os.cpu_count() or 1,
+                          engine_options=args.engine_options)
     shard = args.shard
     path = simu.result_path(args.ofolder, shard)
     outputs = [path, simu.sidecar_path(path)]

@@ -92,6 +92,9 @@ class Simulation:
     noise : {'gaussian', 'rician'}
     jobs : int
         Worker processes for the fits (1: in this process); the results do not depend on it.
+    engine_options : dict, optional
+        Options of the engine (e.g. ``{"prior": "empirical"}`` for 'bayes': estimated from each
+        batch of fits).
     """
     bvals: np.ndarray
     F_range: np.ndarray
@@ -104,6 +107,7 @@ class Simulation:
     n_draws: int = DEFAULT_N_DRAWS
     noise: str = "gaussian"
     jobs: int = 1
+    engine_options: dict = None
 
     def __post_init__(self):
         model.settings(self.approach, self.bounds_version)  # validates both
@@ -147,9 +151,11 @@ class Simulation:
 
     def settings_json(self):
         """The settings that every shard of one run must share (compared when merging)."""
-        return json.dumps(dict(approach=self.approach, bounds_version=self.bounds_version,
-                               engine=self.engine, seed=self.seed, noise=self.noise,
-                               n_draws=self.n_draws), sort_keys=True)
+        settings = dict(approach=self.approach, bounds_version=self.bounds_version, engine=self.engine,
+                        seed=self.seed, noise=self.noise, n_draws=self.n_draws)
+        if self.engine_options:
+            settings["engine_options"] = self.engine_options
+        return json.dumps(settings, sort_keys=True)
 
 
 def shard_cells(n_cells, k, n):
@@ -181,7 +187,7 @@ def _fit(sim, signal, voxel_ids):
 
     The voxels are split over ``sim.jobs`` worker processes (ivim_common.voxelpool).
     """
-    fitter = IvimModel(sim.bvals, sim.approach, sim.bounds_version, sim.engine)
+    fitter = IvimModel(sim.bvals, sim.approach, sim.bounds_version, sim.engine, **(sim.engine_options or {}))
     out = fitter.fit_voxels(signal, voxel_ids, jobs=sim.jobs, seed=sim.seed)
     est = np.stack([out[ERROR_PARAMETERS[name]] for name in ERR_ORDER], axis=-1)
     est[out["exception"] != 0] = np.nan

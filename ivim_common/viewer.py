@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import io, model
-from .constants import FIT_SIDECAR, MAP_FILES, OUTPUT_NAMES, PARAMETERS
+from .constants import CORE_MAPS, FIT_SIDECAR, MAP_FILES, PARAMETERS
 from .errors import InputError
 
 @dataclasses.dataclass
@@ -64,7 +64,8 @@ class FitFolder:
         """The maps as an :class:`ivim_common.api.IvimFit` (for its curves); needs has_model()."""
         from .api import IvimFit
 
-        maps = {name: self.maps.get(name, np.full(self.shape, np.nan)) for name in OUTPUT_NAMES}
+        maps = {name: np.full(self.shape, np.nan) for name in CORE_MAPS}
+        maps.update(self.maps)
         return IvimFit(None, maps, self.region, sidecar=self.sidecar)
 
     def values(self, ijk):

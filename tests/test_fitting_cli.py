@@ -15,7 +15,7 @@ from conftest import AFFINE, BVALS, NAN_VOXEL, NONPOS_VOXEL, REPO, run_script, w
 
 TEST_DATA = os.path.join(REPO, "test_data")
 from ivim_common import IvimFit, IvimModel, engines, io, model
-from ivim_common.constants import OUTPUT_NAMES
+from ivim_common.constants import CORE_MAPS
 from ivim_common.errors import InputError, OutputExistsError
 
 CLI_ENGINE = "fast"
@@ -37,7 +37,7 @@ def base_args(data, out):
 
 def read_maps(folder):
     """{name: nibabel image} of the 8 maps in an output folder."""
-    return {name: nib.load(os.path.join(folder, f"{name}_map.nii.gz")) for name in OUTPUT_NAMES}
+    return {name: nib.load(os.path.join(folder, f"{name}_map.nii.gz")) for name in CORE_MAPS}
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -215,7 +215,7 @@ def test_sidecar(fitted_run):
     assert (sidecar["approach"], sidecar["bounds_version"], sidecar["engine"], sidecar["seed"]) == \
         ("one-step", "2020", CLI_ENGINE, 0)
     assert sidecar["bounds"] == model.bounds_description("one-step", "2020")
-    assert sidecar["maps"] == {name: f"{name}_map.nii.gz" for name in OUTPUT_NAMES}
+    assert sidecar["maps"] == {name: f"{name}_map.nii.gz" for name in CORE_MAPS}
     assert sidecar["command"].startswith("ivim_fitting.py -i ")
     d_map = read_maps(out)["D"].get_fdata()
     d_fitted = d_map[np.isfinite(d_map) & (d_map != 0)]
@@ -234,7 +234,7 @@ def test_force_replaces_only_toolbox_files(tmp_path, capsys):
     assert code == 0, err
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(os.listdir(out)) == sorted(["notes.txt", "ivim_fitting.json"] +
-                                             [f"{name}_map.nii.gz" for name in OUTPUT_NAMES])
+                                             [f"{name}_map.nii.gz" for name in CORE_MAPS])
     assert nib.load(out / "S0_map.nii.gz").get_data_dtype() == np.float32
     assert sorted(os.listdir(tmp_path)) == ["data", "out"]  # no temporary folder left
 
@@ -282,7 +282,7 @@ def test_jobs_and_chunks_give_identical_maps(engine, tmp_path):
     two = run_script("ivim_fitting.py", *common, "-o", tmp_path / "j2", "-j", "2", "--chunk-size", "1")
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     maps1, maps2 = read_maps(tmp_path / "j1"), read_maps(tmp_path / "j2")
-    for name in OUTPUT_NAMES:
+    for name in CORE_MAPS:
         np.testing.assert_array_equal(maps1[name].get_fdata(), maps2[name].get_fdata(), err_msg=name)
 
 
@@ -310,7 +310,7 @@ def test_test_data_matches_published_maps_whatever_the_jobs(tmp_path):
     two = run_script("ivim_fitting.py", *common, "-o", tmp_path / "j2", "-j", "2", "--chunk-size", "700")
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     maps1, maps2 = read_maps(tmp_path / "j1"), read_maps(tmp_path / "j2")
-    for name in OUTPUT_NAMES:
+    for name in CORE_MAPS:
         np.testing.assert_array_equal(maps1[name].get_fdata(), maps2[name].get_fdata(), err_msg=name)
     mask = nib.load(os.path.join(TEST_DATA, "cord_seg_dilated.nii.gz")).get_fdata() > 0
     reference = os.path.join(TEST_DATA, "results_you_should_get", "ivim_maps_rl")
@@ -367,7 +367,7 @@ def test_api_maps_are_the_cli_maps_bit_for_bit(approach, bounds_version, engine,
     fit = IvimModel(np.loadtxt(bval), approach, bounds_version, engine).fit(image.get_fdata(), mask=mask)
     fit.to_folder(tmp_path / "api", affine=image)
     cli_maps, api_maps = read_maps(tmp_path / "cli"), read_maps(tmp_path / "api")
-    for name in OUTPUT_NAMES:
+    for name in CORE_MAPS:
         assert cli_maps[name].header.get_sform(coded=True)[1] == api_maps[name].header.get_sform(coded=True)[1]
         np.testing.assert_array_equal(np.asarray(api_maps[name].dataobj), np.asarray(cli_maps[name].dataobj),
                                       err_msg=name)
@@ -376,7 +376,7 @@ def test_api_maps_are_the_cli_maps_bit_for_bit(approach, bounds_version, engine,
         back = IvimFit.from_folder(tmp_path / folder)
         assert (back.model.approach, back.model.engine) == (approach, engine)
         np.testing.assert_array_equal(back.mask, mask)
-        for name in OUTPUT_NAMES:
+        for name in CORE_MAPS:
             np.testing.assert_array_equal(getattr(back, name), np.where(mask, getattr(fit, name).astype(np.float32),
                                                                          np.nan), err_msg=name)
     with open(tmp_path / "cli" / "ivim_fitting.json") as f:

@@ -16,7 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 import ivim_view_fits  # noqa: E402
 from ivim_common import constants, model  # noqa: E402
 from ivim_common import viewer as view  # noqa: E402
-from ivim_common.constants import OUTPUT_NAMES  # noqa: E402
+from ivim_common.constants import CORE_MAPS  # noqa: E402
 
 BVALS = np.array([5, 10, 20, 50, 100, 200, 400, 600, 800], dtype=float)
 SHAPE = (6, 5, 3)
@@ -49,7 +49,7 @@ def fit_dir(tmp_path):
         path = tmp_path / f"{key}.nii.gz"
         nib.save(nib.Nifti1Image(data.astype(np.float32), affine), path)
         inputs[key] = {"path": path.name, "abspath": str(path), "sha256": "not checked"}
-    files = {name: f"{name}_map.nii.gz" for name in OUTPUT_NAMES}
+    files = {name: f"{name}_map.nii.gz" for name in CORE_MAPS}
     for name, filename in files.items():
         nib.save(nib.Nifti1Image(maps[name].astype(np.float32), affine), folder / filename)
     sidecar = {"tool": "ivim_fitting.py", "inputs": inputs, "bvals": BVALS.tolist(),
@@ -75,7 +75,7 @@ def make_viewer(folder, **kwargs):
 def test_load_fit_folder_finds_everything_through_the_sidecar(fit_dir):
     folder = view.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
     assert folder.name == "Fivim"
-    assert list(folder.maps) == list(OUTPUT_NAMES)
+    assert list(folder.maps) == list(CORE_MAPS)
     assert folder.dwi.shape == SHAPE + (len(BVALS),)
     np.testing.assert_array_equal(folder.bvals, BVALS)
     assert folder.mask.sum() == np.prod(SHAPE) - 1
@@ -245,7 +245,7 @@ def test_montage_has_every_slice_of_every_map_and_param_applies_to_the_opened_ma
     folder = view.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
     fig = view.montage_figure(folder, cmap="jet", clim=(0.0, 0.3))
     images = [ax.images[0] for ax in fig.axes if ax.images]
-    assert len(images) == len(OUTPUT_NAMES) * SHAPE[2]
+    assert len(images) == len(CORE_MAPS) * SHAPE[2]
     by_map = dict(zip(folder.maps, images[::SHAPE[2]]))
     assert by_map["Fivim"].get_cmap().name == "jet" and by_map["Fivim"].get_clim() == (0.0, 0.3)
     assert by_map["D"].get_cmap().name == "viridis" and by_map["D"].get_clim() == (0.0, 3e-3)

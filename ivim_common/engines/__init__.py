@@ -7,12 +7,21 @@ Every engine module has the same three names:
 ``prepare(announce=True)``
     Make the engine ready in this process (compile or load compiled code), once; worker
     processes started afterwards find it ready to load.
-``fit(bvals, signal, init, lo, hi, vary, seeds)``
+``fit(bvals, signal, init, lo, hi, vary, seeds, **options)``
     Fit the model to finite, positive signal (n_voxels, n_b) with per-voxel start values and
     nominal bounds ``init, lo, hi`` (n_voxels, 4, in the order of
     :data:`ivim_common.model.PARAM_NAMES`), ``vary`` (4,) the free parameters and ``seeds``
-    (n_voxels, 2) per-voxel seeds (see :func:`ivim_common.api.voxel_seeds`).  Returns a dict
-    with ``params`` (n_voxels, 4), NaN rows where the fit failed.
+    (n_voxels, 2) per-voxel seeds (see :func:`ivim_common.api.voxel_seeds`; None unless the
+    module sets ``RANDOM = True``: they take some µs a voxel to derive).  Returns a dict
+    with ``params`` (n_voxels, 4), NaN rows where the fit failed, and optionally the
+    uncertainty ``sd``, ``ci_low``, ``ci_high`` (n_voxels, 4).
+
+and may have
+
+``image_options(model, signal, jobs, **user_options)``
+    Called once per fit with every voxel's signal, before the chunks: returns the ``options``
+    passed to every chunk's ``fit`` (e.g. a prior estimated from the image) and a JSON-ready
+    record of them for the sidecar.
 
 A new engine is one module here and one entry in :data:`ENGINES`; the scripts' ``--engine``
 choices and help come from this table.  Only the standard library is imported here, so
@@ -26,6 +35,18 @@ ENGINES = {
                      "the first run of an installation compiles it, some 15 s)"),
     "lmfit": ("lmfit_reference", "the original's lmfit differential evolution, the reference "
                                  "(about 1-2 s of CPU per voxel)"),
+    "bayes": ("bayes", "posterior mean on a grid, S0 and the noise integrated out (a few times the "
+                       "time of fast; see --prior)"),
+}
+
+
+# Options an engine takes through image_options: {engine: {option: (choices, default, help)}};
+# the scripts make a --option flag of each.
+OPTIONS = {
+    "bayes": {"prior": (("uniform", "empirical"), "uniform",
+                        "prior of --engine bayes: uniform in D, f and D*+D within the bounds (D within the "
+                        "toolbox's Dinit range, 0.15e-3 to 4.5e-3 mm^2/s), or empirical, from a first "
+                        "least-squares pass over the voxels (default: %(default)s)")},
 }
 
 
@@ -34,6 +55,26 @@ def get(name):
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r} (choose from {', '.join(ENGINES)})")
     return importlib.import_module(f"{__name__}.{ENGINES[name][0]}")
+
+
+def add_option_arguments(parser):
+    """A ``--<option>`` flag for each engine option of :data:`OPTIONS` (default None: unset)."""
+    for engine, options in OPTIONS.items():
+        for option, (choices, default, text) in options.items():
+            parser.add_argument(f"--{option.replace('_', '-')}", choices=choices, default=None,
+                                help=text.replace("%(default)s", default))
+
+
+def options_of(parser, args):
+    """The engine options set on the command line, as IvimModel's keywords; a usage error if
+    one is set for an engine that does not take it."""
+    given = {option: getattr(args, option) for options in OPTIONS.values() for option in options
+             if getattr(args, option, None) is not None}
+    unknown = [option for option in given if option not in OPTIONS.get(args.engine, {})]
+    if unknown:
+        parser.error(f"--{unknown[0].replace('_', '-')} applies to --engine "
+                     + " or ".join(e for e, o in OPTIONS.items() if unknown[0] in o))
+    return given
 
 
 def help_text():

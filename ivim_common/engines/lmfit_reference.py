@@ -10,6 +10,7 @@ import numpy as np
 from .. import model
 
 CHUNK_SIZE = 20     # voxels: tens of seconds of work, which keeps progress and Ctrl-C prompt
+RANDOM = True       # its differential evolution draws: it takes per-voxel seeds
 
 
 def prepare(announce=True):
