@@ -1,0 +1,65 @@
+#!/usr/bin/env python
+"""The test data's maps from two engines side by side: least squares (fast) and Bayesian.
+
+    python bench/figure_engines_test_data.py [--bounds-version 2019] [-o docs/engines_test_data.png]
+
+Fits the 2523 voxels of the bundled test data's mask with both engines (one-step, the chosen
+bounds), draws f, D and D* of the slice with the most mask voxels, one row per engine (the
+viewer's colour ranges), and prints each map's median and IQR over the mask.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import ivim_common  # noqa: E402
+
+ivim_common.limit_blas_threads()
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from ivim_common import IvimModel, io  # noqa: E402
+from ivim_common.constants import PARAMETERS  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(REPO, "test_data")
+MAPS = ("Fivim", "D", "Dstar")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bounds-version", default="2019", choices=("2019", "2020"))
+    parser.add_argument("-o", default=os.path.join(REPO, "docs", "engines_test_data.png"))
+    args = parser.parse_args(argv)
+    inputs = io.load_fit_inputs(os.path.join(DATA, "dwi_rl.nii.gz"), os.path.join(DATA, "bval_rl.txt"),
+                                os.path.join(DATA, "cord_seg_dilated.nii.gz"))
+    fits = {engine: IvimModel(inputs.bvals, "one-step", args.bounds_version, engine).fit(
+        inputs.data, inputs.selected, jobs=2) for engine in ("fast", "bayes")}
+    mask = inputs.selected
+    z = int(np.argmax(mask.sum(axis=(0, 1))))
+    xs, ys = np.nonzero(mask[:, :, z])
+    box = (slice(xs.min() - 3, xs.max() + 4), slice(ys.min() - 3, ys.max() + 4))
+    zooms = nib.load(os.path.join(DATA, "dwi_rl.nii.gz")).header.get_zooms()
+    fig = Figure(figsize=(10, 6.5), layout="constrained")
+    axes = fig.subplots(2, len(MAPS))
+    for row, (engine, fit) in zip(axes, fits.items()):
+        for ax, name in zip(row, MAPS):
+            p = PARAMETERS[name]
+            values = getattr(fit, name)[box + (z,)].T
+            image = ax.imshow(np.ma.masked_invalid(values), origin="lower", cmap=p.cmap, vmin=p.display[0],
+                              vmax=p.display[1], interpolation="nearest", aspect=zooms[1] / zooms[0])
+            inside = getattr(fit, name)[mask]
+            ax.set_title(f"{engine}: {p.label}, median {np.nanmedian(inside):.3g}", fontsize=10)
+            ax.set_xticks([]), ax.set_yticks([])
+            fig.colorbar(image, ax=ax, shrink=0.8, label=p.axis)
+            q = np.nanpercentile(inside, [25, 50, 75])
+            print(f"{engine:5s} {name:6s} median {q[1]:.4g} IQR [{q[0]:.4g}, {q[2]:.4g}]")
+    fig.suptitle(f"Test data, slice z = {z}, one-step {args.bounds_version} bounds: least squares (top) "
+                 "and Bayesian posterior mean (bottom)")
+    fig.savefig(args.o, dpi=90)
+    print(f"wrote {args.o}")
+
+
+if __name__ == "__main__":
+    main()
