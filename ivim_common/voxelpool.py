@@ -6,6 +6,7 @@ random seed derives from (seed, flat voxel index), and chunk results are put bac
 the arrays are identical whatever the number of workers and the chunk size.
 """
 import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import multiprocessing
 import os
@@ -14,9 +15,8 @@ import sys
 import threading
 
 import numpy as np
-from tqdm import tqdm
-
-from . import blas_threads_limited, fit, model
+from . import blas_threads_limited, cli, fit, model, resources
+from .errors import WorkerDiedError
 
 # Voxels per chunk: a fast-engine chunk takes well under a second, an lmfit one (about 1-2 s
 # a voxel) tens of seconds, which keeps the progress bar moving and Ctrl-C prompt.
@@ -59,13 +59,122 @@ def prepare_engine(engine, announce=True):
     _engine_ready = True
 
 
-def _ignore_sigint():
-    """Worker initialiser: Ctrl-C is handled by the parent, which stops the workers."""
-    signal_module.signal(signal_module.SIGINT, signal_module.SIG_IGN)
+def _worker_init():
+    """Worker initialiser: the parent handles Ctrl-C, SIGTERM and SIGHUP and stops the workers
+    (a signal sent to the whole process group, as ``timeout`` does, must not kill a worker
+    first: the parent would report a dead worker instead of the signal); and on Linux a worker
+    dies with its parent, should the parent be killed without a chance to stop it."""
+    for signum in (signal_module.SIGINT, signal_module.SIGTERM, signal_module.SIGHUP):
+        signal_module.signal(signum, signal_module.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal_module.SIGKILL))
+
+
+def default_jobs():
+    """Worker processes by default: the CPUs this process may use (its CPU affinity, which
+    ``taskset`` and SLURM's ``--cpus-per-task`` set, capped by its cgroup CPU quota), not the
+    cores of the node (see :func:`ivim_common.resources.usable_cpus`)."""
+    return resources.usable_cpus()
+
+
+def _describe_exit(exitcode):
+    """How a worker ended, in words, from its exit code (negative: killed by that signal)."""
+    if exitcode is None or exitcode >= 0:
+        return "a worker process died" + (f" (exit code {exitcode})" if exitcode else "")
+    name = signal_module.Signals(-exitcode).name if -exitcode in signal_module.Signals._value2member_map_ else -exitcode
+    why = {"SIGKILL": ", e.g. by the out-of-memory killer", "SIGSEGV": ", a crash"}.get(name, "")
+    return f"a worker process was killed by {name}{why}"
+
+
+class WorkerPool:
+    """Worker processes for one run, reused by every :func:`fit_in_chunks` call within it (the
+    simulation scripts fit batch after batch, SNR step after SNR step).
+
+    Started with the ``spawn`` method on first use.  On any exception (Ctrl-C, SIGTERM, a
+    worker's error) the workers are killed at once, running chunks included, and waited for, so
+    no process of the run outlives it.  A worker that dies raises
+    :class:`ivim_common.errors.WorkerDiedError` with one line saying what to try (``hint``).
+
+    Parameters
+    ----------
+    jobs : int
+        Worker processes (1: the work stays in this process).
+    hint : str
+        What to try when a worker dies, e.g. "fewer workers (-j)".
+    """
+
+    def __init__(self, jobs, hint="fewer workers (-j) or a smaller --chunk-size"):
+        self.jobs, self.hint = max(1, int(jobs)), hint
+        self._executor = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.stop()
+
+    def _start(self):
+        if self._executor is None:
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_worker_init)
+        return self._executor
+
+    def run(self, calls, on_result):
+        """Run ``func(*args, **kwargs)`` for each ``(key, func, args, kwargs)`` of ``calls`` in
+        the workers; ``on_result(key, result)`` as each finishes (in any order)."""
+        executor = self._start()
+        try:
+            with blas_threads_limited():  # the workers start on submit and inherit the environment
+                futures = {executor.submit(func, *args, **kwargs): key for key, func, args, kwargs in calls}
+            for future in concurrent.futures.as_completed(futures):
+                on_result(futures[future], future.result())
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            exitcodes = [p.exitcode for p in list(executor._processes.values()) if p.exitcode]
+            self.stop()
+            what = _describe_exit(min(exitcodes) if exitcodes else None)
+            raise WorkerDiedError(f"{what}; the run stopped and nothing was written; try {self.hint}") from exc
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self):
+        """Kill the workers (running chunks too: they would otherwise finish first, minutes with
+        lmfit) and wait for them; a second signal must not interrupt this clean-up."""
+        if self._executor is None:
+            return
+        blocked = {signum: signal_module.signal(signum, signal_module.SIG_IGN)
+                   for signum in (signal_module.SIGINT, signal_module.SIGTERM, signal_module.SIGHUP)}
+        try:
+            processes = list(self._executor._processes.values())
+            for process in processes:
+                with contextlib.suppress(OSError, ValueError):
+                    process.kill()
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                with contextlib.suppress(OSError, ValueError, AssertionError):
+                    process.join(timeout=5)
+        finally:
+            self._executor = None
+            for signum, handler in blocked.items():
+                signal_module.signal(signum, handler)
+
+    def close(self):
+        """Let the idle workers exit and wait for them."""
+        if self._executor is not None:
+            self._executor.shutdown()
+            self._executor = None
 
 
 def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_version="2020",
-                  engine="fast", seed=0, jobs=None, chunk_size=None, progress=True):
+                  engine="fast", seed=0, jobs=None, chunk_size=None, progress=True, pool=None):
     """Fit many voxels chunk by chunk, in ``jobs`` worker processes.
 
     Parameters
@@ -79,13 +188,16 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
     approach, bounds_version, engine, seed
         As :func:`ivim_common.fit.fit_voxels`.
     jobs : int, optional
-        Worker processes (default: all cores).  With 1 job, or a single chunk, the work stays
-        in this process.
+        Worker processes (default :func:`default_jobs`).  With 1 job, or a single chunk, the
+        work stays in this process.  Ignored when ``pool`` is given.
     chunk_size : int, optional
         Voxels per chunk (default :data:`DEFAULT_CHUNK_SIZE` of the engine).
     progress : bool
-        Show a progress bar over voxels on stderr (only if stderr is a terminal), and say so
-        there when the fast engine is being compiled (the first run of an installation).
+        Show progress over voxels on stderr (a bar on a terminal, a line now and then in a batch
+        log, see :class:`ivim_common.cli.progress`), and say so there when the fast engine is
+        being compiled (the first run of an installation).
+    pool : WorkerPool, optional
+        The run's worker processes, reused from call to call (default: a pool for this call).
 
     Returns
     -------
@@ -95,14 +207,16 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
     Raises
     ------
     KeyboardInterrupt
-        On Ctrl-C, after cancelling the pending chunks and stopping the workers.
+        On Ctrl-C (or SIGTERM, SIGHUP: :class:`ivim_common.cli.Interrupted`), after stopping
+        the workers.
+    ivim_common.errors.WorkerDiedError
+        A worker process died.
     """
     signal = np.atleast_2d(np.asarray(signal, dtype=float))
     n_voxels = signal.shape[0]
     voxel_ids = np.arange(n_voxels) if voxel_ids is None else np.asarray(voxel_ids)
     chunk_size = chunk_size or DEFAULT_CHUNK_SIZE[engine]
     starts = range(0, n_voxels, chunk_size)
-    jobs = min(jobs or os.cpu_count() or 1, len(starts))
     options = dict(approach=approach, bounds_version=bounds_version, engine=engine, seed=seed)
     out = {name: np.empty(n_voxels) for name in fit.OUTPUT_NAMES}
 
@@ -112,33 +226,20 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
         bar.update(len(result["exception"]))
 
     prepare_engine(engine, announce=progress)   # workers then load it, not each compile it
-    with tqdm(total=n_voxels, unit="voxel", file=sys.stderr, dynamic_ncols=True,
-              disable=not (progress and sys.stderr.isatty())) as bar:
-        if jobs <= 1:
+    with cli.progress(n_voxels, "voxel", enabled=progress) as bar:
+        own_pool = pool is None
+        pool = pool or WorkerPool(jobs or default_jobs())
+        if pool.jobs <= 1 or len(starts) <= 1:
             for start in starts:
                 stop = start + chunk_size
                 store(start, fit.fit_voxels(bvals, signal[start:stop], voxel_ids=voxel_ids[start:stop],
                                             **options))
             return out
-        pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigint)
-        try:
-            with blas_threads_limited():  # the workers start on submit and inherit the environment
-                futures = {pool.submit(fit.fit_voxels, bvals, signal[start:start + chunk_size],
-                                       voxel_ids=voxel_ids[start:start + chunk_size], **options): start
-                           for start in starts}
-            for future in concurrent.futures.as_completed(futures):
-                store(futures[future], future.result())
-        except BaseException:
-            # Stop the running chunks too: they would otherwise finish first (minutes with lmfit).
-            # A second Ctrl-C must not interrupt this clean-up.
-            previous = signal_module.signal(signal_module.SIGINT, signal_module.SIG_IGN)
-            try:
-                for process in list(pool._processes.values()):
-                    process.terminate()
-                pool.shutdown(wait=False, cancel_futures=True)
-            finally:
-                signal_module.signal(signal_module.SIGINT, previous)
-            raise
-        pool.shutdown()
+        calls = [(start, fit.fit_voxels, (bvals, signal[start:start + chunk_size]),
+                  dict(voxel_ids=voxel_ids[start:start + chunk_size], **options)) for start in starts]
+        if own_pool:
+            with pool:
+                pool.run(calls, store)
+        else:
+            pool.run(calls, store)
     return out
