@@ -154,6 +154,17 @@ def read_bvals(path):
     return bvals
 
 
+@contextlib.contextmanager
+def _quiet_nibabel():
+    """No log lines from nibabel's header checks: the one-line error says what is wrong."""
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
 def check_data_type(image, path, role):
     """Refuse data that are not real numbers: complex, RGB, boolean or other non-numeric types.
 
@@ -193,7 +204,11 @@ def check_memory(image, path, role, copies=1):
 
 
 def _gib(n_bytes):
-    return f"{n_bytes / 2**30:.3g} GiB"
+    """Bytes in words: '1.5 GiB', '3.2 TiB'."""
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n_bytes /= 1024
+        if n_bytes < 1024 or unit == "PiB":
+            return f"{n_bytes:.3g} {unit}"
 
 
 def load_nifti(path, role, copies=1):
@@ -214,8 +229,10 @@ def load_nifti(path, role, copies=1):
     """
     _check_readable(path, role)
     try:
-        image = nib.load(path)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
+        with _quiet_nibabel():
+            image = nib.load(path)
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, OSError, EOFError,
+            ValueError, zlib.error) as exc:
         raise InputError(f"{role} {path}: not a readable NIfTI image ({exc})") from None
     if not isinstance(image, nib.Nifti1Pair):  # Nifti1/2 images and pairs, not Analyze/MGH/...
         raise InputError(f"{role} {path}: not a NIfTI image ({type(image).__name__})")

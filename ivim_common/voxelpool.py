@@ -141,6 +141,10 @@ class WorkerPool:
             self.stop()
             what = _describe_exit(min(exitcodes) if exitcodes else None)
             raise WorkerDiedError(f"{what}; the run stopped and nothing was written; try {self.hint}") from exc
+        except MemoryError as exc:
+            self.stop()
+            raise WorkerDiedError(f"a worker process ran out of memory; the run stopped and nothing was "
+                                  f"written; try {self.hint}") from exc
         except BaseException:
             self.stop()
             raise
