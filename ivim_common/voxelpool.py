@@ -81,11 +81,21 @@ def default_jobs():
     return resources.usable_cpus()
 
 
+def _first_cause(exitcodes):
+    """The exit code that most likely broke the pool: once a worker has died, the pool sends
+    SIGTERM to the others and :meth:`WorkerPool.stop` SIGKILL, so any other code comes first."""
+    return min((code for code in exitcodes if code), default=None,
+               key=lambda code: (code == -signal_module.SIGTERM, code == -signal_module.SIGKILL))
+
+
 def _describe_exit(exitcode):
     """How a worker ended, in words, from its exit code (negative: killed by that signal)."""
     if exitcode is None or exitcode >= 0:
         return "a worker process died" + (f" (exit code {exitcode})" if exitcode else "")
-    name = signal_module.Signals(-exitcode).name if -exitcode in signal_module.Signals._value2member_map_ else -exitcode
+    try:
+        name = signal_module.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
     why = {"SIGKILL": ", e.g. by the out-of-memory killer", "SIGSEGV": ", a crash"}.get(name, "")
     return f"a worker process was killed by {name}{why}"
 
@@ -110,6 +120,7 @@ class WorkerPool:
     def __init__(self, jobs, hint="fewer workers (-j) or a smaller --chunk-size"):
         self.jobs, self.hint = max(1, int(jobs)), hint
         self._executor = None
+        self._workers = {}          # pid: Process, every worker started
 
     def __enter__(self):
         return self
@@ -134,12 +145,12 @@ class WorkerPool:
         try:
             with blas_threads_limited():  # the workers start on submit and inherit the environment
                 futures = {executor.submit(func, *args, **kwargs): key for key, func, args, kwargs in calls}
+            self._workers.update(executor._processes)   # the pool forgets a broken pool's workers
             for future in concurrent.futures.as_completed(futures):
                 on_result(futures[future], future.result())
         except concurrent.futures.process.BrokenProcessPool as exc:
-            exitcodes = [p.exitcode for p in list(executor._processes.values()) if p.exitcode]
             self.stop()
-            what = _describe_exit(min(exitcodes) if exitcodes else None)
+            what = _describe_exit(_first_cause([p.exitcode for p in self._workers.values()]))
             raise WorkerDiedError(f"{what}; the run stopped and nothing was written; try {self.hint}") from exc
         except MemoryError as exc:
             self.stop()
@@ -157,7 +168,7 @@ class WorkerPool:
         blocked = {signum: signal_module.signal(signum, signal_module.SIG_IGN)
                    for signum in (signal_module.SIGINT, signal_module.SIGTERM, signal_module.SIGHUP)}
         try:
-            processes = list(self._executor._processes.values())
+            processes = list({**self._workers, **self._executor._processes}.values())
             for process in processes:
                 with contextlib.suppress(OSError, ValueError):
                     process.kill()
