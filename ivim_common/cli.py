@@ -96,7 +96,7 @@ def exit_code_of(interrupt):
     return 128 + getattr(interrupt, "signum", signal.SIGINT)
 
 
-class progress:
+class Progress:
     """Progress on stderr: a tqdm bar on a terminal; in a batch log (stderr not a terminal) a
     line every LOG_INTERVAL_S seconds; nothing when not ``enabled``.  Used as a context manager
     with ``update(n)``, as tqdm."""

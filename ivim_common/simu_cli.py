@@ -143,7 +143,7 @@ def _compute(kind, args, prog, argv):
     if args.verbose >= 2:
         print(f"{kind}: {n_cells} grid cells (shard {shard[0]}/{shard[1]}), {sim}", file=sys.stderr)
     with voxelpool.WorkerPool(sim.jobs, hint="fewer workers (-j)") as pool, \
-            cli.progress(n_cells, "cell", enabled=args.verbose >= 1, prog=prog) as bar:
+            cli.Progress(n_cells, "cell", enabled=args.verbose >= 1, prog=prog) as bar:
         sim = dataclasses.replace(sim, pool=pool)   # one pool for the whole run
         if kind == "required_snr":
             arrays = simu.run_required_snr(sim, args.condition, args.max_error, args.snr, shard, bar.update)

@@ -4,17 +4,21 @@ Workers are started with the ``spawn`` method and receive everything they need a
 (no module globals), so the pool behaves the same on Linux, macOS and Windows.  Each voxel's
 random seed derives from (seed, flat voxel index), and chunk results are put back in order, so
 the arrays are identical whatever the number of workers and the chunk size.
+
+:class:`WorkerPool` holds the workers of one run (the simulation scripts reuse it for every batch
+and SNR step), kills them on any exception or signal so that none outlives the command, and
+turns a worker's death into one line; :func:`default_jobs` is the CPUs this process may use.
 """
 import concurrent.futures
 import concurrent.futures.process
 import contextlib
 import multiprocessing
-import os
 import signal as signal_module
 import sys
 import threading
 
 import numpy as np
+
 from . import blas_threads_limited, cli, fit, model, resources
 from .errors import WorkerDiedError
 
@@ -209,7 +213,7 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
         Voxels per chunk (default :data:`DEFAULT_CHUNK_SIZE` of the engine).
     progress : bool
         Show progress over voxels on stderr (a bar on a terminal, a line now and then in a batch
-        log, see :class:`ivim_common.cli.progress`), and say so there when the fast engine is
+        log, see :class:`ivim_common.cli.Progress`), and say so there when the fast engine is
         being compiled (the first run of an installation).
     pool : WorkerPool, optional
         The run's worker processes, reused from call to call (default: a pool for this call).
@@ -241,7 +245,7 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
         bar.update(len(result["exception"]))
 
     prepare_engine(engine, announce=progress)   # workers then load it, not each compile it
-    with cli.progress(n_voxels, "voxel", enabled=progress) as bar:
+    with cli.Progress(n_voxels, "voxel", enabled=progress) as bar:
         own_pool = pool is None
         pool = pool or WorkerPool(jobs or default_jobs())
         if pool.jobs <= 1 or len(starts) <= 1:
@@ -252,9 +256,6 @@ def fit_in_chunks(bvals, signal, voxel_ids=None, approach="one-step", bounds_ver
             return out
         calls = [(start, fit.fit_voxels, (bvals, signal[start:start + chunk_size]),
                   dict(voxel_ids=voxel_ids[start:start + chunk_size], **options)) for start in starts]
-        if own_pool:
-            with pool:
-                pool.run(calls, store)
-        else:
+        with pool if own_pool else contextlib.nullcontext():   # a caller's pool outlives the call
             pool.run(calls, store)
     return out

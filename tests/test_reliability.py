@@ -21,7 +21,7 @@ import ivim_fitting
 import ivim_view_fits
 from conftest import AFFINE, BVALS, REPO, run_script, true_params, write_dataset
 from ivim_common import cli, io, model, resources, simu_cli, voxelpool
-from ivim_common.errors import InputError, OutputExistsError, WorkerDiedError
+from ivim_common.errors import OutputExistsError, WorkerDiedError
 from test_fitting_cli import base_args, call_main
 
 SNR_SCRIPT = "ivim_simu_compute_required_snr.py"
@@ -125,15 +125,6 @@ LONG_SIMULATION = ["-model", "one-step", "-F", "0.01:30:0.30", "-Dstar", "3e-3:3
                    "--n-draws", 2000]
 
 
-@pytest.fixture
-def restore_signals():
-    """main() called in-process leaves the stop signals ignored (it is exiting): restore them."""
-    saved = {s: signal.getsignal(s) for s in cli.STOP_SIGNALS}
-    yield
-    for s, handler in saved.items():
-        signal.signal(s, handler)
-
-
 # --------------------------------------------------------------------------- signals
 
 @pytest.mark.slow
@@ -208,7 +199,7 @@ def test_sigterm_during_simulation_stops_every_process(script, extra, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_sigterm_in_the_viewer_writes_nothing(tmp_path, monkeypatch, capsys, restore_signals):
+def test_sigterm_in_the_viewer_writes_nothing(tmp_path, monkeypatch, capsys):
     data = write_dataset(tmp_path / "data", mask_voxels=1)
     assert ivim_fitting.main([str(a) for a in base_args(data, tmp_path / "maps")] + ["-v", "0"]) == 0
     from ivim_common import plotting
@@ -221,7 +212,7 @@ def test_sigterm_in_the_viewer_writes_nothing(tmp_path, monkeypatch, capsys, res
     assert sorted(os.listdir(tmp_path)) == ["data", "maps"]
 
 
-def test_sighup_in_simulation_plot_writes_nothing(tmp_path, monkeypatch, capsys, restore_signals):
+def test_sighup_in_simulation_plot_writes_nothing(tmp_path, monkeypatch, capsys):
     out = tmp_path / "sim"
     assert simu_cli.run_compute("error_nonoise", _nonoise_parser(),
                                 ["-model", "one-step", "-F", "0.1,0.2", "-Dstar", "0.02", "-D", "1e-3",
@@ -617,7 +608,7 @@ def test_one_worker_pool_per_simulation_run(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("verbose, lines", [(1, True), (0, False)])
 def test_batch_log_gets_progress_lines_not_a_bar(verbose, lines, dataset, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli.progress, "LOG_INTERVAL_S", 0.0)
+    monkeypatch.setattr(cli.Progress, "LOG_INTERVAL_S", 0.0)
     code, err = call_main(base_args(dataset, tmp_path / "out") + ["--chunk-size", 2, "-v", verbose], capsys)
     assert code == 0
     progress = [line for line in err.splitlines() if re.fullmatch(r"[\w.]+: \d+/6 voxels \(\d+ %\) "
