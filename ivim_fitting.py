@@ -18,7 +18,8 @@ example (the bundled test data, the published maps' bounds):
 writes ivim_maps_rl_2019/{{S0,D,Dstar,Fivim,FivimXDstar,AIC,R2,exception}}_map.nii.gz (float32, the
 DWI's affine; 0 outside the mask; NaN where a fit failed, with exception_map = 1) and the
 sidecar ivim_maps_rl_2019/{FIT_SIDECAR} (inputs with sha256, command, equation, bounds, seed, counts,
-median and IQR of each map).  Exit codes: 0 done, 1 input/output error, 2 usage, 130 Ctrl-C."""
+median and IQR of each map).  Exit codes: 0 done, 1 input/output error or a worker died, 2 usage, 130 Ctrl-C,
+143 SIGTERM (a batch time limit), 129 SIGHUP."""
 
 
 def get_parser():
@@ -57,7 +58,8 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                         help="seed of the lmfit engine; each voxel's seed derives from it and the voxel's "
                              "index (default: %(default)s)")
     parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
-                        help=f"worker processes (default: all cores, here {os.cpu_count()})")
+                        help="worker processes (default: the CPUs this process may use, i.e. its CPU affinity "
+                             "and cgroup quota, as SLURM sets them; recorded in the sidecar)")
     parser.add_argument("-mt", type=int, choices=(0, 1), default=1,
                         help="original flag: 0 = a single process (as -j 1), 1 = use --jobs (default)")
     parser.add_argument("--chunk-size", type=cli.positive_int, metavar="N",
@@ -71,13 +73,22 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
 
 
 def fit_to_folder(args, argv):
-    """Load and check the inputs, fit every selected voxel, write the maps and the sidecar."""
-    from ivim_common import IvimModel, io
+    """Load and check the inputs, fit every selected voxel, write the maps and the sidecar,
+    holding the output folder's lock: a second run into the same folder at the same time is
+    refused, so a folder never mixes the files of two runs."""
+    from ivim_common import io
+
+    with io.output_folder_lock(args.ofolder):
+        _fit_to_folder(args, argv)
+
+
+def _fit_to_folder(args, argv):
+    from ivim_common import IvimModel, io, voxelpool
 
     start = time.perf_counter()
     io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), FIT_SIDECAR])
     inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
-    jobs = 1 if args.mt == 0 else (args.jobs or os.cpu_count())
+    jobs = 1 if args.mt == 0 else (args.jobs or voxelpool.default_jobs())
     model = IvimModel(inputs.bvals, args.model, args.bounds_version or "2020", args.engine, **args.engine_options)
     if args.verbose >= 2:
         print(f"{PROG}: {int(inputs.selected.sum())} voxels x {inputs.bvals.size} b-values, "
@@ -95,7 +106,7 @@ def fit_to_folder(args, argv):
 
 
 def main(argv=None):
-    """Run the command line; returns the exit code (0, 1, 2 or 130)."""
+    """Run the command line; returns the exit code (0, 1, 2, or 128 + signal: 130, 143, 129)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = get_parser()
     args = parser.parse_args(argv)

@@ -126,7 +126,7 @@ def run(args):
     report = print if args.verbose >= 1 else None
 
     if outputs:
-        with io.staged_outputs(outputs) as tmp:
+        with io.staged_outputs(outputs, force=args.force) as tmp:
             if args.montage:
                 view.montage_figure(folder, **args.param).savefig(tmp[args.montage], dpi=100)
             if args.save:

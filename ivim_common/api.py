@@ -134,8 +134,9 @@ class IvimModel:
         return (f"IvimModel({self.bvals.size} b-values, approach={self.approach!r}, "
                 f"bounds_version={self.bounds_version!r}, engine={self.engine!r})")
 
-    def fit_voxels(self, signal, voxel_ids=None, jobs=1, seed=0, chunk_size=None, progress=False):
-        """Fit rows of signal (n_voxels, n_b) in ``jobs`` processes; maps as 1-D arrays.
+    def fit_voxels(self, signal, voxel_ids=None, jobs=1, seed=0, chunk_size=None, progress=False, pool=None):
+        """Fit rows of signal (n_voxels, n_b) in ``jobs`` processes (or those of ``pool``, a
+        :class:`ivim_common.voxelpool.WorkerPool` reused across calls); maps as 1-D arrays.
 
         ``voxel_ids`` are the voxels' seed keys (default: their row numbers); the results do
         not depend on ``jobs`` or ``chunk_size``.  Returns the dict of :func:`fit_voxels`.
@@ -150,7 +151,7 @@ class IvimModel:
         if hasattr(fitter, "image_options"):
             valid = model.valid_voxels(signal)
             options, self.engine_record = fitter.image_options(self, signal[valid], jobs, **self.engine_options)
-        return voxelpool.map_chunks(fit_voxels, signal, voxel_ids, jobs=jobs,
+        return voxelpool.map_chunks(fit_voxels, signal, voxel_ids, jobs=jobs, pool=pool,
                                     chunk_size=chunk_size or fitter.CHUNK_SIZE, progress=progress,
                                     bvals=self.bvals, approach=self.approach,
                                     bounds_version=self.bounds_version, engine=self.engine, seed=seed,

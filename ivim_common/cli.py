@@ -1,12 +1,17 @@
 """What every command-line script shares: the parser, the common flags and the exit codes.
 
 Exit codes: 0 success, 1 user error (:class:`ivim_common.errors.IvimError`, one line on
-stderr), 2 usage error (one line on stderr), 130 interrupted by Ctrl-C.  Tracebacks are shown
-only with ``-v 2``.  Only the standard library is imported here, so ``--help`` stays instant.
+stderr), 2 usage error (one line on stderr), 128 + the signal's number when stopped by a signal:
+130 Ctrl-C (SIGINT), 129 SIGHUP, 143 SIGTERM (what SLURM and ``timeout`` send at a time limit).
+Tracebacks are shown only with ``-v 2``.  Only the standard library is imported here, so
+``--help`` stays instant.
 """
 import argparse
+import contextlib
+import os
 import signal
 import sys
+import time
 import traceback
 
 from . import __version__
@@ -116,6 +121,77 @@ def add_common_arguments(parser):
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread by SIGINT, SIGTERM or SIGHUP: every clean-up that serves Ctrl-C
+    (workers stopped, staging folders removed) serves the batch system's signals too."""
+
+    def __init__(self, signum):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_interrupted(signum, frame):
+    for other in STOP_SIGNALS:     # exiting: a second signal must not interrupt the clean-up
+        signal.signal(other, signal.SIG_IGN)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def signals_as_interrupt():
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise :class:`Interrupted`; the previous
+    handlers are restored after it (``main()`` is also called in-process, by the tests)."""
+    previous = {signum: signal.signal(signum, _raise_interrupted) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def exit_code_of(interrupt):
+    """128 + the signal's number (130 for a plain KeyboardInterrupt, i.e. SIGINT)."""
+    return 128 + getattr(interrupt, "signum", signal.SIGINT)
+
+
+class Progress:
+    """Progress on stderr: a tqdm bar on a terminal; in a batch log (stderr not a terminal) a
+    line every LOG_INTERVAL_S seconds; nothing when not ``enabled``.  Used as a context manager
+    with ``update(n)``, as tqdm."""
+
+    LOG_INTERVAL_S = 30.0
+
+    def __init__(self, total, unit, enabled=True, prog=None):
+        self.total, self.unit, self.done = total, unit, 0
+        self.prog = prog or os.path.basename(sys.argv[0])
+        self.bar = None
+        self.log = enabled and not sys.stderr.isatty()
+        if enabled and not self.log:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        self.start = self.last = time.monotonic()
+
+    def update(self, n=1):
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.log and time.monotonic() - self.last >= self.LOG_INTERVAL_S:
+            self.last = time.monotonic()
+            percent = 100.0 * self.done / max(self.total, 1)
+            print(f"{self.prog}: {self.done}/{self.total} {self.unit}s ({percent:.0f} %) after "
+                  f"{self.last - self.start:.0f} s", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+
+
 def run(body, args, prog):
     """Call ``body(args)`` and turn the outcome into an exit code.
 
@@ -131,20 +207,25 @@ def run(body, args, prog):
     Returns
     -------
     int
-        0, 1 (IvimError) or 130 (KeyboardInterrupt).
+        0, 1 (IvimError), or 128 + the signal's number when stopped by SIGINT (130),
+        SIGHUP (129) or SIGTERM (143).
     """
     try:
-        body(args)
+        with signals_as_interrupt():
+            body(args)
     except IvimError as exc:
         if args.verbose >= 2:
             traceback.print_exc()
         message = " ".join(str(exc).split())  # one line, even if a library's message had several
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)   # exiting: a second Ctrl-C changes nothing
+    except KeyboardInterrupt as exc:
+        for signum in STOP_SIGNALS:      # exiting: a second signal changes nothing
+            signal.signal(signum, signal.SIG_IGN)
         if args.verbose >= 2:
             traceback.print_exc()
-        print(f"{prog}: interrupted, no output written", file=sys.stderr)
-        return 130
+        name = getattr(exc, "signum", None)
+        how = f"stopped by {signal.Signals(name).name}" if name not in (None, signal.SIGINT) else "interrupted"
+        print(f"{prog}: {how}, no output written", file=sys.stderr)
+        return exit_code_of(exc)
     return 0

@@ -11,3 +11,7 @@ class InputError(IvimError):
 
 class OutputExistsError(IvimError):
     """An output already exists and --force was not given."""
+
+
+class WorkerDiedError(IvimError):
+    """A worker process died (killed, out of memory, crashed): the run stops, nothing is written."""

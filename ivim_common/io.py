@@ -12,6 +12,7 @@ and :func:`read_fit_folder` write and read a folder of maps.
 import contextlib
 import dataclasses
 import datetime
+import errno
 import hashlib
 import json
 import math
@@ -19,13 +20,14 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import tempfile
 import zlib
 
 import nibabel as nib
 import numpy as np
 
-from . import __version__, model
+from . import __version__, model, resources
 from .constants import FIT_SIDECAR, MAP_FILES, PARAMETERS
 from .errors import InputError, IvimError, OutputExistsError
 
@@ -129,11 +131,12 @@ def read_bvals(path):
     """
     _check_readable(path, "b-value file")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:   # a byte-order mark (Windows editors) is not a value
             text = f.read()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"b-value file {path}: cannot read it as text ({exc})") from None
-    rows = [re.split(r"[\s,]+", line.strip(", \t")) for line in text.splitlines() if line.strip(", \t")]
+    rows = [[t for t in re.split(r"[\s,]+", line) if t] for line in text.splitlines()]
+    rows = [r for r in rows if r]
     if not rows:
         raise InputError(f"b-value file {path}: no b-values found")
     if len(rows) > 1 and any(len(r) > 1 for r in rows):
@@ -154,7 +157,64 @@ def read_bvals(path):
     return bvals
 
 
-def load_nifti(path, role):
+@contextlib.contextmanager
+def _quiet_nibabel():
+    """No log lines from nibabel's header checks: the one-line error says what is wrong."""
+    logger = nib.imageglobals.logger
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = disabled
+
+
+def check_data_type(image, path, role):
+    """Refuse data that are not real numbers: complex, RGB, boolean or other non-numeric types.
+
+    Integer types keep working, their scaling (scl_slope, scl_inter) applied when read.
+
+    Raises
+    ------
+    InputError
+    """
+    dtype = image.get_data_dtype()
+    if dtype.names is not None or dtype.kind not in "iuf":
+        kind = {"c": "complex", "b": "boolean"}.get(dtype.kind, "RGB" if dtype.names else "non-numeric")
+        raise InputError(f"{role} {path}: {kind} data type {dtype.name if dtype.names is None else tuple(dtype.names)} "
+                         "is not supported; give real-valued data (magnitude images, float or integer types)")
+
+
+def check_memory(image, path, role, copies=1):
+    """Refuse, from its header and before reading it, an image whose data cannot fit in memory.
+
+    The data are read as float64: ``copies`` such arrays plus one array of the file's data type
+    while it is read.  The memory available is MemAvailable, capped by the room left under the
+    cgroup's memory limit (a batch job's ``--mem``), see
+    :func:`ivim_common.resources.available_memory`.
+
+    Raises
+    ------
+    InputError
+        With the size needed, the size available and what to do.
+    """
+    n_values = math.prod(int(n) for n in image.shape)
+    needed = n_values * (8 * copies + image.get_data_dtype().itemsize)
+    available = resources.available_memory()
+    if available is not None and needed > available:
+        raise InputError(f"{role} {path}: image of shape {tuple(image.shape)} needs about "
+                         f"{_gib(needed)} of memory, {_gib(available)} available: crop it to the region "
+                         "to fit (e.g. fslroi), or run with more memory (e.g. sbatch --mem)")
+
+
+def _gib(n_bytes):
+    """Bytes in words: '1.5 GiB', '3.2 TiB'."""
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        n_bytes /= 1024
+        if n_bytes < 1024 or unit == "PiB":
+            return f"{n_bytes:.3g} {unit}"
+
+
+def load_nifti(path, role, copies=1):
     """Load a NIfTI-1/2 image and its data as float64.
 
     Parameters
@@ -162,6 +222,8 @@ def load_nifti(path, role):
     path : str
     role : str
         What the file is, for error messages (e.g. ``"DWI"``, ``"mask"``).
+    copies : int
+        float64 copies of the data the caller will hold (see :func:`check_memory`).
 
     Returns
     -------
@@ -170,15 +232,22 @@ def load_nifti(path, role):
     """
     _check_readable(path, role)
     try:
-        image = nib.load(path)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, ValueError, zlib.error) as exc:
+        with _quiet_nibabel():
+            image = nib.load(path)
+    except (nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError, OSError, EOFError,
+            ValueError, zlib.error) as exc:
         raise InputError(f"{role} {path}: not a readable NIfTI image ({exc})") from None
     if not isinstance(image, nib.Nifti1Pair):  # Nifti1/2 images and pairs, not Analyze/MGH/...
         raise InputError(f"{role} {path}: not a NIfTI image ({type(image).__name__})")
+    check_data_type(image, path, role)
+    check_memory(image, path, role, copies)
     try:
         data = image.get_fdata(dtype=np.float64)
     except (OSError, EOFError, ValueError, zlib.error) as exc:
         raise InputError(f"{role} {path}: cannot read the image data ({exc})") from None
+    except MemoryError:
+        raise InputError(f"{role} {path}: out of memory reading its data (shape {tuple(image.shape)}): "
+                         "crop it, or run with more memory") from None
     return image, data
 
 
@@ -243,7 +312,7 @@ def load_fit_inputs(dwi_path, bval_path, mask_path=None, approach="one-step"):
         Any problem with a file or between files (one line naming the file).
     """
     bvals = read_bvals(bval_path)
-    image, data = load_nifti(dwi_path, "DWI")
+    image, data = load_nifti(dwi_path, "DWI", copies=2)   # the volume and its selected voxels
     if data.ndim != 4:
         raise InputError(f"DWI {dwi_path}: expected a 4-D image (x, y, z, volume), got shape {data.shape}")
     if data.shape[3] != bvals.size:
@@ -342,18 +411,23 @@ def _existing_ancestor(folder):
 
 
 @contextlib.contextmanager
-def staged_outputs(paths):
+def staged_outputs(paths, force=True):
     """Yield ``{path: temporary path}``; on success move every file into place.
 
     The files are written into a hidden temporary folder per destination folder: inside the
     destination when it exists (so only that folder must be writable; each file then replaces
     its namesake and nothing else is touched), else in its nearest existing parent, and the
     new folder is created by renaming the temporary one (it appears complete or not at all).
+    Should another run create the folder meanwhile (the shards of a job array writing into one
+    new folder), the files are moved into it instead.  Without ``force``, a file that another
+    run wrote meanwhile is not replaced: the run is refused and writes nothing.
     On any exception (Ctrl-C included) the temporary folders are removed and the destinations
     are left as they were.
 
     Raises
     ------
+    OutputExistsError
+        Without ``force``: a destination file appeared meanwhile.
     IvimError
         A file could not be written or moved (disk full, permissions, ...).
     """
@@ -363,22 +437,130 @@ def staged_outputs(paths):
         for folder in dict.fromkeys(folders.values()):
             stages[folder] = tempfile.mkdtemp(prefix=".ivim_", suffix=".tmp", dir=_existing_ancestor(folder))
         yield {path: os.path.join(stages[folder], os.path.basename(path)) for path, folder in folders.items()}
+        if not force:
+            _refuse_taken(stages)
         for folder, stage in stages.items():
-            if os.path.isdir(folder):
-                for name in sorted(os.listdir(stage)):
-                    os.replace(os.path.join(stage, name), os.path.join(folder, name))
-            else:
+            if not os.path.isdir(folder):
                 umask = os.umask(0)
                 os.umask(umask)
                 os.chmod(stage, 0o777 & ~umask)  # mkdtemp's 0700 is for the scratch stage only
                 os.makedirs(os.path.dirname(folder), exist_ok=True)
-                os.rename(stage, folder)
+                try:
+                    os.rename(stage, folder)
+                    continue
+                except OSError as exc:     # the folder appeared meanwhile: move the files into it
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not os.path.isdir(folder):
+                        raise
+                    if not force:
+                        _refuse_taken({folder: stage})
+            for name in sorted(os.listdir(stage)):
+                os.replace(os.path.join(stage, name), os.path.join(folder, name))
     except OSError as exc:
         shown = ", ".join(dict.fromkeys(os.path.dirname(path) or os.curdir for path in paths))
         raise IvimError(f"output folder {shown}: cannot write in it ({exc})") from None
     finally:
         for stage in stages.values():
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def _refuse_taken(stages):
+    """OutputExistsError if a file staged for ``{folder: stage}`` now exists in its folder."""
+    for folder, stage in stages.items():
+        for name in sorted(os.listdir(stage)):
+            if os.path.lexists(os.path.join(folder, name)):
+                raise OutputExistsError(f"{os.path.join(folder, name)}: written meanwhile by another run; "
+                                        "nothing written (use --force to replace it)")
+
+
+LOCK_SUFFIX = ".ivim-lock"
+
+
+@contextlib.contextmanager
+def output_folder_lock(folder):
+    """Hold an exclusive lock on an output folder for the block: a second run into the same
+    folder at the same time is refused (one line), so a folder never mixes two runs' files.
+
+    The lock is a file ``.<folder name>.ivim-lock`` created with O_EXCL in the folder's parent
+    (inside the folder when only the folder is writable), holding the process id and host, and
+    removed at the end.  A lock left by a killed run (SIGKILL) on this host is taken over.
+
+    Raises
+    ------
+    OutputExistsError
+        Another live run holds the lock.
+    """
+    path = _lock_path(folder)
+    if path is None:               # nowhere to write it: check_output_folder says why
+        yield
+        return
+    me = f"{os.getpid()} {socket.gethostname()}"
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if not _remove_if_stale(path):
+                raise OutputExistsError(f"output folder {folder}: another run ({_read_lock(path)}) is writing "
+                                        f"into it; wait for it to end, or remove {path} if that run is "
+                                        "no longer running") from None
+        except OSError:            # not writable: check_output_folder says why
+            yield
+            return
+    else:
+        raise OutputExistsError(f"output folder {folder}: could not take its lock {path}")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(me + "\n")
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if _read_lock(path) == me:
+                os.unlink(path)
+
+
+def _lock_path(folder):
+    folder = os.path.abspath(folder)
+    parent = os.path.dirname(folder)
+    name = "." + os.path.basename(folder) + LOCK_SUFFIX
+    if os.path.isdir(parent) and os.access(parent, os.W_OK | os.X_OK):
+        return os.path.join(parent, name)
+    if os.path.isdir(folder) and os.access(folder, os.W_OK | os.X_OK):
+        return os.path.join(folder, name)
+    ancestor = _existing_ancestor(parent)
+    if os.path.isdir(ancestor) and os.access(ancestor, os.W_OK | os.X_OK):
+        return os.path.join(ancestor, "." + os.path.relpath(folder, ancestor).replace(os.sep, "%") + LOCK_SUFFIX)
+    return None
+
+
+def _read_lock(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _remove_if_stale(path):
+    """Remove a lock whose process (on this host) is gone; True if removed (or gone)."""
+    text = _read_lock(path)
+    try:
+        pid, host = text.split()
+        pid = int(pid)
+    except ValueError:
+        return False               # being written, or not ours: not stale
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+        return False
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        if _read_lock(path) == text:
+            os.unlink(path)
+    return True
 
 
 def write_map(path, volume, reference):
@@ -458,7 +640,7 @@ def write_fit_folder(folder, volumes, reference, sidecar, force):
     check_output_folder(folder, force, [*MAP_FILES.values(), FIT_SIDECAR])
     paths = {name: os.path.join(folder, MAP_FILES[name]) for name in volumes}
     sidecar_path = os.path.join(folder, FIT_SIDECAR)
-    with staged_outputs([*paths.values(), sidecar_path]) as tmp:
+    with staged_outputs([*paths.values(), sidecar_path], force) as tmp:
         for name, path in paths.items():
             write_map(tmp[path], volumes[name], reference)
         write_json(tmp[sidecar_path], sidecar)

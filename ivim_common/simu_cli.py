@@ -3,7 +3,9 @@
 Only the standard library is imported at module level, so ``--help`` stays instant; numpy,
 the fitters and matplotlib are imported when the work starts.
 """
+import argparse
 import os
+import re
 import sys
 
 from . import cli, constants
@@ -65,12 +67,29 @@ def compute_parser(kind, prog, description, example):
                             help="gaussian: S + N(0,σ), as the original (default); "
                                  "rician: |S + N(0,σ) + i·N(0,σ)|, magnitude data with its noise floor")
     parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
-                        help="worker processes for the fits (default: all cores)")
+                        help="worker processes for the fits (default: the CPUs this process may use, i.e. "
+                             "its CPU affinity and cgroup quota, as SLURM sets them)")
     parser.add_argument("--shard", metavar="K/N", type=cli.shard_spec, default=(1, 1),
                         help="compute only shard K of N of the grid (K = 1..N, N <= grid cells), e.g. for "
                              "a job array; merge the shard files with ivim_simu_plot.py")
+    parser.add_argument("--run-id", type=run_id, default=default_run_id(), metavar="ID",
+                        help="id of the run, in the file names (sim_results_<date>_run<ID>...): the shards of "
+                             "one run share it, and a rerun into the same folder gets another "
+                             "(default: $SLURM_ARRAY_JOB_ID, else $SLURM_JOB_ID, else none)")
     _common_arguments(parser)
     return parser
+
+
+def default_run_id():
+    """$SLURM_ARRAY_JOB_ID (shared by the tasks of an array), else $SLURM_JOB_ID, else ''."""
+    return os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID") or ""
+
+
+def run_id(text):
+    """argparse type: letters, digits and '-' (it goes into file names)."""
+    if not re.fullmatch(r"[A-Za-z0-9-]*", text):
+        raise argparse.ArgumentTypeError(f"letters, digits and '-' only, got {text!r}")
+    return text
 
 
 def plot_parser(prog, description, example):
@@ -84,12 +103,6 @@ def plot_parser(prog, description, example):
     parser.add_argument("--merged", metavar="OUT.npz", help="also write the merged result (and its .json)")
     _common_arguments(parser)
     return parser
-
-
-def _progress(total, verbose):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="cell", file=sys.stderr, disable=verbose == 0 or not sys.stderr.isatty())
 
 
 def run_compute(kind, parser, argv=None):
@@ -111,33 +124,40 @@ def run_compute(kind, parser, argv=None):
 
 
 def _compute(kind, args, prog, argv):
-    from . import engines, io
+    import dataclasses
+
+    import numpy as np
+
+    from . import engines, io, voxelpool
     from . import simulation as simu
 
     sim = simu.Simulation(bvals=args.bval, F_range=args.F, Dstar_range=args.Dstar, D_range=args.D,
                           approach=args.model, bounds_version=args.bounds_version, engine=args.engine,
                           seed=args.seed, n_draws=getattr(args, "n_draws", 1),
-                          noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or os.cpu_count() or 1,
+                          noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or voxelpool.default_jobs(),
                           engine_options=args.engine_options)
     shard = args.shard
-    path = simu.result_path(args.ofolder, shard)
+    path = simu.result_path(args.ofolder, shard, run_id=args.run_id)
     outputs = [path, simu.sidecar_path(path)]
     io.check_outputs(outputs, args.force)
 
-    engines.get(sim.engine).prepare(announce=args.verbose >= 1)    # before the progress bar starts
+    engines.get(sim.engine).prepare(announce=args.verbose >= 1)    # before the progress starts
     elapsed = simu.timer()
     n_cells = len(simu.shard_cells(sim.n_cells, *shard))
     if args.verbose >= 2:
         print(f"{kind}: {n_cells} grid cells (shard {shard[0]}/{shard[1]}), {sim}", file=sys.stderr)
     snr_kind = SIMULATION_KINDS[kind].snr
-    with _progress(n_cells, args.verbose) as bar:
+    with voxelpool.WorkerPool(sim.jobs, hint="fewer workers (-j)") as pool, \
+            cli.Progress(n_cells, "cell", enabled=args.verbose >= 1, prog=prog) as bar:
+        sim = dataclasses.replace(sim, pool=pool)   # one pool for the whole run
         if snr_kind == "start":
             arrays = simu.run_required_snr(sim, args.condition, args.max_error, args.snr, shard, bar.update)
         else:
             arrays = simu.run_errors(sim, args.snr if snr_kind == "fixed" else None, shard, bar.update)
+    arrays["run_id"] = np.array(args.run_id)
     run_time = elapsed()
     doc = simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time)
-    with io.staged_outputs(outputs) as tmp:
+    with io.staged_outputs(outputs, force=args.force) as tmp:
         simu.save_results(*(tmp[p] for p in outputs), arrays, doc)
     if args.verbose >= 1:
         print(f"{path} (+ .json): {n_cells} grid cells in {run_time:.1f} s")
@@ -191,7 +211,7 @@ def _plot(args, prog, argv):
     figures = plotting.simulation_figures(merged, args.oname, args.format) if args.oname else {}
     outputs = [*merged_paths, *figures]
     io.check_outputs(outputs, args.force)
-    with io.staged_outputs(outputs) as tmp:
+    with io.staged_outputs(outputs, force=args.force) as tmp:
         if args.merged:
             doc = simu.sidecar(merged, io.provenance(prog, argv),
                                extra={"merged_from": [io.input_record(p) for p in args.input]})

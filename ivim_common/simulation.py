@@ -22,7 +22,7 @@ import json
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -64,6 +64,7 @@ ARRAY_DESCRIPTIONS = {
     "min_snr": "(nF, nDstar, nD) required SNR; NaN: not reachable below the cap, or not in this shard",
     "mean_err_at_min_snr": "(4, nF, nDstar, nD) mean |error| in % at min_snr",
     "shard": "[K, N]: this file holds shard K of N ([1, 1]: the whole grid)",
+    "run_id": "id of the run, shared by its shards (--run-id, default $SLURM_ARRAY_JOB_ID); '' if none",
     "settings": "JSON of the settings that shards of one run share",
 }
 # Arrays with one value per grid cell in their last 3 axes: the ones shards fill in.
@@ -95,6 +96,9 @@ class Simulation:
     engine_options : dict, optional
         Options of the engine (e.g. ``{"prior": "empirical"}`` for 'bayes': estimated from each
         batch of fits).
+    pool : ivim_common.voxelpool.WorkerPool, optional
+        The run's worker processes, reused by every batch and SNR step (default: a pool per
+        batch).
     """
     bvals: np.ndarray
     F_range: np.ndarray
@@ -108,6 +112,7 @@ class Simulation:
     noise: str = "gaussian"
     jobs: int = 1
     engine_options: dict = None
+    pool: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         model.settings(self.approach, self.bounds_version)  # validates both
@@ -188,7 +193,7 @@ def _fit(sim, signal, voxel_ids):
     The voxels are split over ``sim.jobs`` worker processes (ivim_common.voxelpool).
     """
     fitter = IvimModel(sim.bvals, sim.approach, sim.bounds_version, sim.engine, **(sim.engine_options or {}))
-    out = fitter.fit_voxels(signal, voxel_ids, jobs=sim.jobs, seed=sim.seed)
+    out = fitter.fit_voxels(signal, voxel_ids, jobs=sim.jobs, seed=sim.seed, pool=sim.pool)
     est = np.stack([out[ERROR_PARAMETERS[name]] for name in ERR_ORDER], axis=-1)
     est[out["exception"] != 0] = np.nan
     return est
@@ -396,6 +401,9 @@ def load_results(path):
         raise InputError(f"{path}: cannot read as a simulation result (.npz): {exc}") from None
     if "kind" not in arrays or str(arrays["kind"]) not in SIMULATION_KINDS:
         raise InputError(f"{path}: not a simulation result of this toolbox (no valid 'kind' array)")
+    for name in CELL_ARRAYS:
+        if name in arrays and arrays[name].dtype.kind not in "iuf":
+            raise InputError(f"{path}: array {name!r} has data type {arrays[name].dtype}, not real numbers")
     arrays.setdefault("shard", np.array([1, 1]))
     return arrays
 
@@ -432,7 +440,8 @@ def merge_results(results, names=None):
             if n == 1:
                 raise InputError(f"{name} and {seen[k]} are two complete runs, not shards of one: "
                                  "give one of them")
-            raise InputError(f"{name}: shard {k}/{n} given twice (also {seen[k]})")
+            raise InputError(f"{name}: shard {k}/{n} given twice (also {seen[k]}): "
+                             + _which_run_hint(results, names, n))
         seen[k] = name
     missing = sorted(set(range(1, n_shards + 1)) - set(seen))
     if missing:
@@ -452,11 +461,27 @@ def merge_results(results, names=None):
     return merged
 
 
-def result_path(ofolder, shard=(1, 1), now=None):
-    """``<ofolder>/sim_results_<yymmddHHMMSS>.npz`` (``..._shard<K>of<N>.npz`` for a shard)."""
+def _which_run_hint(results, names, n_shards):
+    """What to do when the inputs hold the files of several runs (a rerun into one folder)."""
+    ids = sorted({str(arrays.get("run_id", "")) for arrays in results} - {""})
+    folder = os.path.dirname(names[0]) or "."
+    if len(ids) > 1:
+        return (f"the inputs hold several runs (run ids {', '.join(ids)}); give the files of one, e.g. "
+                f"-input {os.path.join(folder, f'sim_results_*_run{ids[-1]}_shard*of{n_shards}.npz')}")
+    return ("the inputs hold the files of several runs; give the files of one (see their dates in the "
+            "names and sidecars), or give each run a --run-id")
+
+
+def result_path(ofolder, shard=(1, 1), now=None, run_id=""):
+    """``<ofolder>/sim_results_<yymmddHHMMSS>[_run<ID>][_shard<K>of<N>].npz``.
+
+    The run id (shared by the shards of one run, e.g. a SLURM array's job id) lets the files of
+    one run be told from those of a rerun into the same folder.
+    """
     stamp = (now or datetime.datetime.now()).strftime("%y%m%d%H%M%S")
+    run = f"_run{run_id}" if run_id else ""
     tail = "" if tuple(shard) == (1, 1) else f"_shard{shard[0]}of{shard[1]}"
-    return os.path.join(ofolder, f"sim_results_{stamp}{tail}.npz")
+    return os.path.join(ofolder, f"sim_results_{stamp}{run}{tail}.npz")
 
 
 def sidecar_path(npz_path):

@@ -68,3 +68,15 @@ def write_dataset(folder, mask_voxels=None):
 def dataset(tmp_path):
     """The synthetic data set in a fresh temporary folder."""
     return write_dataset(tmp_path / "data")
+
+
+@pytest.fixture(autouse=True)
+def restore_stop_signals():
+    """A script's main() stopped by a signal or Ctrl-C leaves SIGINT, SIGTERM and SIGHUP ignored
+    (it is exiting: a second signal must change nothing); tests call main() in this process."""
+    import signal
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    yield
+    for s, handler in saved.items():
+        signal.signal(s, handler)

@@ -1,0 +1,99 @@
+"""What this process may use: CPUs (affinity, cgroup quota) and memory (/proc/meminfo, cgroup limit).
+
+A batch job is given a share of a node: SLURM sets the CPU affinity (``--cpus-per-task``) and,
+with cgroup constraints, a CPU quota and a memory limit.  The node's core count and total memory
+say nothing about that share.  Only the standard library is used; every reader returns None
+where the information is missing (not Linux, no cgroup, no limit).
+"""
+import math
+import os
+
+PROC_CGROUP = "/proc/self/cgroup"
+CGROUP_ROOT = "/sys/fs/cgroup"
+MEMINFO = "/proc/meminfo"
+
+
+def _read(path):
+    try:
+        with open(path, encoding="ascii") as f:
+            return f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _cgroup_folders(controller, proc_cgroup=PROC_CGROUP, root=CGROUP_ROOT):
+    """Folders of this process's cgroup and of its parents, for ``controller`` ('cpu' or
+    'memory'): [(version, folder), ...], innermost first (v2 and v1 hierarchies both)."""
+    text = _read(proc_cgroup) or ""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            version, bases = 2, [root]
+        elif controller in controllers.split(","):
+            version = 1
+            bases = [os.path.join(root, name) for name in (controllers, controller, "cpu,cpuacct")]
+        else:
+            continue
+        for base in dict.fromkeys(bases):
+            if not os.path.isdir(base):
+                continue
+            folder = os.path.normpath(os.path.join(base, path.lstrip("/")))
+            while True:
+                out.append((version, folder))
+                if folder == base or not folder.startswith(base):
+                    break
+                folder = os.path.dirname(folder)
+    return out
+
+
+def cgroup_cpu_limit(proc_cgroup=PROC_CGROUP, root=CGROUP_ROOT):
+    """CPUs allowed by the cgroup CPU quota (v2 ``cpu.max``, v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us``), rounded up, the smallest along the cgroup's path; None if none."""
+    limits = []
+    for version, folder in _cgroup_folders("cpu", proc_cgroup, root):
+        if version == 2:
+            fields = (_read(os.path.join(folder, "cpu.max")) or "").split()
+        else:
+            fields = [_read(os.path.join(folder, name)) for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")]
+        try:
+            quota, period = (float(v) for v in fields[:2])
+        except (TypeError, ValueError):          # missing, or "max": no quota
+            continue
+        if quota > 0 and period > 0:
+            limits.append(max(1, math.ceil(quota / period)))
+    return min(limits) if limits else None
+
+
+def usable_cpus():
+    """CPUs this process may use: its affinity, capped by its cgroup CPU quota (at least 1)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):            # not Linux
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_limit()
+    return max(1, min(cpus, quota) if quota else cpus)
+
+
+def available_memory(meminfo=MEMINFO, proc_cgroup=PROC_CGROUP, root=CGROUP_ROOT):
+    """Bytes this process can still allocate: MemAvailable of /proc/meminfo, capped by the
+    room left under each cgroup memory limit (v2 ``memory.max`` - ``memory.current``, v1
+    ``memory.limit_in_bytes`` - ``memory.usage_in_bytes``); None if unknown."""
+    room = []
+    for line in (_read(meminfo) or "").splitlines():
+        if line.startswith("MemAvailable:"):
+            room.append(int(line.split()[1]) * 1024)
+    for version, folder in _cgroup_folders("memory", proc_cgroup, root):
+        names = ("memory.max", "memory.current") if version == 2 else \
+            ("memory.limit_in_bytes", "memory.usage_in_bytes")
+        limit, used = (_read(os.path.join(folder, name)) for name in names)
+        try:
+            limit, used = int(limit), int(used or 0)
+        except (TypeError, ValueError):          # missing, or "max": no limit
+            continue
+        if limit < 1 << 60:                      # v1 writes "no limit" as a huge number
+            room.append(max(0, limit - used))
+    return min(room) if room else None
