@@ -21,7 +21,7 @@ def voxel_seeds(seed, voxel_ids):
 
 
 def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine="fast",
-               seed=0, voxel_ids=None):
+               seed=0, voxel_ids=None, bounds=None, dstar_convention="toolbox"):
     """Fit the IVIM model to many voxels, in this process: the work of one chunk.
 
     Parameters
@@ -30,7 +30,7 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
         b-values in s/mm².
     signal : array_like (n_voxels, n_b)
     approach : {'one-step', 'two-step'}
-    bounds_version : {'2020', '2019'}
+    bounds_version : {'2020', '2019', 'osipi'}
         One-step bounds (ignored by two-step).
     engine : str
         A name of :data:`ivim_common.engines.ENGINES`.
@@ -39,6 +39,11 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     voxel_ids : array_like of int (n_voxels,), optional
         Flat indices of the voxels in the volume, from which each voxel's seed derives
         (default ``arange(n_voxels)``).
+    bounds : dict, optional
+        The user's bounds, ``{name: (lower, upper, start or None)}`` (see
+        :func:`ivim_common.model.nominal_bounds`); every result then lies inside them.
+    dstar_convention : {'toolbox', 'osipi'}
+        What the Dstar and FivimXDstar maps hold: D* in excess of D, or D*p = D + D*.
 
     Returns
     -------
@@ -56,8 +61,12 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
 
     ok = model.valid_voxels(signal)
     dinit, s0_1mf = model.initial_estimate(bvals, signal[ok], cfg["bval_threshold"])
-    init, lo, hi, vary = model.nominal_bounds(approach, bounds_version, dinit, s0_1mf)
-    params = fitter.fit(bvals, signal[ok], init, lo, hi, vary, voxel_seeds(seed, voxel_ids[ok]))["params"]
+    init, lo, hi, vary = model.nominal_bounds(approach, bounds_version, dinit, s0_1mf,
+                                              model.lowest_b_signal(bvals, signal[ok]), bounds, dstar_convention)
+    limits = model.refinement_limits(approach, bounds_version, bounds, dstar_convention)
+    user_box = {} if limits is None else {"limits": limits}     # only the user's bounds need it
+    params = fitter.fit(bvals, signal[ok], init, lo, hi, vary, voxel_seeds(seed, voxel_ids[ok]),
+                        **user_box)["params"]
     finite = np.isfinite(params).all(axis=1)      # a fit that did not give numbers failed too
     fitted = ok.copy()
     fitted[ok] = finite
@@ -70,7 +79,7 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     _, out["AIC"][fitted], out["R2"][fitted] = model.goodness_of_fit(bvals, signal[fitted], params,
                                                                      int(vary.sum()))
     out["exception"] = np.where(fitted, 0.0, 1.0)
-    return out
+    return model.to_dstar_convention(out, dstar_convention)
 
 
 class IvimModel:
@@ -91,6 +100,13 @@ class IvimModel:
     engine : str
         'fast' (compiled, default) or 'lmfit' (the original's differential evolution, about
         1-2 s per voxel): see :data:`ivim_common.engines.ENGINES`.
+    bounds : dict, optional
+        Bounds overriding the preset's, ``{name: (lower, upper)}`` or ``(lower, upper,
+        start)``, names S0 (a factor of the preset's reference signal), D, f, Dstar (in
+        ``dstar_convention``); every result then lies inside them.
+    dstar_convention : {'toolbox', 'osipi'}
+        What ``Dstar`` (and ``FivimXDstar``) hold: 'toolbox' D* in excess of D (default),
+        'osipi' the perfusing pool's D*p = D + D* (dipy, osipy, the OSIPI code collection).
 
     Examples
     --------
@@ -104,10 +120,17 @@ class IvimModel:
     f = 0.100, D = 1.00e-03 mm²/s, D* = 2.00e-02 mm²/s
     """
 
-    def __init__(self, bvals, approach="one-step", bounds_version="2020", engine="fast"):
+    def __init__(self, bvals, approach="one-step", bounds_version="2020", engine="fast", bounds=None,
+                 dstar_convention="toolbox"):
         bvals = np.asarray(getattr(bvals, "bvals", bvals), dtype=float)
         model.settings(approach, bounds_version)            # checks both
         engines.get(engine)
+        if dstar_convention not in model.DSTAR_CONVENTIONS:
+            raise ValueError(f"unknown D* convention {dstar_convention!r} (choose from "
+                             f"{', '.join(model.DSTAR_CONVENTIONS)})")
+        bounds = {k: (tuple(v) + (None,))[:3] for k, v in (bounds or {}).items()} or None
+        model.check_user_bounds(bounds, approach, dstar_convention)
+        self.bounds, self.dstar_convention = bounds, dstar_convention
         if bvals.ndim != 1 or not np.isfinite(bvals).all() or (bvals < 0).any():
             raise ValueError(f"bvals: expected finite b-values >= 0 in one row, got shape {bvals.shape}")
         if np.unique(bvals).size < model.n_free(approach):
@@ -117,7 +140,8 @@ class IvimModel:
 
     def __repr__(self):
         return (f"IvimModel({self.bvals.size} b-values, approach={self.approach!r}, "
-                f"bounds_version={self.bounds_version!r}, engine={self.engine!r})")
+                f"bounds_version={self.bounds_version!r}, engine={self.engine!r}, bounds={self.bounds!r}, "
+                f"dstar_convention={self.dstar_convention!r})")
 
     def fit_voxels(self, signal, voxel_ids=None, jobs=1, seed=0, chunk_size=None, progress=False):
         """Fit rows of signal (n_voxels, n_b) in ``jobs`` processes; maps as 1-D arrays.
@@ -134,7 +158,8 @@ class IvimModel:
         return voxelpool.map_chunks(fit_voxels, signal, voxel_ids, jobs=jobs,
                                     chunk_size=chunk_size or fitter.CHUNK_SIZE, progress=progress,
                                     bvals=self.bvals, approach=self.approach,
-                                    bounds_version=self.bounds_version, engine=self.engine, seed=seed)
+                                    bounds_version=self.bounds_version, engine=self.engine, seed=seed,
+                                    bounds=self.bounds, dstar_convention=self.dstar_convention)
 
     def fit(self, data, mask=None, jobs=1, seed=0, chunk_size=None, progress=False):
         """Fit every voxel of ``data`` (in ``mask``).
@@ -223,15 +248,18 @@ class IvimFit:
     Fivim = property(lambda self: self._maps["Fivim"], doc="Perfusion fraction (0-1).")
     f = Fivim
     Dstar = property(lambda self: self._maps["Dstar"],
-                     doc="Pseudo-diffusion coefficient in excess of D (mm²/s).")
-    FivimXDstar = property(lambda self: self._maps["FivimXDstar"], doc="f·D* (mm²/s).")
+                     doc="Pseudo-diffusion coefficient (mm²/s): in excess of D, or D*p = D + D* "
+                         "where the model's dstar_convention is 'osipi'.")
+    FivimXDstar = property(lambda self: self._maps["FivimXDstar"], doc="f·Dstar (mm²/s).")
     AIC = property(lambda self: self._maps["AIC"], doc="n·ln(RSS/n) + 2k, as lmfit.")
     R2 = property(lambda self: self._maps["R2"], doc="Coefficient of determination on the signal.")
     exception = property(lambda self: self._maps["exception"], doc="1 where the fit failed, else 0.")
 
     def predict(self, bvals):
         """The model's signal at ``bvals`` (s/mm²) for every voxel: shape (..., n_b)."""
-        return model.ivim_signal(getattr(bvals, "bvals", bvals), self.S0, self.D, self.Fivim, self.Dstar)
+        convention = getattr(self.model, "dstar_convention", "toolbox")
+        return model.ivim_signal(getattr(bvals, "bvals", bvals), self.S0, self.D, self.Fivim,
+                                 model.excess_dstar(self.Dstar, self.D, convention))
 
     def sidecar_fields(self):
         """What the sidecar of a fit folder says of this fit (without provenance and inputs)."""
@@ -240,7 +268,7 @@ class IvimFit:
         return {
             "voxel_selection": "the mask given to IvimModel.fit",
             "bvals": mdl.bvals,
-            **io.model_record(mdl.approach, mdl.bounds_version),
+            **io.model_record(mdl.approach, mdl.bounds_version, mdl.bounds, mdl.dstar_convention),
             "engine": mdl.engine,
             "seed": self.seed,
             "jobs": self.jobs,
@@ -294,6 +322,7 @@ class IvimFit:
         mdl = None
         if sidecar and sidecar.get("bvals") and sidecar.get("approach"):
             mdl = IvimModel(sidecar["bvals"], sidecar["approach"], sidecar.get("bounds_version") or "2020",
-                            sidecar.get("engine", "fast"))
+                            sidecar.get("engine", "fast"), sidecar.get("bounds_overrides"),
+                            sidecar.get("dstar_convention", "toolbox"))
         return cls(mdl, maps, mask, seed=(sidecar or {}).get("seed", 0), jobs=(sidecar or {}).get("jobs", 1),
                    run_time_s=(sidecar or {}).get("run_time_s"), sidecar=sidecar)

@@ -13,7 +13,12 @@ CONVERSION = (
     "S(b) = S0*(f*exp(-b*Dp) + (1-f)*exp(-b*D)), Dp = D + Dstar (f, D and S0 unchanged)."
 )
 APPROACHES = ("one-step", "two-step")
-BOUNDS_VERSIONS = ("2020", "2019")
+BOUNDS_VERSIONS = ("2020", "2019", "osipi")
+# How a written Dstar map is defined: 'toolbox' D* in excess of D (the model's), 'osipi' the
+# perfusing pool's own pseudo-diffusion coefficient D*p = D + D* (dipy, osipy, OSIPI).
+DSTAR_CONVENTIONS = ("toolbox", "osipi")
+# Names --bounds takes (Fivim also as f); S0 as a factor of the preset's reference signal.
+BOUND_NAMES = ("S0", "D", "f", "Fivim", "Dstar")
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,14 @@ Every engine module has the same three names:
 ``prepare(announce=True)``
     Make the engine ready in this process (compile or load compiled code), once; worker
     processes started afterwards find it ready to load.
-``fit(bvals, signal, init, lo, hi, vary, seeds)``
+``fit(bvals, signal, init, lo, hi, vary, seeds, limits=None)``
     Fit the model to finite, positive signal (n_voxels, n_b) with per-voxel start values and
     nominal bounds ``init, lo, hi`` (n_voxels, 4, in the order of
     :data:`ivim_common.model.PARAM_NAMES`), ``vary`` (4,) the free parameters and ``seeds``
-    (n_voxels, 2) per-voxel seeds (see :func:`ivim_common.api.voxel_seeds`).  Returns a dict
-    with ``params`` (n_voxels, 4), NaN rows where the fit failed.
+    (n_voxels, 2) per-voxel seeds (see :func:`ivim_common.api.voxel_seeds`); ``limits`` (None
+    or a dict) goes to :func:`ivim_common.model.refinement_bounds`, which keeps the results of
+    the 'osipi' preset and of the user's bounds inside them.  Returns a dict with ``params``
+    (n_voxels, 4), NaN rows where the fit failed.
 
 A new engine is one module here and one entry in :data:`ENGINES`; the scripts' ``--engine``
 choices and help come from this table.  Only the standard library is imported here, so
