@@ -59,7 +59,7 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     voxel_ids = np.arange(n) if voxel_ids is None else np.asarray(voxel_ids)
     cfg = model.settings(approach, bounds_version)
 
-    ok = model.valid_voxels(signal)
+    ok = model.valid_voxels(signal, bvals, approach, bounds_version)
     dinit, s0_1mf = model.initial_estimate(bvals, signal[ok], cfg["bval_threshold"])
     init, lo, hi, vary = model.nominal_bounds(approach, bounds_version, dinit, s0_1mf,
                                               model.lowest_b_signal(bvals, signal[ok]), bounds, dstar_convention)

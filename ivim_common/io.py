@@ -577,7 +577,7 @@ def read_bvecs(path, bvals, tolerance=None):
     _check_readable(path, "b-vector file")
     try:
         with open(path, encoding="utf-8") as f:
-            rows = [re.split(r"[\s,]+", line.strip(", \t")) for line in f if line.strip(", \t")]
+            rows = [re.split(r"[\s,]+", line.strip(", \t\r\n")) for line in f if line.strip(", \t\r\n")]
         bvecs = np.array([[float(v) for v in row] for row in rows])
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"b-vector file {path}: cannot read it as rows of numbers ({exc})") from None

@@ -316,11 +316,20 @@ def settle_undetermined_dstar(params, r_lo, r_hi):
     return params
 
 
-def valid_voxels(signal):
-    """True where every sample of a voxel is finite and positive (others are marked failed)."""
+def valid_voxels(signal, bvals=None, approach="one-step", bounds_version="2020"):
+    """True where every sample of a voxel is finite and positive (others are marked failed).
+
+    With the 'osipi' preset (one-step), whose bounds need no log-linear initialisation, a
+    non-positive sample is kept (noise makes them where a fast-decaying signal, such as blood's,
+    reaches 0, and least squares fits them as they are): there a voxel needs finite samples and a
+    positive mean signal at the lowest b only.
+    """
     signal = np.asarray(signal, dtype=float)
     with np.errstate(invalid="ignore"):
-        return np.isfinite(signal).all(axis=1) & (signal > 0).all(axis=1)
+        finite = np.isfinite(signal).all(axis=1)
+        if bounds_version == "osipi" and approach == "one-step" and bvals is not None:
+            return finite & (lowest_b_signal(bvals, signal) > 0)
+        return finite & (signal > 0).all(axis=1)
 
 
 def goodness_of_fit(bvals, signal, params, n_varied):

@@ -511,3 +511,24 @@ def timer():
     """Seconds since the call, as a function (for run_time_s)."""
     t0 = time.perf_counter()
     return lambda: time.perf_counter() - t0
+
+
+def directional_signal(bvals, bvecs, S0, D_diag, Fivim, Dstar):
+    """Signal of IVIM with an anisotropic diffusion and an isotropic perfusion, per volume:
+    ``S0·exp(-b·gᵀ·diag(D_diag)·g)·(f·exp(-b·D*) + 1 - f)`` (g the unit gradient direction;
+    D* in excess of D, as :func:`ivim_common.model.ivim_signal`).
+
+    Parameters
+    ----------
+    bvals : array_like (n_b,); bvecs : array_like (3, n_b), unit vectors (any at b = 0)
+    S0, Fivim, Dstar : float or array_like (...); D_diag : array_like (..., 3), mm²/s
+
+    Returns
+    -------
+    ndarray (..., n_b)
+    """
+    b = np.asarray(bvals, dtype=float)
+    g = np.asarray(bvecs, dtype=float)
+    d_of_volume = np.asarray(D_diag, dtype=float) @ (g ** 2)          # (..., n_b)
+    S0, Fivim, Dstar = (np.asarray(p, dtype=float)[..., None] for p in (S0, Fivim, Dstar))
+    return S0 * np.exp(-b * d_of_volume) * (Fivim * np.exp(-b * Dstar) + 1.0 - Fivim)
