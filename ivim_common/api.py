@@ -201,6 +201,12 @@ class IvimModel:
         return IvimFit(self, maps, mask, seed=seed, jobs=jobs, run_time_s=time.perf_counter() - start)
 
 
+def dstar_convention_of(fit):
+    """The D* convention of a fit's maps: its model's, else its sidecar's, else 'toolbox'."""
+    return (getattr(fit.model, "dstar_convention", None) or (fit.sidecar or {}).get("dstar_convention")
+            or "toolbox")
+
+
 class IvimFit:
     """The maps of an :class:`IvimModel` fit, each of shape ``mask.shape``.
 
@@ -257,7 +263,7 @@ class IvimFit:
 
     def predict(self, bvals):
         """The model's signal at ``bvals`` (s/mm²) for every voxel: shape (..., n_b)."""
-        convention = getattr(self.model, "dstar_convention", "toolbox")
+        convention = dstar_convention_of(self)
         return model.ivim_signal(getattr(bvals, "bvals", bvals), self.S0, self.D, self.Fivim,
                                  model.excess_dstar(self.Dstar, self.D, convention))
 

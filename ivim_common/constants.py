@@ -4,7 +4,7 @@
 sidecar, the viewer and the figures say about the model, its maps and the simulations lives here
 once; :mod:`ivim_common.model`, :mod:`ivim_common.simulation` and the rest read it from here.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # The model (see ivim_common.model).
 EQUATION = "S(b) = S0 * exp(-b*D) * (Fivim*exp(-b*Dstar) + 1 - Fivim)"
@@ -75,6 +75,23 @@ PARAMETERS = {
     "exception": Parameter("exception", "1 = fit failed, 0 = fitted", "exception (1 = failed)", (0.0, 1.0),
                            "1 where the fit failed (NaN or non-positive signal, or no finite result)", ".0f"),
 }
+# With --dstar-convention osipi, the Dstar and FivimXDstar maps hold D*p = D + D* and f·D*p.
+OSIPI_DSTAR = {
+    "Dstar": dict(label="D*p", axis="D*p = D + D* (mm²/s)", display=None,
+                  description="pseudo-diffusion coefficient of the perfusing pool, D*p = D + D* (OSIPI/dipy "
+                              "convention: S = S0*(f*exp(-b*D*p) + (1-f)*exp(-b*D)))"),
+    "FivimXDstar": dict(label="f·D*p", axis="f·D*p (mm²/s)", display=None,
+                        description="product of f and D*p = D + D* (OSIPI/dipy convention)"),
+}
+
+
+def parameters(dstar_convention="toolbox"):
+    """The parameter table as the maps of ``dstar_convention`` hold them (labels, descriptions)."""
+    if dstar_convention != "osipi":
+        return PARAMETERS
+    return {name: replace(p, **OSIPI_DSTAR.get(name, {})) for name, p in PARAMETERS.items()}
+
+
 MODEL_PARAMETERS = ("S0", "D", "Fivim", "Dstar")      # the model's, in the order fitters use
 OUTPUT_NAMES = tuple(PARAMETERS)
 

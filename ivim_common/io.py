@@ -26,7 +26,7 @@ import nibabel as nib
 import numpy as np
 
 from . import __version__, model
-from .constants import FIT_SIDECAR, MAP_FILES, PARAMETERS
+from .constants import FIT_SIDECAR, MAP_FILES, PARAMETERS, parameters
 from .errors import InputError, IvimError, OutputExistsError
 
 
@@ -71,9 +71,7 @@ def model_record(approach, bounds_version, bounds=None, dstar_convention="toolbo
     """The sidecar fields of the model and its fit: equation, conversion, each map's unit and
     description, parameter names, approach, bounds version (one-step only), the user's bounds,
     the bounds in words and the D* convention of the written maps."""
-    descriptions = {name: p.description for name, p in PARAMETERS.items()}
-    if dstar_convention == "osipi":
-        descriptions.update(DSTAR_OSIPI_DESCRIPTIONS)
+    descriptions = {name: p.description for name, p in parameters(dstar_convention).items()}
     return {
         "model": {"equation": model.EQUATION, "conversion": model.CONVERSION,
                   "units": {name: p.unit for name, p in PARAMETERS.items()},
@@ -85,13 +83,6 @@ def model_record(approach, bounds_version, bounds=None, dstar_convention="toolbo
         "bounds": model.bounds_description(approach, bounds_version, bounds, dstar_convention),
         "dstar_convention": dstar_convention,
     }
-
-
-DSTAR_OSIPI_DESCRIPTIONS = {
-    "Dstar": "pseudo-diffusion coefficient of the perfusing pool, D*p = D + D* (OSIPI/dipy convention: "
-             "S = S0*(f*exp(-b*D*p) + (1-f)*exp(-b*D)))",
-    "FivimXDstar": "product of f and D*p = D + D* (OSIPI/dipy convention)",
-}
 
 
 def _jsonable(obj):

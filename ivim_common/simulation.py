@@ -92,6 +92,9 @@ class Simulation:
     noise : {'gaussian', 'rician'}
     jobs : int
         Worker processes for the fits (1: in this process); the results do not depend on it.
+    dstar_convention : {'toolbox', 'osipi'}
+        What ``Dstar_range`` and the D* errors are of: D* in excess of D, or D*p = D + D* (then
+        every true D*p must exceed every true D).
     """
     bvals: np.ndarray
     F_range: np.ndarray
@@ -104,9 +107,14 @@ class Simulation:
     n_draws: int = DEFAULT_N_DRAWS
     noise: str = "gaussian"
     jobs: int = 1
+    dstar_convention: str = "toolbox"
 
     def __post_init__(self):
         model.settings(self.approach, self.bounds_version)  # validates both
+        if self.dstar_convention not in model.DSTAR_CONVENTIONS:
+            raise ValueError(f"unknown D* convention {self.dstar_convention!r}")
+        if self.dstar_convention == "osipi" and np.min(self.Dstar_range) <= np.max(self.D_range):
+            raise ValueError("Dstar_range: with the osipi convention, every D*p = D + D* must exceed every D")
         engines.get(self.engine)
         if self.noise not in NOISE_MODELS:
             raise ValueError(f"unknown noise model {self.noise!r}")
@@ -130,7 +138,7 @@ class Simulation:
     def signal(self, cells):
         """Noise-free signal of cells, shape (n_cells, n_b)."""
         f, dstar, d, _ = self.truth(cells).T
-        return model.ivim_signal(self.bvals, S0_TRUE, d, f, dstar)
+        return model.ivim_signal(self.bvals, S0_TRUE, d, f, model.excess_dstar(dstar, d, self.dstar_convention))
 
     def standard_draws(self, cells):
         """Standard-normal draws of cells: (n_components, n_cells, n_draws, n_b).
@@ -149,7 +157,7 @@ class Simulation:
         """The settings that every shard of one run must share (compared when merging)."""
         return json.dumps(dict(approach=self.approach, bounds_version=self.bounds_version,
                                engine=self.engine, seed=self.seed, noise=self.noise,
-                               n_draws=self.n_draws), sort_keys=True)
+                               n_draws=self.n_draws, dstar_convention=self.dstar_convention), sort_keys=True)
 
 
 def shard_cells(n_cells, k, n):
@@ -181,7 +189,8 @@ def _fit(sim, signal, voxel_ids):
 
     The voxels are split over ``sim.jobs`` worker processes (ivim_common.voxelpool).
     """
-    fitter = IvimModel(sim.bvals, sim.approach, sim.bounds_version, sim.engine)
+    fitter = IvimModel(sim.bvals, sim.approach, sim.bounds_version, sim.engine,
+                       dstar_convention=sim.dstar_convention)
     out = fitter.fit_voxels(signal, voxel_ids, jobs=sim.jobs, seed=sim.seed)
     est = np.stack([out[ERROR_PARAMETERS[name]] for name in ERR_ORDER], axis=-1)
     est[out["exception"] != 0] = np.nan
