@@ -99,23 +99,18 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
 def fit_to_folder(args, argv):
     """Load and check the inputs, fit every selected voxel (per set of directions), write the
     maps and their sidecars (the toolbox's folder, or BIDS derivatives)."""
-    import numpy as np
     from ivim_common import IvimModel, io, model as ivim_model
 
     start = time.perf_counter()
-    sets_out = _outputs(args)
-    for folder, paths in sets_out.values():
-        (io.check_bids_outputs(args.ofolder, paths.values(), args.force) if args.bids
-         else io.check_output_folder(folder, args.force, [*MAP_FILES.values(), FIT_SIDECAR]))
+    sets_out = _outputs(args)                  # 'each': known once the b-vectors are read
+    _check_outputs(args, sets_out)
     inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
     bvecs = None if args.directions == "all" else io.read_bvecs(args.bvec, inputs.bvals, args.b_tolerance)
     sets = io.direction_sets(inputs.data, inputs.bvals, bvecs, args.directions, args.b_tolerance,
                              ivim_model.n_free(args.model), args.bvec)
-    if set(label for label, *_ in sets) != set(sets_out):          # 'each': the directions found
+    if args.directions == "each":
         sets_out = _outputs(args, [label for label, *_ in sets])
-        for folder, paths in sets_out.values():
-            (io.check_bids_outputs(args.ofolder, paths.values(), args.force) if args.bids
-             else io.check_output_folder(folder, args.force, [*MAP_FILES.values(), FIT_SIDECAR]))
+        _check_outputs(args, sets_out)
     jobs = 1 if args.mt == 0 else (args.jobs or os.cpu_count())
     records = {**inputs.records, "bvec": io.input_record(args.bvec) if bvecs is not None else None,
                "bval_source": args.bval_source}
@@ -131,10 +126,7 @@ def fit_to_folder(args, argv):
         extra = {**io.provenance(PROG, argv), "inputs": records, "voxel_selection": inputs.selection,
                  "directions": directions, "run_time_s": round(time.perf_counter() - start, 3)}
         if args.bids:
-            doc = {**io.provenance(PROG, argv), **fit.sidecar_fields(), **extra}
-            grid = fit.shape + (1,) * (3 - len(fit.shape))
-            volumes = {k: np.where(fit.mask, v, 0.0).reshape(grid) for k, v in fit.maps.items()}
-            io.write_bids_maps(args.ofolder, paths, volumes, inputs.image, doc)
+            doc = fit.to_bids(args.ofolder, paths, affine=inputs.image, sidecar=extra)
         else:
             doc = fit.to_folder(folder, affine=inputs.image, force=args.force, sidecar=extra)
         if args.verbose >= 1:
@@ -142,6 +134,17 @@ def fit_to_folder(args, argv):
             print(f"{PROG}: fitted {counts['fitted']} voxels{'' if label is None else f' ({label})'}, "
                   f"{counts['failed']} failed, in {doc['run_time_s']:.1f} s ({args.model}, engine "
                   f"{args.engine}, {jobs} job(s)); maps in {folder}{os.sep}")
+
+
+def _check_outputs(args, sets_out):
+    """Refuse, before any work, outputs that exist (without --force) or cannot be written."""
+    from ivim_common import io
+
+    for folder, paths in sets_out.values():
+        if args.bids:
+            io.check_bids_outputs(args.ofolder, paths.values(), args.force)
+        else:
+            io.check_output_folder(folder, args.force, [*MAP_FILES.values(), FIT_SIDECAR])
 
 
 def _outputs(args, labels=None):
@@ -182,7 +185,8 @@ def check_inputs(parser, args):
     except ValueError as err:
         parser.error(f"argument --bounds: {str(err).removeprefix('bounds: ')}")
     if args.bids and io.bids_source(args.input) is None:
-        parser.error(f"--bids: the input's name {os.path.basename(args.input)!r} is not BIDS (sub-<label>_..._dwi.nii.gz)")
+        parser.error(f"--bids: the input's name {os.path.basename(args.input)!r} is not BIDS "
+                     "(sub-<label>_..._dwi.nii.gz)")
     args.bval_source = "-b" if args.bval else None
     if args.bval is None:
         args.bval = io.find_beside(args.input, "bval")

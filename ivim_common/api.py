@@ -170,7 +170,7 @@ class IvimModel:
             Signal, any number of leading axes (one voxel, a list of voxels, a volume).
         mask : array_like of bool (data.shape[:-1]), optional
             Voxels to fit (default: all).  A voxel with a NaN, Inf or non-positive sample is
-            marked failed.
+            marked failed (with the 'osipi' preset, see :func:`ivim_common.model.valid_voxels`).
         jobs : int
             Worker processes (1: this process).  The maps do not depend on it.
         seed : int
@@ -306,13 +306,25 @@ class IvimFit:
         dict
             The sidecar written.
         """
-        if len(self.shape) > 3:
-            raise ValueError(f"to_folder: maps of {len(self.shape)} dimensions, NIfTI maps hold 3")
-        grid = self.shape + (1,) * (3 - len(self.shape))
-        volumes = {name: np.where(self.mask, v, 0.0).reshape(grid) for name, v in self._maps.items()}
         doc = {**io.provenance("ivim_common.IvimFit.to_folder", None), **self.sidecar_fields(), **(sidecar or {})}
-        io.write_fit_folder(folder, volumes, np.eye(4) if affine is None else affine, doc, force)
+        io.write_fit_folder(folder, self._volumes(), np.eye(4) if affine is None else affine, doc, force)
         return doc
+
+    def to_bids(self, root, paths, affine=None, sidecar=None):
+        """Write the maps as BIDS derivatives (BEP016 names ``paths`` from
+        :func:`ivim_common.io.bids_paths`, one JSON sidecar each) under ``root``, with its
+        ``dataset_description.json`` if it has none; see :meth:`to_folder` for ``affine`` and
+        ``sidecar``.  Returns the toolbox's sidecar the JSON files are made from."""
+        doc = {**io.provenance("ivim_common.IvimFit.to_bids", None), **self.sidecar_fields(), **(sidecar or {})}
+        io.write_bids_maps(root, paths, self._volumes(), np.eye(4) if affine is None else affine, doc)
+        return doc
+
+    def _volumes(self):
+        """The maps as 3-D volumes for NIfTI files, 0 outside the mask."""
+        if len(self.shape) > 3:
+            raise ValueError(f"maps of {len(self.shape)} dimensions, NIfTI maps hold 3")
+        grid = self.shape + (1,) * (3 - len(self.shape))
+        return {name: np.where(self.mask, v, 0.0).reshape(grid) for name, v in self._maps.items()}
 
     @classmethod
     def from_folder(cls, folder):

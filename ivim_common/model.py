@@ -362,7 +362,8 @@ def bounds_description(approach, bounds_version, user=None, dstar_convention="to
     if bounds_version == "osipi" and approach == "one-step":
         (s_lo, s_hi, s_0), (d_lo, d_hi, d_0), (f_lo, f_hi, f_0), (p_lo, p_hi, p_0) = OSIPI.values()
         out = {"initialisation": init + " (Dinit is not used by these bounds)",
-               "S0": f"[{s_lo:g}, {s_hi:g}]*S(lowest b) (mean of the lowest-b volumes), starting at {s_0:g}*S(lowest b)",
+               "S0": (f"[{s_lo:g}, {s_hi:g}]*S(lowest b) (mean of the lowest-b volumes), "
+                      f"starting at {s_0:g}*S(lowest b)"),
                "D": f"[{d_lo:g}, {d_hi:g}] starting at {d_0:g}",
                "Fivim": f"[{f_lo:g}, {f_hi:g}] starting at {f_0:g}",
                "Dstar": f"D*p = D + D* in [{p_lo:g}, {p_hi:g}] starting at {p_0:g}"}
