@@ -40,9 +40,21 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
         epilog=EXAMPLE)
     parser.add_argument("-i", "--input", required=True, metavar="DWI",
                         help="4-D diffusion-weighted NIfTI image (x, y, z, volume)")
-    parser.add_argument("-b", "--bval", required=True, metavar="BVAL",
+    parser.add_argument("-b", "--bval", metavar="BVAL",
                         help="b-values (s/mm^2), one per volume, as one row or one column, separated by "
-                             "spaces, commas or tabs (FSL .bval works)")
+                             "spaces, commas or tabs (FSL .bval works); default: the .bval beside the input "
+                             "(BIDS/FSL naming, e.g. sub-01_dwi.bval), or 'bvals' in its folder")
+    parser.add_argument("--bvec", metavar="BVEC",
+                        help="gradient directions (FSL: 3 rows, one column per volume), for --directions "
+                             "trace/each; default: the .bvec beside the input, if there is one")
+    parser.add_argument("--directions", choices=("all", "trace", "each"), default="all",
+                        help="all: fit every volume together (default); trace: fit the geometric mean over "
+                             "directions at each b-value (the trace-weighted signal); each: one set of maps "
+                             "per direction (in FOLDER/dir1, dir2, ...)")
+    parser.add_argument("--b-tolerance", type=cli.b_tolerance, metavar="TOL",
+                        help="b-values within TOL of each other are one b-value, those within TOL of 0 are "
+                             "b = 0 (s/mm^2, or a percentage such as 2%%; default: 2%% of b, at least 1 s/mm^2); "
+                             "used by --directions trace/each")
     parser.add_argument("-ma", "--mask", metavar="MASK",
                         help="3-D NIfTI mask on the DWI's grid; voxels > 0 are fitted (default: see above)")
     parser.add_argument("-mo", "--model", default="one-step", choices=constants.APPROACHES,
@@ -51,8 +63,18 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                         help="output folder (default: %(default)s)")
     parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
                         help="one-step bounds: 2020 (default; b >= 400 for Dinit, f in [0, 0.20], "
-                             "D* in [2*Dinit, 50e-3]) or 2019 (the published maps; b >= 500, f in [0, 0.35], "
-                             "D* in [0.8*Dinit, 35.5e-3])")
+                             "D* in [2*Dinit, 50e-3]), 2019 (the published maps; b >= 500, f in [0, 0.35], "
+                             "D* in [0.8*Dinit, 35.5e-3]) or osipi (the OSIPI code collection's: S0 in "
+                             "[0.7, 1.3]*S(lowest b), f in [0, 1], D in [0, 5e-3], D*p = D + D* in [5e-3, 0.2]; "
+                             "every result inside them)")
+    parser.add_argument("--bounds", type=cli.bounds_spec, metavar="SPEC",
+                        help="override bounds of the preset: name=lower:upper[:start],... with names S0 (a "
+                             "factor of the preset's reference signal), D, f, Dstar (in --dstar-convention), "
+                             "e.g. \"f=0:0.6,Dstar=0.005:0.3,D=0.1e-3:3e-3\"; every result lies inside them")
+    parser.add_argument("--dstar-convention", choices=constants.DSTAR_CONVENTIONS, default="toolbox",
+                        help="what Dstar_map (and FivimXDstar_map) hold, and how --bounds reads Dstar: "
+                             "toolbox, D* in excess of D (default); osipi, the perfusing pool's own "
+                             "D*p = D + D* (dipy, osipy, OSIPI)")
     cli.add_engine_argument(parser)
     parser.add_argument("--seed", type=cli.non_negative_int, default=0,
                         help="seed of the lmfit engine; each voxel's seed derives from it and the voxel's "
@@ -65,6 +87,10 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
     parser.add_argument("--chunk-size", type=cli.positive_int, metavar="N",
                         help="voxels per chunk of work (default: 5000 fast, 20 lmfit); results do not "
                              "depend on it")
+    parser.add_argument("--bids", action="store_true",
+                        help="write BIDS derivatives (BEP016 draft) under FOLDER: sub-<label>/[ses-<label>/]dwi/"
+                             "<source entities>_model-ivim_param-<name>_dwimap.nii.gz with JSON sidecars, and "
+                             "FOLDER/dataset_description.json; the input's name must be BIDS (sub-...)")
     parser.add_argument("--force", action="store_true",
                         help="write into an existing output folder, replacing only the 8 maps and the sidecar "
                              "(nothing else in it is touched)")
@@ -73,9 +99,10 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
 
 
 def fit_to_folder(args, argv):
-    """Load and check the inputs, fit every selected voxel, write the maps and the sidecar,
-    holding the output folder's lock: a second run into the same folder at the same time is
-    refused, so a folder never mixes the files of two runs."""
+    """Load and check the inputs, fit every selected voxel (per set of directions), write the
+    maps and their sidecars (the toolbox's folder, or BIDS derivatives), holding the output
+    folder's lock: a second run into the same folder at the same time is refused, so a folder
+    never mixes the files of two runs."""
     from ivim_common import io
 
     with io.output_folder_lock(args.ofolder):
@@ -83,26 +110,69 @@ def fit_to_folder(args, argv):
 
 
 def _fit_to_folder(args, argv):
-    from ivim_common import IvimModel, io, voxelpool
+    from ivim_common import IvimModel, io, model as ivim_model, voxelpool
 
     start = time.perf_counter()
-    io.check_output_folder(args.ofolder, args.force, [*MAP_FILES.values(), FIT_SIDECAR])
+    sets_out = _outputs(args)                  # 'each': known once the b-vectors are read
+    _check_outputs(args, sets_out)
     inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
+    bvecs = None if args.directions == "all" else io.read_bvecs(args.bvec, inputs.bvals, args.b_tolerance)
+    sets = io.direction_sets(inputs.data, inputs.bvals, bvecs, args.directions, args.b_tolerance,
+                             ivim_model.n_free(args.model), args.bvec)
+    if args.directions == "each":
+        sets_out = _outputs(args, [label for label, *_ in sets])
+        _check_outputs(args, sets_out)
     jobs = 1 if args.mt == 0 else (args.jobs or voxelpool.default_jobs())
-    model = IvimModel(inputs.bvals, args.model, args.bounds_version or "2020", args.engine, **args.engine_options)
-    if args.verbose >= 2:
-        print(f"{PROG}: {int(inputs.selected.sum())} voxels x {inputs.bvals.size} b-values, "
-              f"{inputs.selection}; engine {args.engine}, {jobs} job(s)", file=sys.stderr)
-    fit = model.fit(inputs.data, inputs.selected, jobs=jobs, seed=args.seed, chunk_size=args.chunk_size,
-                    progress=args.verbose >= 1)
-    sidecar = fit.to_folder(args.ofolder, affine=inputs.image, force=args.force, sidecar={
-        **io.provenance(PROG, argv), "inputs": inputs.records, "voxel_selection": inputs.selection,
-        "run_time_s": round(time.perf_counter() - start, 3)})
-    if args.verbose >= 1:
-        counts = sidecar["counts"]
-        print(f"{PROG}: fitted {counts['fitted']} voxels, {counts['failed']} failed, "
-              f"in {sidecar['run_time_s']:.1f} s ({args.model}, engine {args.engine}, {jobs} job(s)); "
-              f"maps in {args.ofolder}{os.sep}")
+    records = {**inputs.records, "bvec": io.input_record(args.bvec) if bvecs is not None else None,
+               "bval_source": args.bval_source}
+    for label, bvals, data, directions in sets:
+        model = IvimModel(bvals, args.model, args.bounds_version or "2020", args.engine, args.bounds,
+                          args.dstar_convention, **args.engine_options)
+        if args.verbose >= 2:
+            print(f"{PROG}: {int(inputs.selected.sum())} voxels x {bvals.size} b-values ({label or 'all volumes'}), "
+                  f"{inputs.selection}; engine {args.engine}, {jobs} job(s)", file=sys.stderr)
+        fit = model.fit(data, inputs.selected, jobs=jobs, seed=args.seed, chunk_size=args.chunk_size,
+                        progress=args.verbose >= 1)
+        folder, paths = sets_out[label]
+        extra = {**io.provenance(PROG, argv), "inputs": records, "voxel_selection": inputs.selection,
+                 "directions": directions, "run_time_s": round(time.perf_counter() - start, 3)}
+        if args.bids:
+            doc = fit.to_bids(args.ofolder, paths, affine=inputs.image, sidecar=extra)
+        else:
+            doc = fit.to_folder(folder, affine=inputs.image, force=args.force, sidecar=extra)
+        if args.verbose >= 1:
+            counts = doc["counts"]
+            print(f"{PROG}: fitted {counts['fitted']} voxels{'' if label is None else f' ({label})'}, "
+                  f"{counts['failed']} failed, in {doc['run_time_s']:.1f} s ({args.model}, engine "
+                  f"{args.engine}, {jobs} job(s)); maps in {folder}{os.sep}")
+
+
+def _check_outputs(args, sets_out):
+    """Refuse, before any work, outputs that exist (without --force) or cannot be written."""
+    from ivim_common import io
+
+    for folder, paths in sets_out.values():
+        if args.bids:
+            io.check_bids_outputs(args.ofolder, paths.values(), args.force)
+        else:
+            io.check_output_folder(folder, args.force, [*MAP_FILES.values(), FIT_SIDECAR])
+
+
+def _outputs(args, labels=None):
+    """``{set label: (folder, {map: path} for --bids)}`` of the outputs: one set (label None, or
+    'trace'), or one per direction ('dir1', ...; before the b-vectors are read, none)."""
+    from ivim_common import io
+
+    labels = labels or ([None] if args.directions == "all" else ["trace"] if args.directions == "trace" else [])
+    out = {}
+    for label in labels:
+        desc = label if args.directions == "each" else None
+        if args.bids:
+            paths = io.bids_paths(args.ofolder, args.input, desc)
+            out[label] = (os.path.dirname(paths["S0"]), paths)
+        else:
+            out[label] = (os.path.join(args.ofolder, label) if desc else args.ofolder, {})
+    return out
 
 
 def main(argv=None):
@@ -113,7 +183,32 @@ def main(argv=None):
     if args.model == "two-step" and args.bounds_version is not None:
         parser.error("--bounds-version applies to -mo one-step only (two-step has one set of bounds)")
     args.engine_options = engines.options_of(parser, args)
+    check_inputs(parser, args)
     return cli.run(lambda a: fit_to_folder(a, argv), args, PROG)
+
+
+def check_inputs(parser, args):
+    """Usage errors that need more than argparse: --bounds against the model and convention,
+    --bids with a non-BIDS name, b-values and b-vectors found beside the input."""
+    from ivim_common import io, model
+
+    try:
+        model.check_user_bounds(args.bounds, args.model, args.dstar_convention)
+    except ValueError as err:
+        parser.error(f"argument --bounds: {str(err).removeprefix('bounds: ')}")
+    if args.bids and io.bids_source(args.input) is None:
+        parser.error(f"--bids: the input's name {os.path.basename(args.input)!r} is not BIDS "
+                     "(sub-<label>_..._dwi.nii.gz)")
+    args.bval_source = "-b" if args.bval else None
+    if args.bval is None:
+        args.bval = io.find_beside(args.input, "bval")
+        if args.bval is None:
+            parser.error(f"argument -b/--bval: not given, and no .bval beside {args.input}")
+        args.bval_source = f"found beside the input: {args.bval}"
+    if args.directions != "all" and args.bvec is None:
+        args.bvec = io.find_beside(args.input, "bvec")
+        if args.bvec is None:
+            parser.error(f"--directions {args.directions} needs --bvec (no .bvec beside {args.input})")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ def voxel_seeds(seed, voxel_ids):
 
 
 def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine="fast",
-               seed=0, voxel_ids=None, engine_options=None):
+               seed=0, voxel_ids=None, bounds=None, dstar_convention="toolbox", engine_options=None):
     """Fit the IVIM model to many voxels, in this process: the work of one chunk.
 
     Parameters
@@ -30,7 +30,7 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
         b-values in s/mm².
     signal : array_like (n_voxels, n_b)
     approach : {'one-step', 'two-step'}
-    bounds_version : {'2020', '2019'}
+    bounds_version : {'2020', '2019', 'osipi'}
         One-step bounds (ignored by two-step).
     engine : str
         A name of :data:`ivim_common.engines.ENGINES`.
@@ -39,6 +39,11 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     voxel_ids : array_like of int (n_voxels,), optional
         Flat indices of the voxels in the volume, from which each voxel's seed derives
         (default ``arange(n_voxels)``).
+    bounds : dict, optional
+        The user's bounds, ``{name: (lower, upper, start or None)}`` (see
+        :func:`ivim_common.model.nominal_bounds`); every result then lies inside them.
+    dstar_convention : {'toolbox', 'osipi'}
+        What the Dstar and FivimXDstar maps hold: D* in excess of D, or D*p = D + D*.
     engine_options : dict, optional
         Passed to the engine's ``fit`` (see :mod:`ivim_common.engines`).
 
@@ -57,11 +62,16 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     voxel_ids = np.arange(n) if voxel_ids is None else np.asarray(voxel_ids)
     cfg = model.settings(approach, bounds_version)
 
-    ok = model.valid_voxels(signal)
+    ok = model.valid_voxels(signal, bvals, approach, bounds_version)
     dinit, s0_1mf = model.initial_estimate(bvals, signal[ok], cfg["bval_threshold"])
-    init, lo, hi, vary = model.nominal_bounds(approach, bounds_version, dinit, s0_1mf)
+    init, lo, hi, vary = model.nominal_bounds(approach, bounds_version, dinit, s0_1mf,
+                                              model.lowest_b_signal(bvals, signal[ok]), bounds, dstar_convention)
+    options = dict(engine_options or {})
+    limits = model.refinement_limits(approach, bounds_version, bounds, dstar_convention)
+    if limits is not None:                  # only the user's bounds need it
+        options["limits"] = limits
     seeds = voxel_seeds(seed, voxel_ids[ok]) if getattr(fitter, "RANDOM", False) else None
-    result = fitter.fit(bvals, signal[ok], init, lo, hi, vary, seeds, **(engine_options or {}))
+    result = fitter.fit(bvals, signal[ok], init, lo, hi, vary, seeds, **options)
     finite = np.isfinite(result["params"]).all(axis=1)      # a fit that did not give numbers failed too
     fitted = ok.copy()
     fitted[ok] = finite
@@ -70,15 +80,18 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     out = {name: np.full(n, np.nan) for name in CORE_MAPS}
     for j, name in enumerate(model.PARAM_NAMES):
         out[name][fitted] = params[:, j]
-        for kind in UNCERTAINTY:
+        for k, kind in enumerate(UNCERTAINTY):
             if kind in result:
+                values = result[kind][finite, j]
+                if name == "Dstar" and dstar_convention == "osipi":    # D*p's, where the engine gives them
+                    values = result["pool"][finite, k] if "pool" in result else np.nan
                 out[f"{name}_{kind}"] = np.full(n, np.nan)
-                out[f"{name}_{kind}"][fitted] = result[kind][finite, j]
+                out[f"{name}_{kind}"][fitted] = values
     out["FivimXDstar"][fitted] = params[:, 2] * params[:, 3]
     _, out["AIC"][fitted], out["R2"][fitted] = model.goodness_of_fit(bvals, signal[fitted], params,
                                                                      int(vary.sum()))
     out["exception"] = np.where(fitted, 0.0, 1.0)
-    return out
+    return model.to_dstar_convention(out, dstar_convention)
 
 
 class IvimModel:
@@ -100,6 +113,13 @@ class IvimModel:
         'fast' (compiled least squares, default), 'lmfit' (the original's differential
         evolution, about 1-2 s per voxel) or 'bayes' (posterior means, with SD and 95 %
         intervals): see :data:`ivim_common.engines.ENGINES`.
+    bounds : dict, optional
+        Bounds overriding the preset's, ``{name: (lower, upper)}`` or ``(lower, upper,
+        start)``, names S0 (a factor of the preset's reference signal), D, f, Dstar (in
+        ``dstar_convention``); every result then lies inside them.
+    dstar_convention : {'toolbox', 'osipi'}
+        What ``Dstar`` (and ``FivimXDstar``) hold: 'toolbox' D* in excess of D (default),
+        'osipi' the perfusing pool's D*p = D + D* (dipy, osipy, the OSIPI code collection).
     **engine_options
         Options of the engine's ``image_options`` (e.g. ``prior='empirical'`` for 'bayes').
 
@@ -115,12 +135,19 @@ class IvimModel:
     f = 0.100, D = 1.00e-03 mm²/s, D* = 2.00e-02 mm²/s
     """
 
-    def __init__(self, bvals, approach="one-step", bounds_version="2020", engine="fast", **engine_options):
+    def __init__(self, bvals, approach="one-step", bounds_version="2020", engine="fast", bounds=None,
+                 dstar_convention="toolbox", **engine_options):
         bvals = np.asarray(getattr(bvals, "bvals", bvals), dtype=float)
         model.settings(approach, bounds_version)            # checks both
         fitter = engines.get(engine)
         if engine_options and not hasattr(fitter, "image_options"):
             raise ValueError(f"engine {engine!r} takes no options (got {', '.join(engine_options)})")
+        if dstar_convention not in model.DSTAR_CONVENTIONS:
+            raise ValueError(f"unknown D* convention {dstar_convention!r} (choose from "
+                             f"{', '.join(model.DSTAR_CONVENTIONS)})")
+        bounds = {k: (tuple(v) + (None,))[:3] for k, v in (bounds or {}).items()} or None
+        model.check_user_bounds(bounds, approach, dstar_convention)
+        self.bounds, self.dstar_convention = bounds, dstar_convention
         if bvals.ndim != 1 or not np.isfinite(bvals).all() or (bvals < 0).any():
             raise ValueError(f"bvals: expected finite b-values >= 0 in one row, got shape {bvals.shape}")
         if np.unique(bvals).size < model.n_free(approach):
@@ -132,7 +159,8 @@ class IvimModel:
 
     def __repr__(self):
         return (f"IvimModel({self.bvals.size} b-values, approach={self.approach!r}, "
-                f"bounds_version={self.bounds_version!r}, engine={self.engine!r})")
+                f"bounds_version={self.bounds_version!r}, engine={self.engine!r}, bounds={self.bounds!r}, "
+                f"dstar_convention={self.dstar_convention!r})")
 
     def fit_voxels(self, signal, voxel_ids=None, jobs=1, seed=0, chunk_size=None, progress=False, pool=None):
         """Fit rows of signal (n_voxels, n_b) in ``jobs`` processes (or those of ``pool``, a
@@ -149,12 +177,13 @@ class IvimModel:
         voxel_ids = np.arange(len(signal)) if voxel_ids is None else np.asarray(voxel_ids)
         options = {}
         if hasattr(fitter, "image_options"):
-            valid = model.valid_voxels(signal)
+            valid = model.valid_voxels(signal, self.bvals, self.approach, self.bounds_version)
             options, self.engine_record = fitter.image_options(self, signal[valid], jobs, **self.engine_options)
         return voxelpool.map_chunks(fit_voxels, signal, voxel_ids, jobs=jobs, pool=pool,
                                     chunk_size=chunk_size or fitter.CHUNK_SIZE, progress=progress,
                                     bvals=self.bvals, approach=self.approach,
                                     bounds_version=self.bounds_version, engine=self.engine, seed=seed,
+                                    bounds=self.bounds, dstar_convention=self.dstar_convention,
                                     engine_options=options)
 
     def fit(self, data, mask=None, jobs=1, seed=0, chunk_size=None, progress=False):
@@ -166,7 +195,7 @@ class IvimModel:
             Signal, any number of leading axes (one voxel, a list of voxels, a volume).
         mask : array_like of bool (data.shape[:-1]), optional
             Voxels to fit (default: all).  A voxel with a NaN, Inf or non-positive sample is
-            marked failed.
+            marked failed (with the 'osipi' preset, see :func:`ivim_common.model.valid_voxels`).
         jobs : int
             Worker processes (1: this process).  The maps do not depend on it.
         seed : int
@@ -195,6 +224,12 @@ class IvimModel:
             maps[name] = np.full(shape, np.nan)
             maps[name][mask] = values
         return IvimFit(self, maps, mask, seed=seed, jobs=jobs, run_time_s=time.perf_counter() - start)
+
+
+def dstar_convention_of(fit):
+    """The D* convention of a fit's maps: its model's, else its sidecar's, else 'toolbox'."""
+    return (getattr(fit.model, "dstar_convention", None) or (fit.sidecar or {}).get("dstar_convention")
+            or "toolbox")
 
 
 class IvimFit:
@@ -244,8 +279,9 @@ class IvimFit:
     Fivim = property(lambda self: self._maps["Fivim"], doc="Perfusion fraction (0-1).")
     f = Fivim
     Dstar = property(lambda self: self._maps["Dstar"],
-                     doc="Pseudo-diffusion coefficient in excess of D (mm²/s).")
-    FivimXDstar = property(lambda self: self._maps["FivimXDstar"], doc="f·D* (mm²/s).")
+                     doc="Pseudo-diffusion coefficient (mm²/s): in excess of D, or D*p = D + D* "
+                         "where the model's dstar_convention is 'osipi'.")
+    FivimXDstar = property(lambda self: self._maps["FivimXDstar"], doc="f·Dstar (mm²/s).")
     AIC = property(lambda self: self._maps["AIC"], doc="n·ln(RSS/n) + 2k, as lmfit.")
     R2 = property(lambda self: self._maps["R2"], doc="Coefficient of determination on the signal.")
     exception = property(lambda self: self._maps["exception"], doc="1 where the fit failed, else 0.")
@@ -259,7 +295,9 @@ class IvimFit:
 
     def predict(self, bvals):
         """The model's signal at ``bvals`` (s/mm²) for every voxel: shape (..., n_b)."""
-        return model.ivim_signal(getattr(bvals, "bvals", bvals), self.S0, self.D, self.Fivim, self.Dstar)
+        convention = dstar_convention_of(self)
+        return model.ivim_signal(getattr(bvals, "bvals", bvals), self.S0, self.D, self.Fivim,
+                                 model.excess_dstar(self.Dstar, self.D, convention))
 
     def sidecar_fields(self):
         """What the sidecar of a fit folder says of this fit (without provenance and inputs)."""
@@ -268,7 +306,7 @@ class IvimFit:
         return {
             "voxel_selection": "the mask given to IvimModel.fit",
             "bvals": mdl.bvals,
-            **io.model_record(mdl.approach, mdl.bounds_version),
+            **io.model_record(mdl.approach, mdl.bounds_version, mdl.bounds, mdl.dstar_convention),
             "engine": mdl.engine,
             "engine_options": mdl.engine_record,
             "seed": self.seed,
@@ -301,13 +339,25 @@ class IvimFit:
         dict
             The sidecar written.
         """
-        if len(self.shape) > 3:
-            raise ValueError(f"to_folder: maps of {len(self.shape)} dimensions, NIfTI maps hold 3")
-        grid = self.shape + (1,) * (3 - len(self.shape))
-        volumes = {name: np.where(self.mask, v, 0.0).reshape(grid) for name, v in self._maps.items()}
         doc = {**io.provenance("ivim_common.IvimFit.to_folder", None), **self.sidecar_fields(), **(sidecar or {})}
-        io.write_fit_folder(folder, volumes, np.eye(4) if affine is None else affine, doc, force)
+        io.write_fit_folder(folder, self._volumes(), np.eye(4) if affine is None else affine, doc, force)
         return doc
+
+    def to_bids(self, root, paths, affine=None, sidecar=None):
+        """Write the maps as BIDS derivatives (BEP016 names ``paths`` from
+        :func:`ivim_common.io.bids_paths`, one JSON sidecar each) under ``root``, with its
+        ``dataset_description.json`` if it has none; see :meth:`to_folder` for ``affine`` and
+        ``sidecar``.  Returns the toolbox's sidecar the JSON files are made from."""
+        doc = {**io.provenance("ivim_common.IvimFit.to_bids", None), **self.sidecar_fields(), **(sidecar or {})}
+        io.write_bids_maps(root, paths, self._volumes(), np.eye(4) if affine is None else affine, doc)
+        return doc
+
+    def _volumes(self):
+        """The maps as 3-D volumes for NIfTI files, 0 outside the mask."""
+        if len(self.shape) > 3:
+            raise ValueError(f"maps of {len(self.shape)} dimensions, NIfTI maps hold 3")
+        grid = self.shape + (1,) * (3 - len(self.shape))
+        return {name: np.where(self.mask, v, 0.0).reshape(grid) for name, v in self._maps.items()}
 
     @classmethod
     def from_folder(cls, folder):
@@ -323,7 +373,8 @@ class IvimFit:
         mdl = None
         if sidecar and sidecar.get("bvals") and sidecar.get("approach"):
             mdl = IvimModel(sidecar["bvals"], sidecar["approach"], sidecar.get("bounds_version") or "2020",
-                            sidecar.get("engine", "fast"))
+                            sidecar.get("engine", "fast"), sidecar.get("bounds_overrides"),
+                            sidecar.get("dstar_convention", "toolbox"))
             mdl.engine_record = sidecar.get("engine_options") or {}
         return cls(mdl, maps, mask, seed=(sidecar or {}).get("seed", 0), jobs=(sidecar or {}).get("jobs", 1),
                    run_time_s=(sidecar or {}).get("run_time_s"), sidecar=sidecar)

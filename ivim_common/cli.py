@@ -8,6 +8,7 @@ Tracebacks are shown only with ``-v 2``.  Only the standard library is imported 
 """
 import argparse
 import contextlib
+import math
 import os
 import signal
 import sys
@@ -93,6 +94,53 @@ def bval_list(text):
     if np.any(bvals < 0) or np.unique(bvals).size < 4:
         raise argparse.ArgumentTypeError(f"need at least 4 distinct b-values >= 0 (got {text!r})")
     return bvals
+
+
+def bounds_spec(text):
+    """argparse type: ``name=lower:upper[:start],...`` (names S0, D, f, Dstar) -> ``{name:
+    (lower, upper, start or None)}``; an unknown name, lower > upper, a start outside its
+    bounds or a name given twice is a usage error."""
+    from .constants import BOUND_NAMES
+
+    out = {}
+    for item in (t.strip() for t in str(text).split(",") if t.strip()):
+        name, _, values = item.partition("=")
+        name = name.strip()
+        if name not in BOUND_NAMES:
+            raise argparse.ArgumentTypeError(f"unknown parameter {name!r} in {item!r} (choose from S0, D, f, Dstar)")
+        key = "Fivim" if name == "f" else name
+        if key in out:
+            raise argparse.ArgumentTypeError(f"{name} given twice")
+        try:
+            numbers = [float(v) for v in values.split(":")]
+        except ValueError:
+            numbers = []
+        if len(numbers) not in (2, 3) or not all(math.isfinite(v) for v in numbers):
+            raise argparse.ArgumentTypeError(f"cannot read {item!r}; expected {name}=lower:upper or "
+                                             f"{name}=lower:upper:start (finite numbers)")
+        low, high, start = (numbers + [None])[:3]
+        if not 0 <= low <= high:
+            raise argparse.ArgumentTypeError(f"{name}: need 0 <= lower <= upper (got {low:g}:{high:g})")
+        if start is not None and not low <= start <= high:
+            raise argparse.ArgumentTypeError(f"{name}: start {start:g} outside its bounds [{low:g}, {high:g}]")
+        if key == "Fivim" and high > 1:
+            raise argparse.ArgumentTypeError(f"f is a fraction: its upper bound must be <= 1 (got {high:g})")
+        out[key] = (low, high, start)
+    if not out:
+        raise argparse.ArgumentTypeError(f"no bounds in {text!r}")
+    return out
+
+
+def b_tolerance(text):
+    """argparse type: a b-value tolerance in s/mm² (a number >= 0) or a percentage ('2%')."""
+    text = str(text).strip()
+    try:
+        value = float(text[:-1]) if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected s/mm^2 (e.g. 10) or a percentage (e.g. 2%), got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return text if text.endswith("%") else value
 
 
 def shard_spec(text):

@@ -4,7 +4,7 @@
 sidecar, the viewer and the figures say about the model, its maps and the simulations lives here
 once; :mod:`ivim_common.model`, :mod:`ivim_common.simulation` and the rest read it from here.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # The model (see ivim_common.model).
 EQUATION = "S(b) = S0 * exp(-b*D) * (Fivim*exp(-b*Dstar) + 1 - Fivim)"
@@ -13,7 +13,12 @@ CONVERSION = (
     "S(b) = S0*(f*exp(-b*Dp) + (1-f)*exp(-b*D)), Dp = D + Dstar (f, D and S0 unchanged)."
 )
 APPROACHES = ("one-step", "two-step")
-BOUNDS_VERSIONS = ("2020", "2019")
+BOUNDS_VERSIONS = ("2020", "2019", "osipi")
+# How a written Dstar map is defined: 'toolbox' D* in excess of D (the model's), 'osipi' the
+# perfusing pool's own pseudo-diffusion coefficient D*p = D + D* (dipy, osipy, OSIPI).
+DSTAR_CONVENTIONS = ("toolbox", "osipi")
+# Names --bounds takes (Fivim also as f); S0 as a factor of the preset's reference signal.
+BOUND_NAMES = ("S0", "D", "f", "Fivim", "Dstar")
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,27 @@ PARAMETERS = {
     "exception": Parameter("exception", "1 = fit failed, 0 = fitted", "exception (1 = failed)", (0.0, 1.0),
                            "1 where the fit failed (NaN or non-positive signal, or no finite result)", ".0f"),
 }
+# With --dstar-convention osipi, the Dstar and FivimXDstar maps hold D*p = D + D* and f·D*p.
+OSIPI_DSTAR = {
+    "Dstar": dict(label="D*p", axis="D*p = D + D* (mm²/s)", display=None,
+                  description="pseudo-diffusion coefficient of the perfusing pool, D*p = D + D* (OSIPI/dipy "
+                              "convention: S = S0*(f*exp(-b*D*p) + (1-f)*exp(-b*D)))"),
+    "FivimXDstar": dict(label="f·D*p", axis="f·D*p (mm²/s)", display=None,
+                        description="product of f and D*p = D + D* (OSIPI/dipy convention)"),
+}
+
+
+def parameters(dstar_convention="toolbox"):
+    """The parameter table as the maps of ``dstar_convention`` hold them (labels, descriptions)."""
+    if dstar_convention != "osipi":
+        return PARAMETERS
+    table = {name: replace(p, **OSIPI_DSTAR.get(name, {})) for name, p in PARAMETERS.items()}
+    for kind, (short, long) in UNCERTAINTY.items():      # the uncertainty of D*p, then
+        table[f"Dstar_{kind}"] = replace(table[f"Dstar_{kind}"], label=f"{short} D*p", axis=f"{short} D*p (mm²/s)",
+                                         description=f"{long} D*p = D + D*")
+    return table
+
+
 MODEL_PARAMETERS = ("S0", "D", "Fivim", "Dstar")      # the model's, in the order fitters use
 CORE_MAPS = tuple(PARAMETERS)                         # written by every fit
 # The uncertainty of each model parameter, where the engine gives it: its standard deviation

@@ -14,8 +14,8 @@ of D).  b is in s/mm², D and D* in mm²/s.
 """
 import numpy as np
 
-from .constants import (APPROACHES, BOUNDS_VERSIONS, CONVERSION, EQUATION,  # noqa: F401
-                        MODEL_PARAMETERS as PARAM_NAMES)
+from .constants import (APPROACHES, BOUNDS_VERSIONS, CONVERSION, DSTAR_CONVENTIONS,  # noqa: F401
+                        EQUATION, MODEL_PARAMETERS as PARAM_NAMES)
 
 # Log-linear initialisation of D (both approaches, both bounds versions).
 D_INIT_BOUNDS = (0.15e-3, 4.5e-3)
@@ -23,6 +23,14 @@ D_INIT_DEFAULT = 0.5 * (D_INIT_BOUNDS[0] + D_INIT_BOUNDS[1])  # 2.325e-3
 # Refinement: every varied parameter gets [1 - REFINE, 1 + REFINE] x its step-2 value.
 REFINE = 0.05
 REFINE_F_ZERO = (1e-12, 0.05)  # if step-2 f <= 1e-12, f gets [0, 0.05] instead
+
+# The OSIPI code collection's defaults (its src/wrappers/OsipiBase.py, and the bounds its tests
+# set): (lower, upper, start) of S0 as a factor of the signal at the lowest b (OSIPI normalises
+# the signal by it), of D, f and of D*p = D + D* (mm²/s, the perfusing pool's own coefficient).
+OSIPI = {"S0": (0.7, 1.3, 1.0), "D": (0.0, 5e-3, 1e-3), "Fivim": (0.0, 1.0, 0.1), "Dstar": (5e-3, 0.2, 10e-3)}
+OSIPI_BVAL_THRESHOLD = 200.0   # OSIPI's segmented fitters' b threshold: here only the recorded Dinit
+# Both engines search D and D* on logarithmic grids: a lower bound of 0 on either becomes this.
+DIFFUSIVITY_FLOOR = 1e-5       # mm²/s
 
 
 def ivim_signal(bvals, S0, D, Fivim, Dstar):
@@ -55,6 +63,8 @@ def settings(approach, bounds_version="2020"):
         raise ValueError(f"unknown approach {approach!r} (choose from {', '.join(APPROACHES)})")
     if bounds_version not in BOUNDS_VERSIONS:
         raise ValueError(f"unknown bounds version {bounds_version!r} (choose from {', '.join(BOUNDS_VERSIONS)})")
+    if bounds_version == "osipi" and approach == "one-step":
+        return dict(bval_threshold=OSIPI_BVAL_THRESHOLD, f_max=OSIPI["Fivim"][1], vary_D=True)
     if approach == "two-step":
         return dict(bval_threshold=500.0, f_max=0.35, dstar_lo_x_dinit=1.0, dstar_hi=35.5e-3,
                     dstar_init="midpoint", vary_D=False)
@@ -99,13 +109,29 @@ def initial_estimate(bvals, signal, bval_threshold):
     return dinit, np.exp(intercept)
 
 
-def nominal_bounds(approach, bounds_version, dinit, s0_1mf):
+def nominal_bounds(approach, bounds_version, dinit, s0_1mf, s_low=None, user=None, dstar_convention="toolbox"):
     """Start values and bounds of the step-2 fit, per voxel.
+
+    Parameters
+    ----------
+    approach, bounds_version : str
+        The preset (:func:`settings`); 'osipi' takes its bounds from :data:`OSIPI`.
+    dinit, s0_1mf : ndarray (n_voxels,)
+        From :func:`initial_estimate`.
+    s_low : ndarray (n_voxels,), optional
+        Mean signal at the lowest b (:func:`lowest_b_signal`): the reference of S0 for 'osipi'.
+    user : dict, optional
+        ``{name: (lower, upper, start or None)}`` overriding the preset (names of
+        :data:`ivim_common.constants.BOUND_NAMES`; S0 as a factor of the preset's reference,
+        Dstar in ``dstar_convention``), see :func:`check_user_bounds`.
+    dstar_convention : {'toolbox', 'osipi'}
 
     Returns
     -------
     init, lo, hi : ndarray, shape (n_voxels, 4), in the order of PARAM_NAMES.
-        For two-step, D has lo = hi = init = dinit (fixed).
+        For two-step, D has lo = hi = init = dinit (fixed).  Where D*'s bounds are on
+        D*p = D + D* (see :func:`pool_bounds`), D*'s box is the widest that D's box allows,
+        [D*p_lo - D_hi, D*p_hi - D_lo]; the refinement keeps D + D* inside D*p's bounds.
     vary : ndarray of bool, shape (4,)
     """
     cfg = settings(approach, bounds_version)
@@ -113,25 +139,125 @@ def nominal_bounds(approach, bounds_version, dinit, s0_1mf):
     s = np.asarray(s0_1mf, dtype=float)
     n = dinit.shape[0]
     init, lo, hi = (np.empty((n, 4)) for _ in range(3))
-    init[:, 0], lo[:, 0], hi[:, 0] = 1.2 * s, 0.7 * s, 1.7 * s
-    if cfg["vary_D"]:
-        init[:, 1], lo[:, 1], hi[:, 1] = dinit, D_INIT_BOUNDS[0], 1.2 * dinit
+    if bounds_version == "osipi" and approach == "one-step":
+        s = np.asarray(s_low, dtype=float)
+        for j, name in enumerate(PARAM_NAMES[:3]):
+            scale = s if name == "S0" else 1.0
+            lo[:, j], hi[:, j], init[:, j] = (v * scale for v in OSIPI[name])
+        lo[:, 3] = hi[:, 3] = np.nan                     # from D*p's bounds (or --bounds) below
+        init[:, 3] = OSIPI["Dstar"][2] - init[:, 1]
     else:
-        init[:, 1] = lo[:, 1] = hi[:, 1] = dinit
-    init[:, 2], lo[:, 2], hi[:, 2] = 0.1, 0.0, cfg["f_max"]
-    lo[:, 3] = cfg["dstar_lo_x_dinit"] * dinit
-    hi[:, 3] = cfg["dstar_hi"]
-    init[:, 3] = 10.0 * dinit if cfg["dstar_init"] == "10xDinit" else 0.5 * (lo[:, 3] + hi[:, 3])
+        init[:, 0], lo[:, 0], hi[:, 0] = 1.2 * s, 0.7 * s, 1.7 * s
+        if cfg["vary_D"]:
+            init[:, 1], lo[:, 1], hi[:, 1] = dinit, D_INIT_BOUNDS[0], 1.2 * dinit
+        else:
+            init[:, 1] = lo[:, 1] = hi[:, 1] = dinit
+        init[:, 2], lo[:, 2], hi[:, 2] = 0.1, 0.0, cfg["f_max"]
+        lo[:, 3] = cfg["dstar_lo_x_dinit"] * dinit
+        hi[:, 3] = cfg["dstar_hi"]
+        init[:, 3] = 10.0 * dinit if cfg["dstar_init"] == "10xDinit" else 0.5 * (lo[:, 3] + hi[:, 3])
     vary = np.array([True, cfg["vary_D"], True, True])
-    return init, lo, hi, vary
+    for name, (low, high, start) in (user or {}).items():
+        j = PARAM_NAMES.index(_param_name(name))
+        if j == 3 and dstar_convention == "osipi":
+            continue                                     # on D*p: below
+        scale = s if j == 0 else 1.0
+        lo[:, j], hi[:, j] = low * scale, high * scale
+        init[:, j] = init[:, j] if start is None else start * scale
+    if vary[1]:
+        lo[:, 1] = np.maximum(lo[:, 1], DIFFUSIVITY_FLOOR)
+    pool = pool_bounds(approach, bounds_version, user, dstar_convention)
+    if pool is not None:
+        lo[:, 3] = np.maximum(pool[0] - hi[:, 1], DIFFUSIVITY_FLOOR)
+        hi[:, 3] = pool[1] - lo[:, 1]
+        init[:, 3] = pool[2] - init[:, 1]
+    lo[:, 3] = np.maximum(lo[:, 3], DIFFUSIVITY_FLOOR)
+    return np.clip(init, lo, hi), lo, hi, vary
 
 
-def refinement_bounds(params, vary, lo, hi):
-    """The ±5 % box of step 3 around step-2 values (not clipped to the nominal bounds).
+def _param_name(name):
+    """The model's name of a --bounds name ('f' is Fivim)."""
+    return "Fivim" if name == "f" else name
+
+
+def pool_bounds(approach, bounds_version, user=None, dstar_convention="toolbox"):
+    """(lower, upper, start) of D*p = D + D* where the bounds of D* are set on it, else None.
+
+    They are on D*p with the 'osipi' preset (unless --bounds sets Dstar in the toolbox's
+    convention) and wherever --bounds sets Dstar in the 'osipi' convention.
+    """
+    user = user or {}
+    if "Dstar" in user:
+        if dstar_convention != "osipi":
+            return None
+        low, high, start = user["Dstar"]
+        return low, high, OSIPI["Dstar"][2] if start is None else start
+    if bounds_version == "osipi" and approach == "one-step":
+        return OSIPI["Dstar"]
+    return None
+
+
+def refinement_limits(approach, bounds_version, user=None, dstar_convention="toolbox"):
+    """What keeps step 3 inside the user's bounds, for :func:`refinement_bounds`: None with the
+    toolbox's presets ('2020', '2019': the ±5 % box is not clipped, as in the original), else
+    ``{"pool": pool_bounds(...)}`` ('osipi' or --bounds: the box is clipped to the bounds)."""
+    if not user and not (bounds_version == "osipi" and approach == "one-step"):
+        return None
+    return {"pool": pool_bounds(approach, bounds_version, user, dstar_convention)}
+
+
+def check_user_bounds(user, approach, dstar_convention="toolbox"):
+    """Check --bounds against the approach and convention; raises ValueError (one line)."""
+    for name, (low, high, start) in (user or {}).items():
+        if _param_name(name) not in PARAM_NAMES:
+            raise ValueError(f"bounds: unknown parameter {name!r} (choose from S0, D, f, Dstar)")
+        if not (np.isfinite(low) and np.isfinite(high) and 0 <= low <= high):
+            raise ValueError(f"bounds: {name} needs 0 <= lower <= upper (got {low:g}:{high:g})")
+        if start is not None and not low <= start <= high:
+            raise ValueError(f"bounds: the start of {name}, {start:g}, is outside [{low:g}, {high:g}]")
+    user = user or {}
+    if "D" in user and approach == "two-step":
+        raise ValueError("bounds: D is fixed at Dinit in two-step; its bounds cannot be set")
+    if "f" in user and user["f"][1] > 1 or "Fivim" in user and user["Fivim"][1] > 1:
+        raise ValueError("bounds: f is a fraction, its upper bound must be <= 1")
+    if dstar_convention == "osipi" and "Dstar" in user and "D" in user and user["Dstar"][1] <= user["D"][0]:
+        raise ValueError("bounds: D*p = D + D* must exceed D: Dstar's upper bound must exceed D's lower bound")
+
+
+def to_dstar_convention(maps, dstar_convention):
+    """The maps (dict of arrays, in place) with Dstar and FivimXDstar in ``dstar_convention``:
+    'toolbox' leaves D* (in excess of D); 'osipi' writes D*p = D + D* and f·D*p."""
+    if dstar_convention not in DSTAR_CONVENTIONS:
+        raise ValueError(f"unknown D* convention {dstar_convention!r} (choose from {', '.join(DSTAR_CONVENTIONS)})")
+    if dstar_convention == "osipi":
+        maps["Dstar"] = maps["Dstar"] + maps["D"]
+        maps["FivimXDstar"] = maps["Fivim"] * maps["Dstar"]
+    return maps
+
+
+def excess_dstar(dstar, D, dstar_convention):
+    """D* in the model's (toolbox) convention from a Dstar written in ``dstar_convention``."""
+    return np.asarray(dstar) - np.asarray(D) if dstar_convention == "osipi" else dstar
+
+
+def lowest_b_signal(bvals, signal):
+    """Mean signal (n_voxels,) of the volumes at the lowest b: the reference of S0 for 'osipi'."""
+    b = np.asarray(bvals, dtype=float)
+    return np.atleast_2d(np.asarray(signal, dtype=float))[:, b == b.min()].mean(axis=1)
+
+
+def refinement_bounds(params, vary, lo, hi, limits=None):
+    """The ±5 % box of step 3 around step-2 values.
 
     Where step-2 f <= 1e-12, the box of f is [0, 0.05] and, since the signal then does not
     depend on D*, the box of D* is the nominal range ±5 % (a search, not a polish).  Fixed
-    parameters keep lo = hi = value.
+    parameters keep lo = hi = value.  With ``limits`` None (the toolbox's presets) the box is
+    not clipped to the nominal bounds, as in the original toolbox; with ``limits`` (from
+    :func:`refinement_limits`: the 'osipi' preset or the user's bounds) it is clipped to them,
+    and where D*'s bounds are on D*p = D + D* (``limits["pool"]``), D*'s box is narrowed so that
+    every point of the box has D + D* within them; where that leaves nothing of the ±5 % box
+    (step 2 ended outside them), D* is searched over all D*p's bounds allow, and where D's box
+    is wider than D*p's bounds, D is held at its step-2 value.
 
     Parameters
     ----------
@@ -140,6 +266,7 @@ def refinement_bounds(params, vary, lo, hi):
     vary : ndarray of bool, shape (4,)
     lo, hi : ndarray, shape (n_voxels, 4)
         The nominal bounds of step 2.
+    limits : dict or None
 
     Returns
     -------
@@ -154,7 +281,26 @@ def refinement_bounds(params, vary, lo, hi):
     r_hi[f_zero, 2] = REFINE_F_ZERO[1]
     r_lo[f_zero, 3] = np.asarray(lo)[f_zero, 3] * (1 - REFINE)
     r_hi[f_zero, 3] = np.asarray(hi)[f_zero, 3] * (1 + REFINE)
+    if limits is None:
+        return r_lo, r_hi
+    r_lo, r_hi = np.clip(r_lo, lo, hi), np.clip(r_hi, lo, hi)
+    if limits.get("pool") is not None:
+        p_lo, p_hi = limits["pool"][:2]
+        narrow = (p_hi - p_lo) < (r_hi[:, 1] - r_lo[:, 1])
+        r_lo[narrow, 1] = r_hi[narrow, 1] = np.clip(params[narrow, 1], lo[narrow, 1], hi[narrow, 1])
+        d_lo = np.maximum(p_lo - r_lo[:, 1], DIFFUSIVITY_FLOOR)
+        d_hi = p_hi - r_hi[:, 1]
+        r_lo[:, 3], r_hi[:, 3] = np.maximum(r_lo[:, 3], d_lo), np.minimum(r_hi[:, 3], d_hi)
+        outside = r_lo[:, 3] > r_hi[:, 3]
+        r_lo[outside, 3], r_hi[outside, 3] = d_lo[outside], d_hi[outside]
     return r_lo, r_hi
+
+
+def needs_search(params, r_lo, r_hi):
+    """Where step 3 searches its box rather than polishing the step-2 point: where step-2 f is
+    0 (D* undetermined) or the point lies outside the box (see :func:`refinement_bounds`)."""
+    params = np.asarray(params)
+    return f_is_zero(params) | ((params < r_lo) | (params > r_hi)).any(axis=1)
 
 
 def f_is_zero(params):
@@ -170,11 +316,20 @@ def settle_undetermined_dstar(params, r_lo, r_hi):
     return params
 
 
-def valid_voxels(signal):
-    """True where every sample of a voxel is finite and positive (others are marked failed)."""
+def valid_voxels(signal, bvals=None, approach="one-step", bounds_version="2020"):
+    """True where every sample of a voxel is finite and positive (others are marked failed).
+
+    With the 'osipi' preset (one-step), whose bounds need no log-linear initialisation, a
+    non-positive sample is kept (noise makes them where a fast-decaying signal, such as blood's,
+    reaches 0, and least squares fits them as they are): there a voxel needs finite samples and a
+    positive mean signal at the lowest b only.
+    """
     signal = np.asarray(signal, dtype=float)
     with np.errstate(invalid="ignore"):
-        return np.isfinite(signal).all(axis=1) & (signal > 0).all(axis=1)
+        finite = np.isfinite(signal).all(axis=1)
+        if bounds_version == "osipi" and approach == "one-step" and bvals is not None:
+            return finite & (lowest_b_signal(bvals, signal) > 0)
+        return finite & (signal > 0).all(axis=1)
 
 
 def goodness_of_fit(bvals, signal, params, n_varied):
@@ -194,21 +349,47 @@ def n_free(approach):
     return len(PARAM_NAMES) - (0 if settings(approach)["vary_D"] else 1)
 
 
-def bounds_description(approach, bounds_version):
-    """Human-readable bounds, for --help and the sidecars."""
+def bounds_description(approach, bounds_version, user=None, dstar_convention="toolbox"):
+    """Human-readable bounds, for --help and the sidecars (the user's bounds included)."""
     cfg = settings(approach, bounds_version)
-    d = ("D in [0.15e-3, 1.2*Dinit] starting at Dinit" if cfg["vary_D"] else "D fixed at Dinit")
-    start = "10*Dinit" if cfg["dstar_init"] == "10xDinit" else "the midpoint"
-    return {
-        "initialisation": (f"least-squares line of ln S vs b on b >= {cfg['bval_threshold']:g} s/mm^2; "
-                           "Dinit = -slope clipped to [0.15e-3, 4.5e-3], intercept refitted; "
-                           "S0(1-f) = exp(intercept); <2 such b: Dinit = 2.325e-3, S0(1-f) = max(S)"),
-        "S0": "[0.7, 1.7]*S0(1-f), starting at 1.2*S0(1-f)",
-        "D": d,
-        "Fivim": f"[0, {cfg['f_max']:g}] starting at 0.1",
-        "Dstar": (f"[{cfg['dstar_lo_x_dinit']:g}*Dinit, {cfg['dstar_hi']:g}] starting at {start}"),
-        "refinement": ("each varied parameter refitted within +/-5% of its step-2 value, not clipped "
-                       "to the bounds above; where step-2 f <= 1e-12: f in [0, 0.05] and D* in its "
-                       "bounds above +/-5%; where the refined f <= 1e-12, D* (undetermined) is reported "
-                       "at the middle of that box (both engines)"),
-    }
+    init = (f"least-squares line of ln S vs b on b >= {cfg['bval_threshold']:g} s/mm^2; "
+            "Dinit = -slope clipped to [0.15e-3, 4.5e-3], intercept refitted; "
+            "S0(1-f) = exp(intercept); <2 such b: Dinit = 2.325e-3, S0(1-f) = max(S)")
+    toolbox_refinement = ("each varied parameter refitted within +/-5% of its step-2 value, not clipped "
+                          "to the bounds above; where step-2 f <= 1e-12: f in [0, 0.05] and D* in its "
+                          "bounds above +/-5%; where the refined f <= 1e-12, D* (undetermined) is reported "
+                          "at the middle of that box (both engines)")
+    if bounds_version == "osipi" and approach == "one-step":
+        (s_lo, s_hi, s_0), (d_lo, d_hi, d_0), (f_lo, f_hi, f_0), (p_lo, p_hi, p_0) = OSIPI.values()
+        out = {"initialisation": init + " (Dinit is not used by these bounds)",
+               "S0": (f"[{s_lo:g}, {s_hi:g}]*S(lowest b) (mean of the lowest-b volumes), "
+                      f"starting at {s_0:g}*S(lowest b)"),
+               "D": f"[{d_lo:g}, {d_hi:g}] starting at {d_0:g}",
+               "Fivim": f"[{f_lo:g}, {f_hi:g}] starting at {f_0:g}",
+               "Dstar": f"D*p = D + D* in [{p_lo:g}, {p_hi:g}] starting at {p_0:g}"}
+    else:
+        d = ("D in [0.15e-3, 1.2*Dinit] starting at Dinit" if cfg["vary_D"] else "D fixed at Dinit")
+        start = "10*Dinit" if cfg["dstar_init"] == "10xDinit" else "the midpoint"
+        out = {"initialisation": init,
+               "S0": "[0.7, 1.7]*S0(1-f), starting at 1.2*S0(1-f)",
+               "D": d,
+               "Fivim": f"[0, {cfg['f_max']:g}] starting at 0.1",
+               "Dstar": (f"[{cfg['dstar_lo_x_dinit']:g}*Dinit, {cfg['dstar_hi']:g}] starting at {start}")}
+    reference = "S(lowest b)" if bounds_version == "osipi" and approach == "one-step" else "S0(1-f)"
+    for name, (low, high, start) in (user or {}).items():
+        key = _param_name(name)
+        text = (f"[{low:g}, {high:g}]" + (f"*{reference}" if key == "S0" else "")
+                + ("" if start is None else f" starting at {start:g}") + " (--bounds)")
+        if key == "Dstar":
+            text = ("D*p = D + D* in " if dstar_convention == "osipi" else "D* in ") + text
+        out[key] = text
+    if refinement_limits(approach, bounds_version, user, dstar_convention) is None:
+        out["refinement"] = toolbox_refinement
+    else:
+        out["refinement"] = ("as the toolbox's (+/-5% of each step-2 value; f = 0: f in [0, 0.05], D* over its "
+                             "range) but clipped to the bounds above, so that every result lies inside them; "
+                             "where D*'s bounds are on D*p = D + D*, D*'s box keeps D + D* inside them (a "
+                             "search over the D* they allow where step 2 ended outside them)")
+    out["floor"] = (f"a lower bound of D or D* below {DIFFUSIVITY_FLOOR:g} mm^2/s is raised to it "
+                    "(the engines' grids are logarithmic)")
+    return out

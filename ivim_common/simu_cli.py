@@ -49,13 +49,17 @@ def compute_parser(kind, prog, description, example):
     parser.add_argument("-F", type=cli.fraction_list, default=DEFAULT_F,
                         help=f"true f values: {RANGE_HELP} (default: %(default)s)")
     parser.add_argument("-Dstar", type=cli.value_list, default=DEFAULT_DSTAR,
-                        help=f"true D* values in mm²/s: {RANGE_HELP} (default: %(default)s)")
+                        help=f"true D* values in mm²/s, in --dstar-convention: {RANGE_HELP} (default: %(default)s)")
     parser.add_argument("-D", type=cli.value_list, default=SIMULATION_KINDS[kind].default_D,
                         help=f"true D values in mm²/s: {RANGE_HELP} (default: %(default)s)")
     cli.add_engine_argument(parser)
     parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
-                        help="one-step bounds: 2020 (the original's code since Dec 2020, default) or "
-                             "2019 (the code behind the published results); not for two-step")
+                        help="one-step bounds: 2020 (the original's code since Dec 2020, default), "
+                             "2019 (the code behind the published results) or osipi (the OSIPI code "
+                             "collection's); not for two-step")
+    parser.add_argument("--dstar-convention", choices=constants.DSTAR_CONVENTIONS, default="toolbox",
+                        help="what -Dstar and the D* errors are of: toolbox, D* in excess of D (default); "
+                             "osipi, the perfusing pool's D*p = D + D* (every -Dstar must exceed every -D)")
     parser.add_argument("--seed", type=cli.non_negative_int, default=0,
                         help=("seed of the noise draws and of the lmfit engine" if noisy else
                               "seed of the lmfit engine (the fast engine draws nothing)")
@@ -118,6 +122,8 @@ def run_compute(kind, parser, argv=None):
     n_cells = len(args.F) * len(args.Dstar) * len(args.D)
     if getattr(args, "snr", 1.0) > constants.SNR_CAP:
         parser.error(f"argument -snr: must be <= {constants.SNR_CAP:g} (the search's cap), got {args.snr:g}")
+    if args.dstar_convention == "osipi" and min(args.Dstar) <= max(args.D):
+        parser.error("argument -Dstar: with --dstar-convention osipi, every D*p = D + D* must exceed every -D")
     if args.shard[1] > n_cells:
         parser.error(f"argument --shard: {args.shard[1]} shards but the grid has only {n_cells} cells")
     return cli.run(lambda a: _compute(kind, a, parser.prog, argv), args, parser.prog)
@@ -135,7 +141,7 @@ def _compute(kind, args, prog, argv):
                           approach=args.model, bounds_version=args.bounds_version, engine=args.engine,
                           seed=args.seed, n_draws=getattr(args, "n_draws", 1),
                           noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or voxelpool.default_jobs(),
-                          engine_options=args.engine_options)
+                          engine_options=args.engine_options, dstar_convention=args.dstar_convention)
     shard = args.shard
     path = simu.result_path(args.ofolder, shard, run_id=args.run_id)
     outputs = [path, simu.sidecar_path(path)]

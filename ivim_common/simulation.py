@@ -99,6 +99,9 @@ class Simulation:
     pool : ivim_common.voxelpool.WorkerPool, optional
         The run's worker processes, reused by every batch and SNR step (default: a pool per
         batch).
+    dstar_convention : {'toolbox', 'osipi'}
+        What ``Dstar_range`` and the D* errors are of: D* in excess of D, or D*p = D + D* (then
+        every true D*p must exceed every true D).
     """
     bvals: np.ndarray
     F_range: np.ndarray
@@ -113,9 +116,14 @@ class Simulation:
     jobs: int = 1
     engine_options: dict = None
     pool: object = field(default=None, compare=False, repr=False)
+    dstar_convention: str = "toolbox"
 
     def __post_init__(self):
         model.settings(self.approach, self.bounds_version)  # validates both
+        if self.dstar_convention not in model.DSTAR_CONVENTIONS:
+            raise ValueError(f"unknown D* convention {self.dstar_convention!r}")
+        if self.dstar_convention == "osipi" and np.min(self.Dstar_range) <= np.max(self.D_range):
+            raise ValueError("Dstar_range: with the osipi convention, every D*p = D + D* must exceed every D")
         engines.get(self.engine)
         if self.noise not in NOISE_MODELS:
             raise ValueError(f"unknown noise model {self.noise!r}")
@@ -139,7 +147,7 @@ class Simulation:
     def signal(self, cells):
         """Noise-free signal of cells, shape (n_cells, n_b)."""
         f, dstar, d, _ = self.truth(cells).T
-        return model.ivim_signal(self.bvals, S0_TRUE, d, f, dstar)
+        return model.ivim_signal(self.bvals, S0_TRUE, d, f, model.excess_dstar(dstar, d, self.dstar_convention))
 
     def standard_draws(self, cells):
         """Standard-normal draws of cells: (n_components, n_cells, n_draws, n_b).
@@ -157,7 +165,8 @@ class Simulation:
     def settings_json(self):
         """The settings that every shard of one run must share (compared when merging)."""
         settings = dict(approach=self.approach, bounds_version=self.bounds_version, engine=self.engine,
-                        seed=self.seed, noise=self.noise, n_draws=self.n_draws)
+                        seed=self.seed, noise=self.noise, n_draws=self.n_draws,
+                        dstar_convention=self.dstar_convention)
         if self.engine_options:
             settings["engine_options"] = self.engine_options
         return json.dumps(settings, sort_keys=True)
@@ -192,7 +201,8 @@ def _fit(sim, signal, voxel_ids):
 
     The voxels are split over ``sim.jobs`` worker processes (ivim_common.voxelpool).
     """
-    fitter = IvimModel(sim.bvals, sim.approach, sim.bounds_version, sim.engine, **(sim.engine_options or {}))
+    fitter = IvimModel(sim.bvals, sim.approach, sim.bounds_version, sim.engine,
+                       dstar_convention=sim.dstar_convention, **(sim.engine_options or {}))
     out = fitter.fit_voxels(signal, voxel_ids, jobs=sim.jobs, seed=sim.seed, pool=sim.pool)
     est = np.stack([out[ERROR_PARAMETERS[name]] for name in ERR_ORDER], axis=-1)
     est[out["exception"] != 0] = np.nan
@@ -542,3 +552,24 @@ def timer():
     """Seconds since the call, as a function (for run_time_s)."""
     t0 = time.perf_counter()
     return lambda: time.perf_counter() - t0
+
+
+def directional_signal(bvals, bvecs, S0, D_diag, Fivim, Dstar):
+    """Signal of IVIM with an anisotropic diffusion and an isotropic perfusion, per volume:
+    ``S0·exp(-b·gᵀ·diag(D_diag)·g)·(f·exp(-b·D*) + 1 - f)`` (g the unit gradient direction;
+    D* in excess of D, as :func:`ivim_common.model.ivim_signal`).
+
+    Parameters
+    ----------
+    bvals : array_like (n_b,); bvecs : array_like (3, n_b), unit vectors (any at b = 0)
+    S0, Fivim, Dstar : float or array_like (...); D_diag : array_like (..., 3), mm²/s
+
+    Returns
+    -------
+    ndarray (..., n_b)
+    """
+    b = np.asarray(bvals, dtype=float)
+    g = np.asarray(bvecs, dtype=float)
+    d_of_volume = np.asarray(D_diag, dtype=float) @ (g ** 2)          # (..., n_b)
+    S0, Fivim, Dstar = (np.asarray(p, dtype=float)[..., None] for p in (S0, Fivim, Dstar))
+    return S0 * np.exp(-b * d_of_volume) * (Fivim * np.exp(-b * Dstar) + 1.0 - Fivim)

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import io, model
-from .constants import CORE_MAPS, FIT_SIDECAR, MAP_FILES, PARAMETERS
+from .constants import CORE_MAPS, FIT_SIDECAR, MAP_FILES, parameters
 from .errors import InputError
 
 @dataclasses.dataclass
@@ -54,6 +54,11 @@ class FitFolder:
     @property
     def shape(self):
         return self.maps[self.name].shape
+
+    @property
+    def dstar_convention(self):
+        """What the Dstar map holds, as its sidecar says ('toolbox' without one)."""
+        return (self.sidecar or {}).get("dstar_convention") or "toolbox"
 
     def has_model(self):
         """True when the four model parameter maps are all present."""
@@ -181,13 +186,14 @@ STATUS_TEXT = {"fitted": "status: fitted", "outside mask": "status: outside the 
 OUTSIDE_COLOR = "white"  # behind voxels outside the fitted region and failed (NaN) voxels
 
 
-def map_display(name, data, region=None, cmap=None, clim=None):
-    """Colour-bar label, colour map and limits of a map (defaults from the parameter table).
+def map_display(name, data, region=None, cmap=None, clim=None, dstar_convention="toolbox"):
+    """Colour-bar label, colour map and limits of a map (defaults from the parameter table, as
+    the maps of ``dstar_convention`` hold them: 'osipi' labels Dstar D*p = D + D*).
 
     Maps without default limits (S0, AIC, others) get the 1st-99th percentiles of their finite
     values in ``region`` (boolean, like ``data``; default all voxels).
     """
-    p = PARAMETERS.get(name)
+    p = parameters(dstar_convention).get(name)
     label, default_cmap, default_clim = (p.axis, p.cmap, p.display) if p else (name, "viridis", None)
     if clim is None:
         clim = default_clim
@@ -256,7 +262,8 @@ class FitViewer:
         self.ax_text.set_axis_off()
 
         data = folder.maps[folder.name]
-        label, self.cmap, self.clim = map_display(folder.name, data, folder.region, cmap, clim)
+        label, self.cmap, self.clim = map_display(folder.name, data, folder.region, cmap, clim,
+                                                  folder.dstar_convention)
         self.z = int(np.argmax(folder.region.sum(axis=(0, 1))))  # the slice with most fitted voxels
         self.image = _show_slice(self.ax_map, _axial_slice(data, folder.region, self.z),
                                  folder.zooms, self.cmap, self.clim)
@@ -273,6 +280,7 @@ class FitViewer:
         if folder.sidecar:
             title += (f" — {folder.sidecar.get('approach', '?')} fit, "
                       f"{folder.sidecar.get('engine', '?')} engine")
+            title += ", D*p = D + D* (OSIPI convention)" if folder.dstar_convention == "osipi" else ""
         self.fig.suptitle(title)
         self.fig.canvas.mpl_connect("button_press_event", self.on_click)
         self.fig.canvas.mpl_connect("key_press_event", self.on_key)
@@ -376,6 +384,7 @@ class FitViewer:
 
     def _plot_model(self, values):
         s0, d, f, dstar = (values[p] for p in model.PARAM_NAMES)
+        dstar = model.excess_dstar(dstar, d, self.folder.dstar_convention)
         b = np.linspace(0.0, 1.05 * np.max(self.folder.bvals), 200)
         self._plot("fit", b, self.folder.fit[self.voxel].predict(b), "-", color="tab:red", lw=2,
                    label="fit = tissue + perfusion")
@@ -397,7 +406,8 @@ class FitViewer:
     def _write_values(self, status, notes):
         values = self.folder.values(self.voxel)
         rows = [f"{p.label:<5} = {values[name]:{p.fmt}} {p.short_unit}"
-                for name, p in PARAMETERS.items() if name in values and name != "exception"]
+                for name, p in parameters(self.folder.dstar_convention).items()
+                if name in values and name != "exception"]
         text = "\n".join([STATUS_TEXT[status], ""] + rows + [""] + notes)
         self.ax_text.text(0.03, 0.7, text, va="top", family="monospace", fontsize=10,
                           transform=self.ax_text.transAxes)
@@ -420,7 +430,8 @@ def montage_figure(folder, cmap=None, clim=None):
     axes = fig.subplots(len(names), nz, squeeze=False)
     for row, name in zip(axes, names):
         given = (cmap, clim) if name == folder.name else (None, None)
-        label, row_cmap, row_clim = map_display(name, folder.maps[name], folder.region, *given)
+        label, row_cmap, row_clim = map_display(name, folder.maps[name], folder.region, *given,
+                                                folder.dstar_convention)
         for z, ax in enumerate(row):
             image = _show_slice(ax, _axial_slice(folder.maps[name], folder.region, z),
                                 folder.zooms, row_cmap, row_clim)

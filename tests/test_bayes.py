@@ -37,9 +37,13 @@ def rel_err(est, truth):
 def test_contract_shapes_and_finite():
     truth, signal = voxels(50, 50, seed=1)
     out = run(signal)
-    assert set(out) == {"params", "sd", "ci_low", "ci_high"}
-    for arr in out.values():
-        assert arr.shape == (50, 4) and arr.dtype == float and np.isfinite(arr).all()
+    assert set(out) == {"params", "sd", "ci_low", "ci_high", "pool"}
+    for name, arr in out.items():
+        assert arr.shape == ((50, 3) if name == "pool" else (50, 4)) and arr.dtype == float
+        assert np.isfinite(arr).all()
+    lo_p, hi_p = out["pool"][:, 1:].T            # D*p's interval holds its mean
+    mean_p = out["params"][:, 1] + out["params"][:, 3]
+    assert (lo_p <= mean_p).all() and (mean_p <= hi_p).all()
     assert (out["sd"] > 0).all()
     assert (out["ci_low"] <= out["params"]).all() and (out["params"] <= out["ci_high"]).all()
 
@@ -163,3 +167,19 @@ def test_bad_arguments():
     init, lo, hi, vary, seeds = engine_inputs(signal)
     with pytest.raises(ValueError, match="at least 4"):
         bayes.fit(BVALS[:3], signal[:, :3], init, lo, hi, vary, seeds)
+
+
+def test_user_bounds_hold_for_the_bayesian_engine_too():
+    """With --bounds (here in the OSIPI convention, D*p on the pool) every posterior mean and
+    interval lies inside the user's box, D included (the prior's D range gives way)."""
+    from ivim_common import IvimModel
+
+    truth, signal = voxels(40, 50, seed=7)
+    box = {"f": (0.2, 0.3), "Dstar": (0.01, 0.02), "D": (0.8e-3, 1.2e-3)}
+    fit = IvimModel(BVALS, engine="bayes", bounds=box, dstar_convention="osipi").fit(signal)
+    ok = fit.exception == 0
+    assert ok.mean() > 0.9
+    for name, key in (("Fivim", "f"), ("Dstar", "Dstar"), ("D", "D")):
+        lo, hi = box[key]
+        for values in (getattr(fit, name), getattr(fit, f"{name}_ci_low"), getattr(fit, f"{name}_ci_high")):
+            assert ((values[ok] >= lo * (1 - 1e-9)) & (values[ok] <= hi * (1 + 1e-9))).all(), name

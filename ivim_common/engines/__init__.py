@@ -7,14 +7,16 @@ Every engine module has the same three names:
 ``prepare(announce=True)``
     Make the engine ready in this process (compile or load compiled code), once; worker
     processes started afterwards find it ready to load.
-``fit(bvals, signal, init, lo, hi, vary, seeds, **options)``
+``fit(bvals, signal, init, lo, hi, vary, seeds, limits=None, **options)``
     Fit the model to finite, positive signal (n_voxels, n_b) with per-voxel start values and
     nominal bounds ``init, lo, hi`` (n_voxels, 4, in the order of
     :data:`ivim_common.model.PARAM_NAMES`), ``vary`` (4,) the free parameters and ``seeds``
     (n_voxels, 2) per-voxel seeds (see :func:`ivim_common.api.voxel_seeds`; None unless the
-    module sets ``RANDOM = True``: they take some µs a voxel to derive).  Returns a dict
-    with ``params`` (n_voxels, 4), NaN rows where the fit failed, and optionally the
-    uncertainty ``sd``, ``ci_low``, ``ci_high`` (n_voxels, 4).
+    module sets ``RANDOM = True``: they take some µs a voxel to derive); ``limits`` (None or a
+    dict, see :func:`ivim_common.model.refinement_limits`) keeps the results of the 'osipi'
+    preset and of the user's bounds inside them.  Returns a dict with ``params`` (n_voxels, 4),
+    NaN rows where the fit failed, and optionally the uncertainty ``sd``, ``ci_low``,
+    ``ci_high`` (n_voxels, 4).
 
 and may have
 

@@ -395,9 +395,9 @@ def _dstar_quantile(p, total, val, nd, gp, npp, hp, m2, prefix):
 
 
 @_kernel
-def _fit_kernel(b, signal, lo, hi, coarse, fine, start, step, logdens, prob, ws, out):
-    """Posterior summaries of every voxel into out (n, 4, 5) (see _summaries); NaN where a
-    voxel's signal or bounds are not usable."""
+def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logdens, prob, ws, out):
+    """Posterior summaries of every voxel into out (n, 4, 5) (see _summaries), D*ₚ within
+    [p_lo, p_hi] (n,); NaN where a voxel's signal or bounds are not usable."""
     g, marg = ws[0], ws[9]
     box = np.empty(6)
     box2 = np.empty(6)
@@ -410,12 +410,12 @@ def _fit_kernel(b, signal, lo, hi, coarse, fine, start, step, logdens, prob, ws,
         for a in range(4):
             if not (lo[n, a] <= hi[n, a]):
                 ok = False
-        if not (ok and lo[n, 1] > 0.0 and lo[n, 1] + lo[n, 3] > 0.0):
+        if not (ok and lo[n, 1] > 0.0 and p_lo[n] > 0.0 and p_lo[n] <= p_hi[n]):
             out[n] = np.nan
             continue
         box[0], box[1] = math.log(lo[n, 1]), math.log(hi[n, 1])
         box[2], box[3] = lo[n, 2], hi[n, 2]
-        box[4], box[5] = math.log(lo[n, 1] + lo[n, 3]), math.log(hi[n, 1] + hi[n, 3])
+        box[4], box[5] = math.log(p_lo[n]), math.log(p_hi[n])
         r = _posterior(b, y, box, lo[n, 3], hi[n, 3], coarse, start, step, logdens, ws)
         for _ in range(ZOOM_LEVELS):
             if not (r[6] > 0.0 and r[6] < np.inf):
@@ -492,8 +492,9 @@ def _scratch(nb, coarse, fine):
             np.empty((n, n)), np.empty((n, n + 1)))
 
 
-def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=GRID_FINE):
-    """Posterior summaries within the bounds lo, hi (n, 4) as given (no d_bounds applied).
+def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=GRID_FINE, pool=None):
+    """Posterior summaries within the bounds lo, hi (n, 4) as given (no d_bounds applied), and
+    D*ₚ = D + D* within ``pool`` = (lower, upper) where given.
 
     Returns
     -------
@@ -504,13 +505,16 @@ def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=G
     signal = np.ascontiguousarray(np.atleast_2d(signal), dtype=float)
     out = np.empty((signal.shape[0], 4, 5))
     coarse, fine = np.asarray(coarse, dtype=np.int64), np.asarray(fine, dtype=np.int64)
-    _fit_kernel(b, signal, np.ascontiguousarray(lo, dtype=float), np.ascontiguousarray(hi, dtype=float),
-                coarse, fine, prior["start"], prior["step"], prior["logdens"], PROB,
+    lo, hi = np.ascontiguousarray(lo, dtype=float), np.ascontiguousarray(hi, dtype=float)
+    p_lo, p_hi = lo[:, 1] + lo[:, 3], hi[:, 1] + hi[:, 3]
+    if pool is not None:
+        p_lo, p_hi = np.maximum(p_lo, pool[0]), np.minimum(p_hi, pool[1])
+    _fit_kernel(b, signal, lo, hi, np.ascontiguousarray(p_lo), np.ascontiguousarray(p_hi), coarse, fine, prior["start"], prior["step"], prior["logdens"], PROB,
                 _scratch(b.size, coarse, fine), out)
     return out
 
 
-def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None):
+def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None):
     """Posterior of (S0, D, f, D*) per voxel; the engine draws nothing (seeds are unused).
 
     Parameters
@@ -526,23 +530,34 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None):
         Unused (the grid posterior is deterministic).
     prior : dict, optional
         :func:`uniform_prior` (default) or :func:`empirical_prior`; its ``d_bounds``, if
-        any, replace the nominal bounds of D where D varies.
+        any, replace the nominal bounds of D where D varies, unless ``limits`` is given.
+    limits : dict, optional
+        The user's bounds are in force (the 'osipi' preset or --bounds,
+        :func:`ivim_common.model.refinement_limits`): the posterior lives in lo, hi as given,
+        and D*ₚ within ``limits["pool"]`` where that is set.
 
     Returns
     -------
     dict of ndarray (n, 4): params (posterior means), sd (posterior SD), ci_low, ci_high
-    (2.5 and 97.5 % posterior quantiles); NaN rows where a voxel failed.
+    (2.5 and 97.5 % posterior quantiles); NaN rows where a voxel failed; and pool (n, 3): the SD
+    and quantiles of D*ₚ = D + D*.
     """
     prior = uniform_prior() if prior is None else prior
     init = np.asarray(init, dtype=float)
     fixed = ~np.asarray(vary, dtype=bool)
     lo = np.where(fixed, init, lo)
     hi = np.where(fixed, init, hi)
-    lo, hi = prior_box(lo, hi, prior)
+    pool = None
+    if limits is None:
+        lo, hi = prior_box(lo, hi, prior)
+    elif limits.get("pool") is not None:
+        pool = limits["pool"][:2]
     if np.asarray(bvals).size < 4:
         raise ValueError("the Bayesian engine needs at least 4 b-values")
-    out = posterior_summaries(bvals, signal, lo, hi, prior)[:, :, :4]
-    return {"params": out[:, 0], "sd": out[:, 1], "ci_low": out[:, 2], "ci_high": out[:, 3]}
+    summaries = posterior_summaries(bvals, signal, lo, hi, prior, pool=pool)
+    out = summaries[:, :, :4]
+    return {"params": out[:, 0], "sd": out[:, 1], "ci_low": out[:, 2], "ci_high": out[:, 3],
+            "pool": summaries[:, 1:, 4]}
 
 
 _ready = False      # compiled or loaded in this process
@@ -578,11 +593,16 @@ def image_options(ivim_model, signal, jobs, prior="uniform"):
     else:
         from ..api import IvimModel
 
-        ls = IvimModel(ivim_model.bvals, ivim_model.approach, ivim_model.bounds_version, "fast").fit_voxels(signal, jobs=jobs)
+        conv = ivim_model.dstar_convention
+        ls = IvimModel(ivim_model.bvals, ivim_model.approach, ivim_model.bounds_version, "fast",
+                       ivim_model.bounds, conv).fit_voxels(signal, jobs=jobs)
+        ls["Dstar"] = model.excess_dstar(ls["Dstar"], ls["D"], conv)
         params = np.column_stack([ls[name] for name in model.PARAM_NAMES])
         ok = np.isfinite(params).all(axis=1)
         cfg = model.settings(ivim_model.approach, ivim_model.bounds_version)
         dinit, s0_1mf = model.initial_estimate(ivim_model.bvals, signal[ok], cfg["bval_threshold"])
-        _, lo, hi, _ = model.nominal_bounds(ivim_model.approach, ivim_model.bounds_version, dinit, s0_1mf)
+        _, lo, hi, _ = model.nominal_bounds(ivim_model.approach, ivim_model.bounds_version, dinit, s0_1mf,
+                                            model.lowest_b_signal(ivim_model.bvals, signal[ok]), ivim_model.bounds,
+                                            conv)
         table = empirical_prior(params[ok], lo, hi)
     return {"prior": table}, {"prior": prior, "prior_description": table["name"]}

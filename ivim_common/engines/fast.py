@@ -544,14 +544,15 @@ def _scratch(nb, t_d, t_s):
             np.empty((3, nb)), np.empty((7, 4)), np.empty((3, 4, 4)), np.empty((9, nb)))
 
 
-def _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch):
+def _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch, limits=None):
     """Step 3 of every voxel from its step-2 candidates cand (n, 4, 4) and their RSS (n, 4):
     Newton in the step-3 box (:func:`ivim_common.model.refinement_bounds`) of each candidate
     within STEP2_TIE of the voxel's lowest (once per distinct point); the lowest refined RSS
     wins, the first on ties.  Returns params (n, 4), NaN where every candidate failed.
 
     Where step-2 f is 0, the D* box is the nominal range, searched from a grid rather than
-    polished from the step-2 point; where the refined f is 0, D* is settled by
+    polished from the step-2 point (so is any box that does not hold the step-2 point, see
+    :func:`ivim_common.model.needs_search`); where the refined f is 0, D* is settled by
     :func:`ivim_common.model.settle_undetermined_dstar`."""
     job = np.empty(rss2.shape, dtype=np.bool_)
     _jobs(cand, rss2, job)
@@ -559,8 +560,8 @@ def _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch):
     # array would make numba compile a second specialisation of the kernels below
     voxel, which = (np.ascontiguousarray(a) for a in np.nonzero(job))
     start = cand[voxel, which]
-    r_lo, r_hi = model.refinement_bounds(start, vary, lo[voxel], hi[voxel])
-    zero_f = model.f_is_zero(start)
+    r_lo, r_hi = model.refinement_bounds(start, vary, lo[voxel], hi[voxel], limits)
+    zero_f = model.needs_search(start, r_lo, r_hi)
     p, rss = np.empty_like(start), np.empty(len(start))
     _refine_all(bvals, signal, voxel, start, r_lo, r_hi, zero_f, vary, t_d, t_s, scratch, p, rss)
     model.settle_undetermined_dstar(p, r_lo, r_hi)
@@ -569,7 +570,7 @@ def _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch):
     return out
 
 
-def fit_fast(bvals, signal, lo, hi, vary):
+def fit_fast(bvals, signal, lo, hi, vary, limits=None):
     """The compiled engine, voxel by voxel.
 
     Step 2: candidates come from the two lowest local minima of a (D, D*) grid and from the
@@ -584,6 +585,8 @@ def fit_fast(bvals, signal, lo, hi, vary):
     ----------
     bvals : ndarray (n_b,); signal : ndarray (n_voxels, n_b)
     lo, hi : ndarray (n_voxels, 4), nominal bounds; vary : ndarray of bool (4,)
+    limits : dict, optional
+        What keeps step 3 inside the user's bounds (:func:`ivim_common.model.refinement_limits`).
 
     Returns
     -------
@@ -599,7 +602,7 @@ def fit_fast(bvals, signal, lo, hi, vary):
     scratch = _scratch(bvals.size, t_d, t_s)
     cand, rss2 = np.empty((len(signal), 4, 4)), np.empty((len(signal), 4))
     _step2_all(bvals, signal, lo, hi, vary, t_d, t_s, scratch, cand, rss2)
-    return _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch)
+    return _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch, limits)
 
 
 _ready = False      # compiled or loaded in this process
@@ -621,10 +624,10 @@ def prepare(announce=True):
     _ready = True
 
 
-def fit(bvals, signal, init, lo, hi, vary, seeds):
+def fit(bvals, signal, init, lo, hi, vary, seeds, limits=None):
     """The engine's entry point (see :mod:`ivim_common.engines`); ``init`` and ``seeds`` are
     not needed: the grid finds the starts and nothing is random."""
-    return {"params": fit_fast(bvals, signal, lo, hi, vary)}
+    return {"params": fit_fast(bvals, signal, lo, hi, vary, limits)}
 
 
 COMPILE_NOTICE_AFTER_S = 3.0

@@ -23,10 +23,10 @@ def _minimize(bvals, signal, start, lo, hi, vary, seed):
 
     params = lmfit.Parameters()
     for name, v, l, h, free in zip(model.PARAM_NAMES, start, lo, hi, vary):
-        if free:
+        if free and h > l:
             params.add(name, value=v, min=l, max=h)
-        else:  # lmfit refuses min == max
-            params.add(name, value=v, vary=False)
+        else:  # lmfit refuses min == max (a box the user's bounds closed, too)
+            params.add(name, value=l, vary=False)
 
     def residual(p):
         v = p.valuesdict()
@@ -36,13 +36,13 @@ def _minimize(bvals, signal, start, lo, hi, vary, seed):
     return np.array([result.params[name].value for name in model.PARAM_NAMES])
 
 
-def fit(bvals, signal, init, lo, hi, vary, seeds):
+def fit(bvals, signal, init, lo, hi, vary, seeds, limits=None):
     """The engine's entry point (see :mod:`ivim_common.engines`): step 2 with seeds[:, 0],
-    step 3 with seeds[:, 1]."""
+    step 3 with seeds[:, 1]; ``limits``: see :func:`ivim_common.model.refinement_limits`."""
     params = np.empty_like(init)
     for i in range(signal.shape[0]):
         step2 = _minimize(bvals, signal[i], init[i], lo[i], hi[i], vary, seeds[i, 0])
-        r_lo, r_hi = model.refinement_bounds(step2[None], vary, lo[i:i + 1], hi[i:i + 1])
+        r_lo, r_hi = model.refinement_bounds(step2[None], vary, lo[i:i + 1], hi[i:i + 1], limits)
         params[i] = _minimize(bvals, signal[i], step2, r_lo[0], r_hi[0], vary, seeds[i, 1])
         model.settle_undetermined_dstar(params[i:i + 1], r_lo, r_hi)
     return {"params": params}
