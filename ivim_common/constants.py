@@ -152,6 +152,7 @@ class SimulationKind:
 SIMULATION_KINDS = {
     "error_nonoise": SimulationKind(None, "0.2e-3,0.3e-3,0.7e-3,1.0e-3,1.2e-3,1.5e-3,1.8e-3,2.0e-3,2.5e-3,2.9e-3",
                                     ("sim", "true"), "Error without noise"),
-    "error_noise": SimulationKind("fixed", "0.3e-3,1.5e-3", ("sim", "sim_STD", "true"), "Error with noise"),
+    "error_noise": SimulationKind("fixed", "0.3e-3,1.5e-3", ("sim", "sim_STD", "true", "sd", "coverage"),
+                                  "Error with noise"),
     "required_snr": SimulationKind("start", "0.3e-3,1.5e-3", ("minSNR", "params"), "Required SNR"),
 }

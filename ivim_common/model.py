@@ -218,6 +218,7 @@ def bounds_description(approach, bounds_version):
 # How far to trust a fit: its uncertainty, the bounds it reached, the mono-exponential rival
 
 BOUND_TOLERANCE = 1e-3   # a parameter within 0.1 % of its box's width of a bound is "at" it
+MAX_VARIANCE_INFLATION = 1e12   # beyond, the free parameters are taken as not identifiable (NaN SD)
 
 
 def ivim_jacobian(bvals, S0, D, Fivim, Dstar):
@@ -295,8 +296,9 @@ def fisher_sd(bvals, params, rss, free, n_varied):
     ``params`` and σ̂² = RSS/(n_b − n_varied): the asymptotic standard errors that lmfit reports
     (``stderr``) for an unconstrained least-squares fit.  Parameters not in ``free`` (fixed, at
     a bound, or undetermined, as D* where f is at 0) are held at their value: their SD is NaN,
-    and the others' SD is conditional on them.  Where JᵀJ of the free parameters is singular
-    (relative to its diagonal, below 1e-14) or n_b <= n_varied, every SD is NaN.
+    and the others' SD is conditional on them.  Where the free parameters are not identifiable
+    (a variance inflation factor, diagonal of the inverse of JᵀJ scaled to a unit diagonal,
+    above 1e12) or n_b <= n_varied, every SD is NaN.
 
     Parameters
     ----------
@@ -312,20 +314,24 @@ def fisher_sd(bvals, params, rss, free, n_varied):
     ndarray, shape (n_voxels, 4), in the units of the parameters.
     """
     params = np.asarray(params, dtype=float)
-    free = np.asarray(free, dtype=bool)
     n_b = len(np.atleast_1d(bvals))
-    jac = ivim_jacobian(bvals, *params.T) * free[:, None, :]
-    info = np.einsum("vbi,vbj->vij", jac, jac)
-    scale = np.sqrt(np.einsum("vii->vi", info))
-    scale = np.where(free & (scale > 0), scale, 1.0)
+    jac = ivim_jacobian(bvals, *params.T)
+    info = np.matmul(jac.transpose(0, 2, 1), jac)      # per voxel (no BLAS across voxels)
+    diag = np.einsum("vii->vi", info)
+    free = np.asarray(free, dtype=bool) & (diag > 0)    # a parameter the signal ignores is held
+    scale = np.sqrt(np.where(free, diag, 1.0))
     info = info / (scale[:, :, None] * scale[:, None, :])        # unit diagonal on the free ones
-    info[:, np.arange(4), np.arange(4)] = np.where(free, info[:, np.arange(4), np.arange(4)], 1.0)
-    regular = np.linalg.det(info) > 1e-14
-    info[~regular] = np.eye(4)
-    var = np.einsum("vii->vi", np.linalg.inv(info)) / scale ** 2
+    info *= free[:, :, None] & free[:, None, :]
+    info[:, np.arange(4), np.arange(4)] = 1.0
+    try:
+        inv_diag = np.einsum("vii->vi", np.linalg.inv(info))
+    except np.linalg.LinAlgError:                      # an exactly singular voxel: one by one
+        inv_diag = np.array([np.diag(np.linalg.pinv(m)) if np.linalg.matrix_rank(m) == 4 else np.full(4, np.inf)
+                             for m in info])
+    regular = (inv_diag < MAX_VARIANCE_INFLATION).all(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma2 = np.asarray(rss, dtype=float) / (n_b - n_varied) if n_b > n_varied else np.full(len(params), np.nan)
-    sd = np.sqrt(var * sigma2[:, None])
+        sd = np.sqrt(inv_diag * sigma2[:, None]) / scale
     sd[~free | ~regular[:, None]] = np.nan
     return sd
 
