@@ -401,7 +401,7 @@ class FitViewer:
                 if name in values and name not in PANEL_ELSEWHERE]
         text = "\n".join([STATUS_TEXT[status], ""] + rows + [""] + trust_lines(values, criterion)
                          + [""] + notes)
-        self.ax_text.text(0.0, 0.99, text, va="top", family="monospace", fontsize=9,
+        self.ax_text.text(0.0, 0.76, text, va="top", family="monospace", fontsize=8.5,
                           transform=self.ax_text.transAxes)
 
 
