@@ -16,7 +16,10 @@ example (the bundled test data, the published maps' bounds):
       -ma test_data/cord_seg_dilated.nii.gz -mo one-step --bounds-version 2019 -o ivim_maps_rl_2019
 
 writes ivim_maps_rl_2019/{{S0,D,Dstar,Fivim,FivimXDstar,AIC,R2,exception}}_map.nii.gz (float32, the
-DWI's affine; 0 outside the mask; NaN where a fit failed, with exception_map = 1) and the
+DWI's affine; 0 outside the mask; NaN where a fit failed, with exception_map = 1), how far to trust
+each voxel: {{S0,D,Fivim,Dstar}}_sd_map.nii.gz (their SD), ADC, AICc, AICc_mono, model_choice
+(1 = IVIM, 0 = mono-exponential), RMSE and bounds_hit (bit flags: 1/2 S0 at its lower/upper
+bound, 4/8 D, 16/32 f, 64/128 D*) maps, and the
 sidecar ivim_maps_rl_2019/{FIT_SIDECAR} (inputs with sha256, command, equation, bounds, seed, counts,
 median and IQR of each map).  Exit codes: 0 done, 1 input/output error or a worker died, 2 usage, 130 Ctrl-C,
 143 SIGTERM (a batch time limit), 129 SIGHUP."""
@@ -91,9 +94,16 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                         help="write BIDS derivatives (BEP016 draft) under FOLDER: sub-<label>/[ses-<label>/]dwi/"
                              "<source entities>_model-ivim_param-<name>_dwimap.nii.gz with JSON sidecars, and "
                              "FOLDER/dataset_description.json; the input's name must be BIDS (sub-...)")
+    parser.add_argument("--model-choice", choices=constants.MODEL_CHOICE_CRITERIA, default="aicc",
+                        help="criterion of model_choice_map, IVIM against the mono-exponential fit: aicc "
+                             "(default) or bic; recorded in the sidecar")
+    parser.add_argument("--bootstrap", type=cli.non_negative_int, default=0, metavar="N",
+                        help="residual bootstrap with N refits per voxel (0: off, the default): the *_sd maps "
+                             "then come from it, with *_ci_low/*_ci_high maps (2.5/97.5 %%); seeded per voxel "
+                             "from --seed; with the fast engine about 2-3 ms of CPU per voxel for N = 200")
     parser.add_argument("--force", action="store_true",
-                        help="write into an existing output folder, replacing only the 8 maps and the sidecar "
-                             "(nothing else in it is touched)")
+                        help="write into an existing output folder, replacing only the toolbox's maps and the "
+                             "sidecar (nothing else in it is touched)")
     cli.add_common_arguments(parser)
     return parser
 
@@ -132,7 +142,7 @@ def _fit_to_folder(args, argv):
             print(f"{PROG}: {int(inputs.selected.sum())} voxels x {bvals.size} b-values ({label or 'all volumes'}), "
                   f"{inputs.selection}; engine {args.engine}, {jobs} job(s)", file=sys.stderr)
         fit = model.fit(data, inputs.selected, jobs=jobs, seed=args.seed, chunk_size=args.chunk_size,
-                        progress=args.verbose >= 1)
+                        progress=args.verbose >= 1, model_choice=args.model_choice, bootstrap=args.bootstrap)
         folder, paths = sets_out[label]
         extra = {**io.provenance(PROG, argv), "inputs": records, "voxel_selection": inputs.selection,
                  "directions": directions, "run_time_s": round(time.perf_counter() - start, 3)}

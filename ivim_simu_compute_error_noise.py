@@ -3,7 +3,8 @@
 For every true (f, D*, D), --n-draws noisy signals (S0 = 600, σ = 600/SNR; Gaussian as the
 original, or Rician) are fitted and the error of f, D*, D and f·D* is summarised: mean and SD of
 the absolute error in % (100·|p̂ − p|/p), mean signed error (bias), 5/50/95th percentiles of the
-signed error, and the number of failed fits (left out of the statistics).
+signed error, the number of failed fits (left out of the statistics), and per parameter the
+mean SD the fits predict, the empirical SD of the estimates and the coverage of the 95 % interval.
 """
 import sys
 
@@ -17,7 +18,9 @@ example (the original toolbox's README example, two-step at SNR 180; about 10 s 
 
 outputs: <ofolder>/sim_results_<yymmddHHMMSS>.npz (mean_abs_err, sd_abs_err, mean_signed_err
 (4, nF, nDstar, nD), pct_signed_err (3, 4, nF, nDstar, nD), n_failed (nF, nDstar, nD), in the order
-f, Dstar, D, fDstar, errors in %) and a .json sidecar with the settings.
+f, Dstar, D, fDstar, errors in %; how well the fits' own SDs describe the errors: mean_pred_sd,
+emp_sd (% of the true value), coverage_95 (share of draws with |error| <= 1.96 SD), n_with_sd)
+and a .json sidecar with the settings.
 """
 
 

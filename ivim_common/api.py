@@ -4,11 +4,12 @@
 Every fit of the toolbox goes through here: the scripts, the simulations and the viewer.
 """
 import time
+import warnings
 
 import numpy as np
 
 from . import engines, io, model, voxelpool
-from .constants import CORE_MAPS, MAP_FILES, UNCERTAINTY
+from .constants import BOUND_BITS, CORE_MAPS, MAP_FILES, MODEL_CHOICE_CRITERIA, UNCERTAINTY
 
 
 def voxel_seeds(seed, voxel_ids):
@@ -21,7 +22,8 @@ def voxel_seeds(seed, voxel_ids):
 
 
 def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine="fast",
-               seed=0, voxel_ids=None, bounds=None, dstar_convention="toolbox", engine_options=None):
+               seed=0, voxel_ids=None, bounds=None, dstar_convention="toolbox", engine_options=None,
+               model_choice="aicc", bootstrap=0, quality=True):
     """Fit the IVIM model to many voxels, in this process: the work of one chunk.
 
     Parameters
@@ -46,12 +48,21 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
         What the Dstar and FivimXDstar maps hold: D* in excess of D, or D*p = D + D*.
     engine_options : dict, optional
         Passed to the engine's ``fit`` (see :mod:`ivim_common.engines`).
+    model_choice : {'aicc', 'bic'}
+        Criterion of ``model_choice`` (IVIM against the mono-exponential).
+    bootstrap : int
+        Residual-bootstrap refits per voxel (0: none); see :func:`bootstrap_uncertainty`.
+    quality : bool
+        Compute the uncertainty, model-choice and quality maps (False: NaN, as the
+        bootstrap's refits need).
 
     Returns
     -------
     dict of ndarray (n_voxels,)
-        The maps of :data:`ivim_common.constants.CORE_MAPS`, and ``<param>_sd``,
-        ``<param>_ci_low``, ``<param>_ci_high`` where the engine gives them.  Failed voxels
+        The maps of :data:`ivim_common.constants.CORE_MAPS`; ``<param>_sd`` (Fisher
+        information of least-squares engines, the engine's own where it gives one, the
+        bootstrap's with ``bootstrap``) and ``<param>_ci_low``, ``<param>_ci_high`` where the
+        engine or the bootstrap gives them.  Failed voxels
         (non-finite or non-positive signal, or a fit that returned non-finite values) have NaN
         parameters and exception = 1.
     """
@@ -80,18 +91,127 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     out = {name: np.full(n, np.nan) for name in CORE_MAPS}
     for j, name in enumerate(model.PARAM_NAMES):
         out[name][fitted] = params[:, j]
-        for k, kind in enumerate(UNCERTAINTY):
+        for kind in UNCERTAINTY:
             if kind in result:
-                values = result[kind][finite, j]
-                if name == "Dstar" and dstar_convention == "osipi":    # D*p's, where the engine gives them
-                    values = result["pool"][finite, k] if "pool" in result else np.nan
                 out[f"{name}_{kind}"] = np.full(n, np.nan)
-                out[f"{name}_{kind}"][fitted] = values
+                out[f"{name}_{kind}"][fitted] = result[kind][finite, j]
+    for k, kind in enumerate(UNCERTAINTY):          # D*p's, where the engine gives them
+        if "pool" in result:
+            out[f"Dstar_pool_{kind}"] = np.full(n, np.nan)
+            out[f"Dstar_pool_{kind}"][fitted] = result["pool"][finite, k]
     out["FivimXDstar"][fitted] = params[:, 2] * params[:, 3]
-    _, out["AIC"][fitted], out["R2"][fitted] = model.goodness_of_fit(bvals, signal[fitted], params,
-                                                                     int(vary.sum()))
+    rss, out["AIC"][fitted], out["R2"][fitted] = model.goodness_of_fit(bvals, signal[fitted], params,
+                                                                       int(vary.sum()))
     out["exception"] = np.where(fitted, 0.0, 1.0)
+    if quality:
+        trust = trust_maps(bvals, signal[fitted], params, rss, lo[finite], hi[finite], vary, model_choice,
+                           with_sd="sd" not in result)
+        if bootstrap:
+            trust.update(bootstrap_uncertainty(
+                bvals, signal[fitted], params, voxel_ids[fitted], bootstrap, seed, int(vary.sum()),
+                dict(approach=approach, bounds_version=bounds_version, engine=engine, bounds=bounds,
+                     dstar_convention=dstar_convention, engine_options=engine_options)))
+        for name, values in trust.items():
+            out[name] = np.full(n, np.nan)
+            out[name][fitted] = values
     return model.to_dstar_convention(out, dstar_convention)
+
+
+def trust_maps(bvals, signal, params, rss, lo, hi, vary, criterion="aicc", with_sd=True):
+    """How far to trust each fit: the maps of the fitted voxels (the rows of ``signal``).
+
+    ``<param>_sd`` (with ``with_sd``) from :func:`ivim_common.model.fisher_sd`, with the
+    parameters at a bound of their nominal box, and D* where f is at 0, held (NaN);
+    ``bounds_hit`` (:func:`ivim_common.model.bounds_hit`); ``ADC`` and ``AICc_mono`` of the
+    mono-exponential fit of the same signal, ``AICc`` of the IVIM fit and ``model_choice`` (1
+    where IVIM has the lower ``criterion``, 'aicc' or 'bic', 0 where the mono-exponential
+    has; NaN where a criterion is undefined); ``RMSE`` = sqrt(RSS/n_b).
+
+    Parameters
+    ----------
+    bvals : ndarray (n_b,)
+    signal, params : ndarray (n, n_b), (n, 4)
+    rss : ndarray (n,)
+        Residual sum of squares of params.
+    lo, hi : ndarray (n, 4)
+        The nominal (step-2) bounds.
+    vary : ndarray of bool (4,)
+    """
+    n_b, k = signal.shape[1], int(vary.sum())
+    flags, at_lo, at_hi = model.bounds_hit(params, lo, hi, vary)
+    out = {"bounds_hit": flags.astype(float), "RMSE": np.sqrt(rss / n_b)}
+    if with_sd:
+        free = vary & ~at_lo & ~at_hi
+        free[:, 3] &= ~at_lo[:, 2]               # f at 0: the signal does not depend on D*
+        sd, out["Dstar_pool_sd"] = model.fisher_sd(bvals, params, rss, free, k)
+        for name, values in zip(model.PARAM_NAMES, sd.T):
+            out[f"{name}_sd"] = values
+    _, out["ADC"], rss_mono = model.fit_mono(bvals, signal)
+    out["AICc"], bic = model.information_criteria(rss, n_b, k)
+    out["AICc_mono"], bic_mono = model.information_criteria(rss_mono, n_b, 2)
+    ivim, mono = (out["AICc"], out["AICc_mono"]) if criterion == "aicc" else (bic, bic_mono)
+    out["model_choice"] = np.where(np.isnan(ivim) | np.isnan(mono), np.nan, (ivim < mono).astype(float))
+    return out
+
+
+BOOTSTRAP_BATCH = 100_000     # refits per batch (memory: a batch's signal is this x n_b floats)
+
+
+def bootstrap_uncertainty(bvals, signal, params, voxel_ids, n_boot, seed, n_varied, fit_options):
+    """Residual bootstrap: SD and 2.5/97.5 % percentiles of each parameter over ``n_boot`` refits.
+
+    Each refit fits, with the same engine and steps (:func:`fit_voxels`), the fitted signal
+    plus the voxel's residuals, centred and scaled by sqrt(n_b/(n_b − k)), drawn with
+    replacement.  The draws of a voxel come from ``SeedSequence([seed, voxel_id, 1])``, so
+    they do not depend on chunks or workers; so do the refits' own seeds (for engines that
+    draw).  Refits that fail are left out; fewer than half left gives NaN.
+
+    Returns
+    -------
+    dict of ndarray (n,): ``<param>_sd``, ``<param>_ci_low``, ``<param>_ci_high``
+    """
+    n, n_b = signal.shape
+    fitted = model.ivim_signal(bvals, *params.T)
+    resid = signal - fitted
+    resid = (resid - resid.mean(axis=1, keepdims=True)) * np.sqrt(n_b / max(n_b - n_varied, 1))
+    estimates = np.empty((n, n_boot, 4))
+    per_batch = max(1, BOOTSTRAP_BATCH // n_boot)
+    for start in range(0, n, per_batch):
+        rows = np.arange(start, min(start + per_batch, n))
+        draws, ids = [], []
+        for i in rows:
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(voxel_ids[i]), 1]))
+            draws.append(rng.integers(0, n_b, (n_boot, n_b)))
+            ids.append(rng.integers(0, 2 ** 62, n_boot))
+        draws = np.array(draws)                                                  # (rows, n_boot, n_b)
+        samples = fitted[rows, None, :] + np.take_along_axis(resid[rows, None, :], draws, axis=2)
+        maps = fit_voxels(bvals, samples.reshape(-1, n_b), seed=seed, voxel_ids=np.concatenate(ids),
+                          quality=False, **fit_options)
+        maps["Dstar"] = model.excess_dstar(maps["Dstar"], maps["D"], fit_options.get("dstar_convention", "toolbox"))
+        estimates[rows] = np.stack([maps[p] for p in model.PARAM_NAMES], axis=-1).reshape(len(rows), n_boot, 4)
+    enough = np.isfinite(estimates).all(axis=2).sum(axis=1) >= 0.5 * n_boot
+    estimates = np.concatenate([estimates, estimates[:, :, 1:2] + estimates[:, :, 3:4]], axis=2)   # D*p too
+    out = {}
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)                          # all-NaN voxels
+        sd = np.nanstd(estimates, axis=1, ddof=1)
+        low, high = np.nanpercentile(estimates, [2.5, 97.5], axis=1)
+    for j, name in enumerate(model.PARAM_NAMES + ("Dstar_pool",)):
+        for kind, values in (("sd", sd), ("ci_low", low), ("ci_high", high)):
+            out[f"{name}_{kind}"] = np.where(enough, values[:, j], np.nan)
+    return out
+
+
+UNCERTAINTY_METHODS = {
+    "fisher": ("SD from the Fisher information at the fitted point, sqrt(diag(sigma^2 (J'J)^-1)) with "
+               "sigma^2 = RSS/(n - k) (lmfit's stderr), J the model's Jacobian; NaN for a parameter within 0.1 % "
+               "of a bound of its nominal box (bounds_hit_map), for D* where f is at 0, and for a fixed D"),
+    "posterior": "posterior SD and 2.5/97.5 % posterior quantiles of the Bayesian engine",
+    "bootstrap": ("residual bootstrap: refits, with the same engine and steps, of the fitted signal plus the "
+                  "voxel's residuals (centred, scaled by sqrt(n/(n - k))) drawn with replacement, seeded per "
+                  "voxel from the seed; SD (ddof 1) and 2.5/97.5 % percentiles of the refits (NaN when fewer "
+                  "than half of them succeed)"),
+}
 
 
 class IvimModel:
@@ -162,13 +282,17 @@ class IvimModel:
                 f"bounds_version={self.bounds_version!r}, engine={self.engine!r}, bounds={self.bounds!r}, "
                 f"dstar_convention={self.dstar_convention!r})")
 
-    def fit_voxels(self, signal, voxel_ids=None, jobs=1, seed=0, chunk_size=None, progress=False, pool=None):
+    def fit_voxels(self, signal, voxel_ids=None, jobs=1, seed=0, chunk_size=None, progress=False,
+                   model_choice="aicc", bootstrap=0, pool=None):
         """Fit rows of signal (n_voxels, n_b) in ``jobs`` processes (or those of ``pool``, a
         :class:`ivim_common.voxelpool.WorkerPool` reused across calls); maps as 1-D arrays.
 
         ``voxel_ids`` are the voxels' seed keys (default: their row numbers); the results do
-        not depend on ``jobs`` or ``chunk_size``.  Returns the dict of :func:`fit_voxels`.
+        not depend on ``jobs`` or ``chunk_size``.  ``model_choice`` and ``bootstrap`` as in
+        :meth:`fit`.  Returns the dict of :func:`fit_voxels`.
         """
+        if model_choice not in MODEL_CHOICE_CRITERIA:
+            raise ValueError(f"unknown model choice {model_choice!r} (choose from {', '.join(MODEL_CHOICE_CRITERIA)})")
         fitter = engines.get(self.engine)
         fitter.prepare(announce=progress)        # once here, so workers load it rather than compile
         signal = np.asarray(signal, dtype=float).reshape(-1, self.bvals.size)
@@ -180,13 +304,15 @@ class IvimModel:
             valid = model.valid_voxels(signal, self.bvals, self.approach, self.bounds_version)
             options, self.engine_record = fitter.image_options(self, signal[valid], jobs, **self.engine_options)
         return voxelpool.map_chunks(fit_voxels, signal, voxel_ids, jobs=jobs, pool=pool,
-                                    chunk_size=chunk_size or fitter.CHUNK_SIZE, progress=progress,
+                                    chunk_size=chunk_size or max(1, fitter.CHUNK_SIZE // (1 + bootstrap)),
+                                    progress=progress, model_choice=model_choice, bootstrap=bootstrap,
                                     bvals=self.bvals, approach=self.approach,
                                     bounds_version=self.bounds_version, engine=self.engine, seed=seed,
                                     bounds=self.bounds, dstar_convention=self.dstar_convention,
                                     engine_options=options)
 
-    def fit(self, data, mask=None, jobs=1, seed=0, chunk_size=None, progress=False):
+    def fit(self, data, mask=None, jobs=1, seed=0, chunk_size=None, progress=False, model_choice="aicc",
+            bootstrap=0):
         """Fit every voxel of ``data`` (in ``mask``).
 
         Parameters
@@ -204,6 +330,12 @@ class IvimModel:
             Voxels per chunk of work (default: the engine's).
         progress : bool
             A progress bar on stderr (when it is a terminal).
+        model_choice : {'aicc', 'bic'}
+            Criterion of the ``model_choice`` map (IVIM or the mono-exponential).
+        bootstrap : int
+            Residual-bootstrap refits per voxel, with this engine (0: none, the default): the
+            ``<param>_sd`` maps then come from them, with ``<param>_ci_low``/``_ci_high``, their
+            2.5/97.5 % percentiles.  Seeded per voxel from ``seed``.
 
         Returns
         -------
@@ -218,12 +350,16 @@ class IvimModel:
             raise ValueError(f"mask: expected shape {shape}, got {mask.shape}")
         start = time.perf_counter()
         flat = self.fit_voxels(data[mask], np.flatnonzero(mask), jobs=jobs, seed=seed,
-                               chunk_size=chunk_size, progress=progress)
+                               chunk_size=chunk_size, progress=progress, model_choice=model_choice,
+                               bootstrap=bootstrap)
         maps = {}
         for name, values in flat.items():
             maps[name] = np.full(shape, np.nan)
             maps[name][mask] = values
-        return IvimFit(self, maps, mask, seed=seed, jobs=jobs, run_time_s=time.perf_counter() - start)
+        fit = IvimFit(self, maps, mask, seed=seed, jobs=jobs, run_time_s=time.perf_counter() - start)
+        fit.choice_criterion, fit.bootstrap = model_choice, bootstrap
+        fit.noise_sd = model.repeat_noise_sd(self.bvals, data[mask])
+        return fit
 
 
 def dstar_convention_of(fit):
@@ -237,7 +373,10 @@ class IvimFit:
 
     The maps are properties: ``S0``, ``D``, ``Fivim`` (also ``f``), ``Dstar``, ``FivimXDstar``,
     ``AIC``, ``R2`` and ``exception``, NaN outside the mask and where the fit failed (there
-    ``exception`` is 1).  Units: D and D* in mm²/s, S0 in those of the data.  Indexing gives
+    ``exception`` is 1); how far to trust them: ``S0_sd``, ``D_sd``, ``Fivim_sd`` (``f_sd``),
+    ``Dstar_sd`` (None where not computed), ``ADC``, ``AICc``, ``AICc_mono``, ``model_choice``
+    (map; its criterion is ``choice_criterion``), ``RMSE`` and ``bounds_hit``; any other map
+    (``Fivim_ci_low``, ...) by its name.  Units: D and D* in mm²/s, S0 in those of the data.  Indexing gives
     the fit of part of the voxels (``fit[3, 4, 0]``: one voxel).
 
     Examples
@@ -260,10 +399,15 @@ class IvimFit:
         self.model, self.mask, self.seed, self.jobs = model, mask, seed, jobs
         self.run_time_s, self.sidecar = run_time_s, sidecar
         self._maps = maps
+        self.choice_criterion = ((sidecar or {}).get("model_choice") or {}).get("criterion", "aicc")
+        self.bootstrap = ((sidecar or {}).get("uncertainty") or {}).get("bootstrap", 0)
+        self.noise_sd = None      # (n_mask,) σ̂ from repeated b-values, where fit() found repeats
 
     def __getitem__(self, index):
-        return IvimFit(self.model, {k: v[index] for k, v in self._maps.items()}, self.mask[index],
+        part = IvimFit(self.model, {k: v[index] for k, v in self._maps.items()}, self.mask[index],
                        self.seed, self.jobs, self.run_time_s, self.sidecar)
+        part.choice_criterion, part.bootstrap = self.choice_criterion, self.bootstrap
+        return part
 
     @property
     def shape(self):
@@ -285,6 +429,20 @@ class IvimFit:
     AIC = property(lambda self: self._maps["AIC"], doc="n·ln(RSS/n) + 2k, as lmfit.")
     R2 = property(lambda self: self._maps["R2"], doc="Coefficient of determination on the signal.")
     exception = property(lambda self: self._maps["exception"], doc="1 where the fit failed, else 0.")
+    S0_sd = property(lambda self: self._maps.get("S0_sd"), doc="SD of S0 (see uncertainty in the sidecar).")
+    D_sd = property(lambda self: self._maps.get("D_sd"), doc="SD of D (mm²/s).")
+    Fivim_sd = property(lambda self: self._maps.get("Fivim_sd"), doc="SD of f.")
+    f_sd = Fivim_sd
+    Dstar_sd = property(lambda self: self._maps.get("Dstar_sd"), doc="SD of D* (mm²/s).")
+    ADC = property(lambda self: self._maps["ADC"], doc="D of the mono-exponential fit (mm²/s).")
+    AICc = property(lambda self: self._maps["AICc"], doc="Small-sample AIC of the IVIM fit.")
+    AICc_mono = property(lambda self: self._maps["AICc_mono"], doc="AICc of the mono-exponential fit.")
+    model_choice = property(lambda self: self._maps["model_choice"],
+                            doc="1 where IVIM has the lower criterion (choice_criterion), 0 where the "
+                                "mono-exponential has.")
+    RMSE = property(lambda self: self._maps["RMSE"], doc="Root-mean-square residual (units of the data).")
+    bounds_hit = property(lambda self: self._maps["bounds_hit"],
+                          doc="Bit flags of the parameters at a bound (constants.BOUND_BITS).")
 
     def __getattr__(self, name):
         """The other maps by name, e.g. ``fit.Fivim_sd`` where the engine gave uncertainties."""
@@ -316,7 +474,43 @@ class IvimFit:
                        "failed": int((~fitted).sum())},
             "summary": io.median_iqr({k: v[self.mask] for k, v in self._maps.items() if k != "exception"},
                                      fitted),
+            **self.trust_fields(fitted),
             "run_time_s": None if self.run_time_s is None else round(self.run_time_s, 3),
+        }
+
+    def trust_fields(self, fitted):
+        """The sidecar's record of the uncertainty, model choice and bounds, and their summary
+        over the ``fitted`` voxels of the mask."""
+        maps = {k: v[self.mask][fitted] for k, v in self._maps.items()}
+        engine = self.model.engine if self.model else None
+        method = ("bootstrap" if self.bootstrap else "posterior" if engine == "bayes" else "fisher")
+        choice = maps.get("model_choice", np.empty(0))
+        choice = choice[np.isfinite(choice)]
+        flags = maps.get("bounds_hit", np.empty(0))
+        flags = flags[np.isfinite(flags)].astype(np.int64)
+        ratio = None
+        if self.noise_sd is not None and "RMSE" in maps:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                r = maps["RMSE"] / self.noise_sd[fitted]
+            r = r[np.isfinite(r)]
+            ratio = float(np.median(r)) if r.size else None
+        return {
+            "uncertainty": {"method": method, "bootstrap": int(self.bootstrap),
+                            "definition": UNCERTAINTY_METHODS[method]},
+            "model_choice": {"criterion": self.choice_criterion,
+                             "definition": ("model_choice = 1 where the IVIM fit has the lower "
+                                            f"{self.choice_criterion.upper()}, 0 where the mono-exponential "
+                                            "S0*exp(-b*ADC) has (k = 2 against the IVIM fit's free "
+                                            "parameters); AICc_map and AICc_mono_map are written either way")},
+            "bounds_hit_bits": {str(bit): f"{name} at its {side} bound" for bit, name, side in BOUND_BITS},
+            "trust_summary": {
+                "share_model_choice_ivim": float(choice.mean()) if choice.size else None,
+                "share_at_bound": {f"{name} {side}": float((flags & bit > 0).mean()) if flags.size else None
+                                   for bit, name, side in BOUND_BITS},
+                "median_rmse_over_sigma": ratio,
+                "sigma": ("per voxel, from the scatter of its repeated b-values" if self.noise_sd is not None
+                          else "unknown (no repeated b-value): no RMSE/sigma"),
+            },
         }
 
     def to_folder(self, folder, affine=None, force=False, sidecar=None):

@@ -75,6 +75,31 @@ PARAMETERS = {
     "exception": Parameter("exception", "1 = fit failed, 0 = fitted", "exception (1 = failed)", (0.0, 1.0),
                            "1 where the fit failed (NaN or non-positive signal, or no finite result)", ".0f"),
 }
+# How far to trust each voxel (ivim_common.api.trust_maps): the mono-exponential rival, the
+# model choice between the two, and the quality of the fit.
+PARAMETERS.update({
+    "ADC": Parameter("ADC", "mm^2/s", "ADC (mm²/s)", (0.0, 3e-3),
+                     "D of the mono-exponential least-squares fit S0*exp(-b*ADC) of the same signal", ".3e"),
+    "AICc": Parameter("AICc", "dimensionless", "AICc (IVIM)", None,
+                      "small-sample AIC of the IVIM fit, n*ln(RSS/n) + 2k + 2k(k+1)/(n-k-1), k its free "
+                      "parameters (NaN when n <= k + 1)", ".4g"),
+    "AICc_mono": Parameter("AICc mono", "dimensionless", "AICc (mono-exponential)", None,
+                           "AICc of the mono-exponential fit (k = 2)", ".4g"),
+    "model_choice": Parameter("model", "1 = IVIM, 0 = mono-exponential", "model choice (1 = IVIM)", (0.0, 1.0),
+                              "1 where IVIM has the lower criterion (model_choice in the sidecar: AICc by "
+                              "default, or BIC), 0 where the mono-exponential has; NaN where failed",
+                              ".0f", "coolwarm"),
+    "RMSE": Parameter("RMSE", "signal units (as the DWI)", "RMSE (DWI units)", None,
+                      "root-mean-square residual sqrt(RSS/n) of the IVIM fit", ".4g", "magma"),
+    "bounds_hit": Parameter("bounds hit", "bit flags", "bounds hit (bit flags)", (0.0, 255.0),
+                            "sum of the flags of the free parameters that ended within 0.1 % of the width "
+                            "of their nominal box of a bound (or beyond it): 1 S0 low, 2 S0 high, 4 D low, "
+                            "8 D high, 16 f low, 32 f high, 64 D* low, 128 D* high; 0 none", ".0f",
+                            "nipy_spectral"),
+})
+PARAMETERS["exception"] = PARAMETERS.pop("exception")    # the fit's status stays the last core map
+
+
 # With --dstar-convention osipi, the Dstar and FivimXDstar maps hold D*p = D + D* and f·D*p.
 OSIPI_DSTAR = {
     "Dstar": dict(label="D*p", axis="D*p = D + D* (mm²/s)", display=None,
@@ -97,6 +122,10 @@ def parameters(dstar_convention="toolbox"):
 
 
 MODEL_PARAMETERS = ("S0", "D", "Fivim", "Dstar")      # the model's, in the order fitters use
+# The bits of bounds_hit: (bit, parameter, 'lower' or 'upper'), parameter j's lower bound 2^(2j).
+BOUND_BITS = tuple((1 << (2 * j + side), name, ("lower", "upper")[side])
+                   for j, name in enumerate(MODEL_PARAMETERS) for side in (0, 1))
+MODEL_CHOICE_CRITERIA = ("aicc", "bic")
 CORE_MAPS = tuple(PARAMETERS)                         # written by every fit
 # The uncertainty of each model parameter, where the engine gives it: its standard deviation
 # and the ends of its 95 % interval, in the parameter's unit.
@@ -151,6 +180,7 @@ class SimulationKind:
 SIMULATION_KINDS = {
     "error_nonoise": SimulationKind(None, "0.2e-3,0.3e-3,0.7e-3,1.0e-3,1.2e-3,1.5e-3,1.8e-3,2.0e-3,2.5e-3,2.9e-3",
                                     ("sim", "true"), "Error without noise"),
-    "error_noise": SimulationKind("fixed", "0.3e-3,1.5e-3", ("sim", "sim_STD", "true"), "Error with noise"),
+    "error_noise": SimulationKind("fixed", "0.3e-3,1.5e-3", ("sim", "sim_STD", "true", "sd", "coverage"),
+                                  "Error with noise"),
     "required_snr": SimulationKind("start", "0.3e-3,1.5e-3", ("minSNR", "params"), "Required SNR"),
 }

@@ -603,12 +603,15 @@ def median_iqr(maps, fitted):
     Returns
     -------
     dict
-        ``{name: {"median": m, "iqr": [q25, q75]}}`` (None when no voxel was fitted).
+        ``{name: {"median": m, "iqr": [q25, q75]}}`` over the values that are not NaN (None
+        when there is none).
     """
     out = {}
     for name, values in maps.items():
-        if fitted.any():
-            q25, q50, q75 = np.percentile(values[fitted], [25, 50, 75])
+        values = values[fitted]
+        values = values[~np.isnan(values)]     # e.g. an SD map: NaN where a parameter is at a bound
+        if values.size:
+            q25, q50, q75 = np.percentile(values, [25, 50, 75])
             out[name] = {"median": float(q50), "iqr": [float(q25), float(q75)]}
         else:
             out[name] = {"median": None, "iqr": [None, None]}

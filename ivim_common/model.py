@@ -232,6 +232,10 @@ def to_dstar_convention(maps, dstar_convention):
     if dstar_convention == "osipi":
         maps["Dstar"] = maps["Dstar"] + maps["D"]
         maps["FivimXDstar"] = maps["Fivim"] * maps["Dstar"]
+    for kind in ("sd", "ci_low", "ci_high"):        # the uncertainty of D*p = D + D*, where given
+        pool = maps.pop(f"Dstar_pool_{kind}", None)
+        if dstar_convention == "osipi" and f"Dstar_{kind}" in maps:
+            maps[f"Dstar_{kind}"] = np.full_like(maps["Dstar"], np.nan) if pool is None else pool
     return maps
 
 
@@ -393,3 +397,242 @@ def bounds_description(approach, bounds_version, user=None, dstar_convention="to
     out["floor"] = (f"a lower bound of D or D* below {DIFFUSIVITY_FLOOR:g} mm^2/s is raised to it "
                     "(the engines' grids are logarithmic)")
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# How far to trust a fit: its uncertainty, the bounds it reached, the mono-exponential rival
+
+BOUND_TOLERANCE = 1e-3   # a parameter within 0.1 % of its box's width of a bound is "at" it
+MAX_VARIANCE_INFLATION = 1e12   # beyond, the free parameters are taken as not identifiable (NaN SD)
+
+
+def ivim_jacobian(bvals, S0, D, Fivim, Dstar):
+    """Derivatives of :func:`ivim_signal` with respect to (S0, D, Fivim, Dstar).
+
+    Parameters
+    ----------
+    bvals : array_like, shape (n_b,)
+        b-values in s/mm².
+    S0, D, Fivim, Dstar : array_like, shape (...)
+        Parameters (D, Dstar in mm²/s); broadcast together.
+
+    Returns
+    -------
+    ndarray, shape (..., n_b, 4)
+        Columns in the order of PARAM_NAMES (signal units per unit of each parameter).
+
+    Examples
+    --------
+    >>> jac = ivim_jacobian([0, 100, 800], 1000.0, 1e-3, 0.1, 20e-3)
+    >>> step = 1e-8                                     # mm²/s, on D*
+    >>> numeric = (ivim_signal([0, 100, 800], 1000.0, 1e-3, 0.1, 20e-3 + step)
+    ...            - ivim_signal([0, 100, 800], 1000.0, 1e-3, 0.1, 20e-3 - step)) / (2 * step)
+    >>> bool(np.allclose(jac[..., 3], numeric, rtol=1e-6, atol=1e-3))
+    True
+    """
+    b = np.asarray(bvals, dtype=float)
+    S0, D, Fivim, Dstar = (np.asarray(p, dtype=float)[..., None] for p in (S0, D, Fivim, Dstar))
+    e_d = np.exp(-b * D)
+    e_p = np.exp(-b * Dstar)
+    tissue_and_blood = e_d * (Fivim * e_p + 1.0 - Fivim)
+    return np.stack([tissue_and_blood,                      # dS/dS0
+                     -b * S0 * tissue_and_blood,            # dS/dD
+                     S0 * e_d * (e_p - 1.0),                # dS/df
+                     -b * S0 * Fivim * e_d * e_p], axis=-1)  # dS/dD*
+
+
+def bounds_hit(params, lo, hi, vary):
+    """Which free parameters ended at a bound of their nominal (step-2) box, as bit flags.
+
+    A parameter is at its lower bound when it is at most ``lo + 0.001·(hi - lo)``, at its upper
+    bound when at least ``hi - 0.001·(hi - lo)`` (the step-3 refinement is not clipped to the
+    nominal box, so a value beyond it counts as at it).  Bit ``2j`` (lower) and ``2j + 1``
+    (upper) of parameter j in PARAM_NAMES order: 1 S0 low, 2 S0 high, 4 D low, 8 D high,
+    16 f low, 32 f high, 64 D* low, 128 D* high.  Fixed parameters (two-step D) are never flagged.
+
+    Parameters
+    ----------
+    params, lo, hi : ndarray, shape (n_voxels, 4)
+    vary : ndarray of bool, shape (4,)
+
+    Returns
+    -------
+    flags : ndarray of int64, shape (n_voxels,)
+    at_lo, at_hi : ndarray of bool, shape (n_voxels, 4)
+
+    Examples
+    --------
+    >>> lo, hi = np.array([[500.0, 0.15e-3, 0.0, 2e-3]]), np.array([[1500.0, 1.2e-3, 0.2, 50e-3]])
+    >>> int(bounds_hit(np.array([[1000.0, 1e-3, 0.0, 50e-3]]), lo, hi, np.ones(4, bool))[0][0])
+    144
+    """
+    params, lo, hi = (np.asarray(a, dtype=float) for a in (params, lo, hi))
+    margin = BOUND_TOLERANCE * (hi - lo)
+    at_lo = vary & (params <= lo + margin)
+    at_hi = vary & (params >= hi - margin) & ~at_lo
+    weights = 2 ** np.arange(0, 2 * len(PARAM_NAMES), 2)
+    return at_lo @ weights + at_hi @ (2 * weights), at_lo, at_hi
+
+
+def fisher_sd(bvals, params, rss, free, n_varied):
+    """Standard deviations of the parameters from the Fisher information at the fitted point.
+
+    cov = σ̂²·(JᵀJ)⁻¹ over the parameters in ``free``, with J = :func:`ivim_jacobian` at
+    ``params`` and σ̂² = RSS/(n_b − n_varied): the asymptotic standard errors that lmfit reports
+    (``stderr``) for an unconstrained least-squares fit.  Parameters not in ``free`` (fixed, at
+    a bound, or undetermined, as D* where f is at 0) are held at their value: their SD is NaN,
+    and the others' SD is conditional on them.  Where the free parameters are not identifiable
+    (a variance inflation factor, diagonal of the inverse of JᵀJ scaled to a unit diagonal,
+    above 1e12) or n_b <= n_varied, every SD is NaN.
+
+    Parameters
+    ----------
+    bvals : array_like, shape (n_b,)
+    params : ndarray, shape (n_voxels, 4)
+    rss : ndarray, shape (n_voxels,)
+    free : ndarray of bool, shape (n_voxels, 4)
+    n_varied : int
+        Free parameters of the fit (the k of σ̂²'s n − k, as lmfit's nfree).
+
+    Returns
+    -------
+    sd : ndarray, shape (n_voxels, 4), in the units of the parameters.
+    sd_pool : ndarray, shape (n_voxels,)
+        SD of D*p = D + D* (mm²/s), from the covariance of D and D* (D* alone where D is held);
+        NaN where D* is not free.
+    """
+    params = np.asarray(params, dtype=float)
+    n_b = len(np.atleast_1d(bvals))
+    jac = ivim_jacobian(bvals, *params.T)
+    info = np.matmul(jac.transpose(0, 2, 1), jac)      # per voxel (no BLAS across voxels)
+    diag = np.einsum("vii->vi", info)
+    free = np.asarray(free, dtype=bool) & (diag > 0)    # a parameter the signal ignores is held
+    scale = np.sqrt(np.where(free, diag, 1.0))
+    info = info / (scale[:, :, None] * scale[:, None, :])        # unit diagonal on the free ones
+    info *= free[:, :, None] & free[:, None, :]
+    info[:, np.arange(4), np.arange(4)] = 1.0
+    try:
+        inv = np.linalg.inv(info)
+    except np.linalg.LinAlgError:                      # an exactly singular voxel: one by one
+        inv = np.array([np.linalg.pinv(m) if np.linalg.matrix_rank(m) == 4 else np.full((4, 4), np.inf)
+                        for m in info])
+    inv_diag = np.einsum("vii->vi", inv)
+    regular = (inv_diag < MAX_VARIANCE_INFLATION).all(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma2 = np.asarray(rss, dtype=float) / (n_b - n_varied) if n_b > n_varied else np.full(len(params), np.nan)
+        sd = np.sqrt(inv_diag * sigma2[:, None]) / scale
+        d_free = free[:, 1]
+        cross = np.where(d_free, 2 * inv[:, 1, 3] / (scale[:, 1] * scale[:, 3]), 0.0)
+        var_d = np.where(d_free, sd[:, 1] ** 2, 0.0)
+        sd_pool = np.sqrt(var_d + sd[:, 3] ** 2 + cross * sigma2)
+    sd[~free | ~regular[:, None]] = np.nan
+    sd_pool[~free[:, 3] | ~regular] = np.nan
+    return sd, sd_pool
+
+
+def fit_mono(bvals, signal, max_iter=50, rtol=1e-10):
+    """Least-squares fit of the mono-exponential S0·exp(−b·ADC), vectorised over voxels.
+
+    Start: the log-linear line weighted by S² (close to the least-squares one); then
+    Levenberg-Marquardt steps on (S0, ADC), ADC >= 0, until the RSS changes by less than
+    ``rtol`` (relative) in every voxel.
+
+    Parameters
+    ----------
+    bvals : array_like, shape (n_b,)
+    signal : ndarray, shape (n_voxels, n_b), finite and positive
+
+    Returns
+    -------
+    s0, adc, rss : ndarray, shape (n_voxels,)  (ADC in mm²/s)
+
+    Examples
+    --------
+    >>> b = np.array([0, 50, 200, 400, 800])
+    >>> s0, adc, rss = fit_mono(b, 700 * np.exp(-b * 1.1e-3)[None] + [[1, -1, 1, -1, 1]])
+    >>> print(f"{s0[0]:.1f} {adc[0]:.4e}")
+    700.1 1.0990e-03
+    """
+    b = np.asarray(bvals, dtype=float)
+    y = np.atleast_2d(np.asarray(signal, dtype=float))
+    w = y * y
+    with np.errstate(divide="ignore", invalid="ignore"):
+        log_y = np.log(y)
+        # einsum, not matmul: BLAS would make a voxel's sums depend on the chunk around it
+        sw, sb, sbb = w.sum(1), np.einsum("vb,b->v", w, b), np.einsum("vb,b->v", w, b * b)
+        sl, sbl = (w * log_y).sum(1), np.einsum("vb,b->v", w * log_y, b)
+        adc = np.maximum(-(sw * sbl - sb * sl) / (sw * sbb - sb * sb), 0.0)
+    adc = np.where(np.isfinite(adc), adc, 0.0)
+
+    def profile(d, y):
+        e = np.exp(-b * d[:, None])
+        s0 = np.einsum("vb,vb->v", y, e) / np.einsum("vb,vb->v", e, e)
+        r = y - s0[:, None] * e
+        return s0, e, np.einsum("vb,vb->v", r, r)
+
+    s0, e, rss = profile(adc, y)
+    lam = np.full(len(y), 1e-3)
+    active = np.ones(len(y), dtype=bool)
+    for _ in range(max_iter):
+        idx = np.flatnonzero(active)
+        if not idx.size:
+            break
+        # S0 is solved exactly for each ADC (variable projection), so the step is along ADC
+        ei, s0i, yi = e[idx], s0[idx], y[idx]
+        j_d = -b * s0i[:, None] * ei
+        r = yi - s0i[:, None] * ei
+        # remove from j_d its component along e (S0 adjusts along e)
+        j_d = j_d - (np.einsum("vb,vb->v", j_d, ei) / np.einsum("vb,vb->v", ei, ei))[:, None] * ei
+        jj = np.einsum("vb,vb->v", j_d, j_d)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            step = np.einsum("vb,vb->v", j_d, r) / (jj * (1.0 + lam[idx]))
+        trial = np.maximum(adc[idx] + np.where(np.isfinite(step), step, 0.0), 0.0)
+        t_s0, t_e, t_rss = profile(trial, yi)
+        better = t_rss <= rss[idx]
+        gain = (rss[idx] - t_rss) / np.maximum(rss[idx], 1e-300)
+        take = idx[better]
+        adc[take], s0[take], e[take], rss[take] = trial[better], t_s0[better], t_e[better], t_rss[better]
+        lam[idx] = np.where(better, lam[idx] * 0.1, lam[idx] * 10.0)
+        active[idx] = ~((better & (gain < rtol)) | (lam[idx] > 1e8))
+    return s0, adc, rss
+
+
+def information_criteria(rss, n_b, k):
+    """AICc and BIC of least-squares fits with k free parameters to n_b samples.
+
+    AICc = n·ln(RSS/n) + 2k + 2k(k + 1)/(n − k − 1) (NaN when n <= k + 1) and
+    BIC = n·ln(RSS/n) + k·ln(n), with lmfit's floor on RSS/n (as :func:`goodness_of_fit`).
+
+    Returns
+    -------
+    aicc, bic : ndarray, shape of rss
+    """
+    rss = np.asarray(rss, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base = n_b * np.log(np.maximum(rss, 1e-250 * n_b) / n_b)
+    correction = 2.0 * k * (k + 1) / (n_b - k - 1) if n_b > k + 1 else np.nan
+    return base + 2 * k + correction, base + k * np.log(n_b)
+
+
+def repeat_noise_sd(bvals, signal):
+    """Noise SD of each voxel from the scatter of its repeated b-values (pooled, ddof 1 per
+    group), or None where no b-value is repeated: the σ̂ that needs no model.
+
+    Parameters
+    ----------
+    bvals : array_like, shape (n_b,)
+    signal : ndarray, shape (n_voxels, n_b)
+
+    Returns
+    -------
+    ndarray, shape (n_voxels,), or None
+    """
+    b = np.asarray(bvals, dtype=float)
+    values, groups, counts = np.unique(b, return_inverse=True, return_counts=True)
+    if counts.max() < 2:
+        return None
+    signal = np.atleast_2d(np.asarray(signal, dtype=float))
+    sums = np.zeros((len(signal), len(values)))
+    np.add.at(sums.T, groups, signal.T)
+    resid = signal - (sums / counts)[:, groups]
+    return np.sqrt(np.einsum("vb,vb->v", resid, resid) / (len(b) - len(values)))

@@ -42,7 +42,13 @@ def simulation_figures(arrays, base, fmt="png"):
         ``<base>_minSNR_D{i}``, ``<base>_params_D{i}``; i the index of the true D.
     """
     return {f"{base}_{name}_D{i}.{fmt}": functools.partial(_simulation_figure, arrays, name, i)
-            for name in SIMULATION_KINDS[str(arrays["kind"])].figures for i in range(len(arrays["D_range"]))}
+            for name in SIMULATION_KINDS[str(arrays["kind"])].figures for i in range(len(arrays["D_range"]))
+            if NEEDS.get(name, "kind") in arrays}                       # older files lack the SD arrays
+
+
+# Figures drawn only from files that hold this array.
+NEEDS = {"sd": "mean_pred_sd", "coverage": "coverage_95"}
+WITH_SD = ("f", "Dstar", "D")      # the estimates with an SD map (f·D* has none)
 
 
 def _simulation_figure(arrays, name, i_d):
@@ -61,6 +67,8 @@ def _simulation_figure(arrays, name, i_d):
         note = f" ({n_nan} grey cells: not reachable)" if n_nan else ""
         return _grid_figure(arrays, [(values, "required SNR" + note, "SNR (S0/σ)", True)],
                             f"Required SNR, {d_text}")
+    if name in NEEDS:
+        return _uncertainty_figure(arrays, name, i_d, d_text)
     source = {"sim": "mean_abs_err", "sim_STD": "sd_abs_err", "params": "mean_err_at_min_snr"}[name]
     what = {"sim": "mean |error|", "sim_STD": "SD of |error|", "params": "mean |error| at the required SNR"}[name]
     panels = [(arrays[source][j, ..., i_d], f"{_label(p)}: {what}", "%", name != "params")
@@ -73,6 +81,24 @@ def _simulation_figure(arrays, name, i_d):
     else:
         title = f"Errors at the required SNR ({int(arrays['n_noise_draws'])} draws), {d_text}"
     return _grid_figure(arrays, panels, title)
+
+
+def _uncertainty_figure(arrays, name, i_d, d_text):
+    """sd: the mean predicted SD beside the empirical SD of the estimates, per parameter;
+    coverage: the share of draws within 1.96 predicted SD of the truth, and of draws with an SD."""
+    order = [str(v) for v in arrays["err_order"]]
+    n_draws = int(arrays["n_noise_draws"])
+    at = f"{n_draws} draws at SNR {float(arrays['snr']):g}, {d_text}"
+    if name == "sd":
+        panels = [panel for p in WITH_SD for panel in (
+            (arrays["mean_pred_sd"][order.index(p), ..., i_d], f"{_label(p)}: mean predicted SD", "% of true", True),
+            (arrays["emp_sd"][order.index(p), ..., i_d], f"{_label(p)}: empirical SD", "% of true", True))]
+        return _grid_figure(arrays, panels, f"Predicted and empirical SD (draws with an SD), {at}")
+    panels = [(arrays["coverage_95"][order.index(p), ..., i_d], f"{_label(p)}: coverage of ±1.96 SD",
+               "share (0.95 nominal)", False) for p in WITH_SD]
+    panels.append((arrays["n_with_sd"][order.index("f"), ..., i_d] / n_draws,
+                   "share of draws with an SD of f (no bound hit)", "share", False))
+    return _grid_figure(arrays, panels, f"Coverage of the 95 % intervals, {at}")
 
 
 def _grid_figure(arrays, panels, title):

@@ -63,13 +63,22 @@ ARRAY_DESCRIPTIONS = {
     "snr": "SNR of the simulation",
     "min_snr": "(nF, nDstar, nD) required SNR; NaN: not reachable below the cap, or not in this shard",
     "mean_err_at_min_snr": "(4, nF, nDstar, nD) mean |error| in % at min_snr",
+    "mean_pred_sd": ("(4, nF, nDstar, nD) mean over the draws of the SD each fit predicts (the *_sd map: "
+                     "Fisher information, or the engine's posterior SD), in % of the true value; over the draws "
+                     "where it is defined (no bound hit); NaN for fDstar (no SD map)"),
+    "emp_sd": ("(4, nF, nDstar, nD) empirical SD (ddof 1) of the estimates over the same draws, in % of the "
+               "true value"),
+    "coverage_95": ("(4, nF, nDstar, nD) share of those draws with |error| <= 1.96*predicted SD (0.95 if the "
+                    "SD is right and the errors Gaussian)"),
+    "n_with_sd": "(4, nF, nDstar, nD) draws per cell where the fit gave an SD (fitted, no bound hit)",
     "shard": "[K, N]: this file holds shard K of N ([1, 1]: the whole grid)",
     "run_id": "id of the run, shared by its shards (--run-id, default $SLURM_ARRAY_JOB_ID); '' if none",
     "settings": "JSON of the settings that shards of one run share",
 }
 # Arrays with one value per grid cell in their last 3 axes: the ones shards fill in.
 CELL_ARRAYS = ("mean_abs_err", "sd_abs_err", "mean_signed_err", "pct_signed_err", "n_failed",
-               "min_snr", "mean_err_at_min_snr")
+               "min_snr", "mean_err_at_min_snr", "mean_pred_sd", "emp_sd", "coverage_95", "n_with_sd")
+SD_ARRAYS = ("mean_pred_sd", "emp_sd", "coverage_95", "n_with_sd")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -197,7 +206,8 @@ def add_noise(signal, draws, sigma, noise):
 # Fitting and error statistics
 
 def _fit(sim, signal, voxel_ids):
-    """Fit (n_voxels, n_b) -> estimates (n_voxels, 4) in ERR_ORDER, NaN where the fit failed.
+    """Fit (n_voxels, n_b) -> estimates and their predicted SDs (n_voxels, 4) in ERR_ORDER, NaN
+    where the fit failed (and SD NaN where the fit gives none, and for f·D*).
 
     The voxels are split over ``sim.jobs`` worker processes (ivim_common.voxelpool).
     """
@@ -206,13 +216,17 @@ def _fit(sim, signal, voxel_ids):
     out = fitter.fit_voxels(signal, voxel_ids, jobs=sim.jobs, seed=sim.seed, pool=sim.pool)
     est = np.stack([out[ERROR_PARAMETERS[name]] for name in ERR_ORDER], axis=-1)
     est[out["exception"] != 0] = np.nan
-    return est
+    nan = np.full(len(est), np.nan)
+    sd = np.stack([out.get(f"{ERROR_PARAMETERS[name]}_sd", nan) for name in ERR_ORDER], axis=-1)
+    sd[out["exception"] != 0] = np.nan
+    return est, sd
 
 
-def signed_errors(sim, cells, snr=None):
+def signed_errors(sim, cells, snr=None, with_sd=False):
     """Signed % errors of every draw of cells: (n_cells, n_draws, 4), NaN for failed fits.
 
-    ``snr`` (scalar or one value per cell) None means no noise: one fit per cell.
+    ``snr`` (scalar or one value per cell) None means no noise: one fit per cell.  With
+    ``with_sd``, also the SD each fit predicts, in % of the true value (same shape).
     """
     cells = np.asarray(cells, dtype=int)
     clean = sim.signal(cells)
@@ -222,9 +236,10 @@ def signed_errors(sim, cells, snr=None):
         sigma = S0_TRUE / np.broadcast_to(np.asarray(snr, dtype=float), cells.shape)[:, None, None]
         signal, n_draws = add_noise(clean[:, None, :], sim.standard_draws(cells), sigma, sim.noise), sim.n_draws
     voxel_ids = (cells[:, None] * n_draws + np.arange(n_draws)).ravel()
-    est = _fit(sim, signal.reshape(-1, len(sim.bvals)), voxel_ids).reshape(len(cells), n_draws, 4)
+    est, sd = (a.reshape(len(cells), n_draws, 4) for a in _fit(sim, signal.reshape(-1, len(sim.bvals)), voxel_ids))
     truth = sim.truth(cells)[:, None, :]
-    return 100.0 * (est - truth) / truth
+    errors = 100.0 * (est - truth) / truth
+    return (errors, 100.0 * sd / truth) if with_sd else errors
 
 
 def _mask_failed(errors):
@@ -233,8 +248,11 @@ def _mask_failed(errors):
     return np.where(failed[..., None], np.nan, errors), failed
 
 
-def error_statistics(errors):
+def error_statistics(errors, sd=None):
     """Per-cell statistics of signed % errors (n_cells, n_draws, 4), NaN = failed fit.
+
+    With ``sd``, the SD each fit predicted (in % of the true value, like errors), also the
+    statistics of :func:`sd_statistics`.
 
     Returns
     -------
@@ -244,14 +262,49 @@ def error_statistics(errors):
     errors, failed = _mask_failed(errors)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN cells -> NaN, on purpose
-        return dict(mean_abs_err=np.nanmean(np.abs(errors), axis=1),
-                    sd_abs_err=np.nanstd(np.abs(errors), axis=1),
-                    mean_signed_err=np.nanmean(errors, axis=1),
-                    pct_signed_err=np.nanpercentile(errors, PERCENTILES, axis=1),
-                    n_failed=failed.sum(axis=1))
+        stats = dict(mean_abs_err=np.nanmean(np.abs(errors), axis=1),
+                     sd_abs_err=np.nanstd(np.abs(errors), axis=1),
+                     mean_signed_err=np.nanmean(errors, axis=1),
+                     pct_signed_err=np.nanpercentile(errors, PERCENTILES, axis=1),
+                     n_failed=failed.sum(axis=1))
+    if sd is not None:
+        stats.update(sd_statistics(errors, sd))
+    return stats
 
 
-def mean_abs_error(errors):
+def sd_statistics(errors, sd):
+    """How well the predicted SDs describe the errors, per cell, over the draws with an SD.
+
+    Parameters
+    ----------
+    errors, sd : ndarray (n_cells, n_draws, 4)
+        Signed errors and predicted SDs, both in % of the true value; NaN where missing.
+
+    Returns
+    -------
+    dict with mean_pred_sd, emp_sd (ddof 1), coverage_95 (share with |error| <= 1.96·SD) and
+    n_with_sd, each (n_cells, 4).
+
+    Examples
+    --------
+    >>> e = np.array([[[1.0], [-3.0], [2.0], [np.nan]]]).repeat(4, axis=2)
+    >>> s = np.array([[[1.0], [1.0], [np.nan], [1.0]]]).repeat(4, axis=2)
+    >>> out = sd_statistics(e, s)
+    >>> out["coverage_95"][0, 0], out["n_with_sd"][0, 0], out["emp_sd"][0, 0]
+    (np.float64(0.5), np.int64(2), np.float64(2.8284271247461903))
+    """
+    has = np.isfinite(sd) & np.isfinite(errors)
+    e = np.where(has, errors, np.nan)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        n = has.sum(axis=1)
+        return dict(mean_pred_sd=np.nanmean(np.where(has, sd, np.nan), axis=1),
+                    emp_sd=np.where(n > 1, np.nanstd(e, axis=1, ddof=1), np.nan),
+                    coverage_95=np.where(n > 0, (has & (np.abs(errors) <= 1.96 * sd)).sum(axis=1) / n, np.nan),
+                    n_with_sd=n)
+
+
+def mean_abs_error(errors, sd=None):
     """Only the mean |error| of :func:`error_statistics` (what the required-SNR search needs)."""
     errors, _ = _mask_failed(errors)
     with warnings.catch_warnings():
@@ -274,7 +327,10 @@ def compute_errors(sim, cells, snr=None, progress=None, summary=error_statistics
     n_chunks = max(1, -(-len(cells) * per_cell // CHUNK_VOXELS))
     parts = []
     for idx in np.array_split(np.arange(len(cells)), n_chunks):
-        parts.append(summary(signed_errors(sim, cells[idx], None if snr is None else snr[idx])))
+        if snr is None or summary is not error_statistics:
+            parts.append(summary(signed_errors(sim, cells[idx], None if snr is None else snr[idx])))
+        else:
+            parts.append(summary(*signed_errors(sim, cells[idx], snr[idx], with_sd=True)))
         if progress:
             progress(len(idx))
     # per-cell arrays have the cell axis first, except the percentiles (3, n_cells, 4)
@@ -376,6 +432,9 @@ def run_errors(sim, snr=None, shard=(1, 1), progress=None):
         arrays["mean_signed_err"] = _to_grid(sim, cells, stats["mean_signed_err"], np.nan)
         arrays["pct_signed_err"] = _to_grid(sim, cells, np.moveaxis(stats["pct_signed_err"], 1, 0), np.nan)
         arrays["n_failed"] = _to_grid(sim, cells, stats["n_failed"].astype(np.int64), -1)
+        for name in SD_ARRAYS:
+            values = stats[name].astype(np.int64) if name == "n_with_sd" else stats[name]
+            arrays[name] = _to_grid(sim, cells, values, -1 if name == "n_with_sd" else np.nan)
         arrays["n_noise_draws"] = np.array(sim.n_draws)
         arrays["snr"] = np.array(float(snr))
     arrays["settings"] = np.array(_settings(sim, snr=snr))

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import io, model
-from .constants import CORE_MAPS, FIT_SIDECAR, MAP_FILES, parameters
+from .constants import BOUND_BITS, CORE_MAPS, FIT_SIDECAR, MAP_FILES, UNCERTAINTY, parameters
 from .errors import InputError
 
 @dataclasses.dataclass
@@ -405,12 +405,56 @@ class FitViewer:
 
     def _write_values(self, status, notes):
         values = self.folder.values(self.voxel)
-        rows = [f"{p.label:<5} = {values[name]:{p.fmt}} {p.short_unit}"
-                for name, p in parameters(self.folder.dstar_convention).items()
-                if name in values and name != "exception"]
-        text = "\n".join([STATUS_TEXT[status], ""] + rows + [""] + notes)
-        self.ax_text.text(0.03, 0.7, text, va="top", family="monospace", fontsize=10,
+        criterion = ((self.folder.sidecar or {}).get("model_choice") or {}).get("criterion", "aicc")
+        table = parameters(self.folder.dstar_convention)
+        rows = [_value_row(name, p, values) for name, p in table.items()
+                if name in values and name not in PANEL_ELSEWHERE]
+        text = "\n".join([STATUS_TEXT[status], ""] + rows + [""] + trust_lines(values, criterion)
+                         + [""] + notes)
+        self.ax_text.text(0.0, 0.76, text, va="top", family="monospace", fontsize=8.5,
                           transform=self.ax_text.transAxes)
+
+
+# Maps the panel shows beside others (uncertainties with their parameter) or in words.
+PANEL_ELSEWHERE = {f"{p}_{kind}" for p in model.PARAM_NAMES for kind in UNCERTAINTY} | {
+    "exception", "AICc", "AICc_mono", "model_choice", "RMSE", "bounds_hit"}
+
+
+def _value_row(name, p, values):
+    """'f     = 0.123 ± 0.012' (and the 95 % interval below, where there is one)."""
+    row = f"{p.label:<5} = {values[name]:{p.fmt}}"
+    sd, low, high = (values.get(f"{name}_{kind}") for kind in UNCERTAINTY)
+    if sd is not None:
+        sd_fmt = ".1e" if p.fmt.endswith("e") else ".2g"
+        row += f" ± {sd:{sd_fmt}}" if np.isfinite(sd) else " ± n/a"
+    row += f" {p.short_unit}".rstrip()
+    if low is not None and np.isfinite(low) and np.isfinite(high):
+        row += f"\n{'':8}95 %: [{low:{p.fmt}}, {high:{p.fmt}}]"
+    return row
+
+
+def bound_words(flags):
+    """The bits of a bounds_hit value in words, e.g. 'f at lower, D* at upper' ('none')."""
+    if flags is None or not np.isfinite(flags):
+        return "n/a"
+    hit = [f"{parameters()[name].label} at {side}" for bit, name, side in BOUND_BITS if int(flags) & bit]
+    return ", ".join(hit) or "none"
+
+
+def trust_lines(values, criterion="aicc"):
+    """The panel's lines on how far to trust the voxel: model choice, RMSE, bounds (where the
+    maps are there; a folder of the original toolbox has none)."""
+    lines = []
+    choice = values.get("model_choice")
+    if choice is not None and np.isfinite(choice):
+        by = "" if criterion == "aicc" else f" (by {criterion.upper()})"
+        lines += [f"model: {'IVIM' if choice >= 0.5 else 'mono-exponential'}{by}",
+                  f"  AICc IVIM {values.get('AICc', np.nan):.4g}, mono {values.get('AICc_mono', np.nan):.4g}"]
+    if "RMSE" in values:
+        lines.append(f"RMSE  = {values['RMSE']:.4g}")
+    if "bounds_hit" in values:
+        lines.append(f"bounds: {bound_words(values['bounds_hit'])}")
+    return lines
 
 
 def montage_figure(folder, cmap=None, clim=None):

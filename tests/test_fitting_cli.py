@@ -19,6 +19,7 @@ from ivim_common.constants import CORE_MAPS
 from ivim_common.errors import InputError, OutputExistsError
 
 CLI_ENGINE = "fast"
+DEFAULT_MAPS = [*CORE_MAPS, *(f"{p}_sd" for p in model.PARAM_NAMES)]   # a least-squares fit's
 
 
 def call_main(argv, capsys):
@@ -215,7 +216,7 @@ def test_sidecar(fitted_run):
     assert (sidecar["approach"], sidecar["bounds_version"], sidecar["engine"], sidecar["seed"]) == \
         ("one-step", "2020", CLI_ENGINE, 0)
     assert sidecar["bounds"] == model.bounds_description("one-step", "2020")
-    assert sidecar["maps"] == {name: f"{name}_map.nii.gz" for name in CORE_MAPS}
+    assert sidecar["maps"] == {name: f"{name}_map.nii.gz" for name in DEFAULT_MAPS}
     assert sidecar["command"].startswith("ivim_fitting.py -i ")
     d_map = read_maps(out)["D"].get_fdata()
     d_fitted = d_map[np.isfinite(d_map) & (d_map != 0)]
@@ -234,7 +235,7 @@ def test_force_replaces_only_toolbox_files(tmp_path, capsys):
     assert code == 0, err
     assert (out / "notes.txt").read_text() == "mine"
     assert sorted(os.listdir(out)) == sorted(["notes.txt", "ivim_fitting.json"] +
-                                             [f"{name}_map.nii.gz" for name in CORE_MAPS])
+                                             [f"{name}_map.nii.gz" for name in DEFAULT_MAPS])
     assert nib.load(out / "S0_map.nii.gz").get_data_dtype() == np.float32
     assert sorted(os.listdir(tmp_path)) == ["data", "out"]  # no temporary folder left
 
@@ -254,7 +255,7 @@ def test_force_needs_only_a_writable_output_folder(tmp_path, monkeypatch, capsys
     finally:
         parent.chmod(0o755)
     assert code == 0, err
-    assert os.listdir(parent) == ["out"] and len(os.listdir(out)) == 9
+    assert os.listdir(parent) == ["out"] and len(os.listdir(out)) == len(DEFAULT_MAPS) + 1
 
 
 def test_failed_forced_run_leaves_the_previous_outputs(tmp_path):

@@ -21,6 +21,7 @@ import ivim_fitting
 import ivim_view_fits
 from conftest import AFFINE, BVALS, REPO, run_script, true_params, write_dataset
 from ivim_common import cli, io, model, resources, simu_cli, voxelpool
+from ivim_common.constants import CORE_MAPS
 from ivim_common.engines import fast
 from ivim_common.errors import OutputExistsError, WorkerDiedError
 from test_fitting_cli import base_args, call_main
@@ -436,7 +437,8 @@ def test_two_fits_into_one_folder_at_once_one_writes_one_refuses(dataset, tmp_pa
     assert "another run (" in second.stderr and "is writing into it" in second.stderr
     with open(out / "ivim_fitting.json") as f:
         assert json.load(f)["seed"] == 1          # all of one run, none of the other
-    assert sorted(os.listdir(tmp_path)) == ["data", "out"] and len(os.listdir(out)) == 9
+    n_maps = len(CORE_MAPS) + len(model.PARAM_NAMES)     # the least-squares maps and their SD
+    assert sorted(os.listdir(tmp_path)) == ["data", "out"] and len(os.listdir(out)) == n_maps + 1
 
 
 def test_lock_of_a_killed_run_is_taken_over(dataset, tmp_path, capsys):

@@ -86,4 +86,6 @@ def test_readme_python_api_example_runs(tmp_path):
     assert 0 < f_median < 0.35 and 0.1e-3 < d_median < 3e-3
     assert sorted(os.listdir(tmp_path / "maps_from_python")) == sorted(
         ["ivim_fitting.json"] + [f"{name}_map.nii.gz" for name in
-                                 ("S0", "D", "Fivim", "Dstar", "FivimXDstar", "AIC", "R2", "exception")])
+                                 ("S0", "D", "Fivim", "Dstar", "FivimXDstar", "AIC", "R2", "exception",
+                                  "ADC", "AICc", "AICc_mono", "model_choice", "RMSE", "bounds_hit",
+                                  "S0_sd", "D_sd", "Fivim_sd", "Dstar_sd")])

@@ -29,7 +29,7 @@ GRID = ["-F", "0.1,0.25", "-Dstar", "8e-3,25e-3", "-D", "0.3e-3,1.5e-3", "-bval"
 ISSUE_NAMES = {
     "error_nonoise": {"mean_abs_err"},
     "error_noise": {"mean_abs_err", "sd_abs_err", "mean_signed_err", "pct_signed_err", "n_failed",
-                    "n_noise_draws", "snr"},
+                    "n_noise_draws", "snr", "mean_pred_sd", "emp_sd", "coverage_95", "n_with_sd"},
     "required_snr": {"min_snr", "mean_err_at_min_snr", "n_noise_draws"},
 }
 COMMON_NAMES = {"kind", "F_range", "Dstar_range", "D_range", "bvals", "err_order"}
@@ -229,7 +229,7 @@ def test_scripts_write_npz_json_and_figures_of_each_kind(tmp_path):
         "error_noise": (ivim_simu_compute_error_noise, ["-snr", 120, "--n-draws", 20, "--noise", "rician"]),
         "required_snr": (ivim_simu_compute_required_snr, ["-snr", 300, "--n-draws", 20]),
     }
-    expected_figures = {"error_nonoise": ("sim", "true"), "error_noise": ("sim", "sim_STD", "true"),
+    expected_figures = {"error_nonoise": ("sim", "true"), "error_noise": ("sim", "sim_STD", "true", "sd", "coverage"),
                         "required_snr": ("minSNR", "params")}
     for kind, (module, extra) in runs.items():
         folder = tmp_path / kind

@@ -36,7 +36,11 @@ def fit_dir(tmp_path):
     mask[OUTSIDE] = 0
     maps = dict(params, FivimXDstar=params["Fivim"] * params["Dstar"],
                 AIC=rng.uniform(20, 60, SHAPE), R2=rng.uniform(0.8, 1, SHAPE),
-                exception=np.zeros(SHAPE))
+                exception=np.zeros(SHAPE), ADC=rng.uniform(0.5e-3, 2e-3, SHAPE),
+                AICc=rng.uniform(20, 60, SHAPE), AICc_mono=rng.uniform(20, 60, SHAPE),
+                RMSE=rng.uniform(1, 10, SHAPE), bounds_hit=np.where(rng.random(SHAPE) < 0.5, 0.0, 80.0),
+                **{f"{p}_sd": 0.1 * params[p] for p in model.PARAM_NAMES})
+    maps["model_choice"] = (maps["AICc"] < maps["AICc_mono"]).astype(float)
     for name in maps:
         maps[name][OUTSIDE] = 0
         maps[name][FAILED] = np.nan
@@ -49,7 +53,7 @@ def fit_dir(tmp_path):
         path = tmp_path / f"{key}.nii.gz"
         nib.save(nib.Nifti1Image(data.astype(np.float32), affine), path)
         inputs[key] = {"path": path.name, "abspath": str(path), "sha256": "not checked"}
-    files = {name: f"{name}_map.nii.gz" for name in CORE_MAPS}
+    files = {name: f"{name}_map.nii.gz" for name in [*CORE_MAPS, *(f"{p}_sd" for p in model.PARAM_NAMES)]}
     for name, filename in files.items():
         nib.save(nib.Nifti1Image(maps[name].astype(np.float32), affine), folder / filename)
     sidecar = {"tool": "ivim_fitting.py", "inputs": inputs, "bvals": BVALS.tolist(),
@@ -75,7 +79,7 @@ def make_viewer(folder, **kwargs):
 def test_load_fit_folder_finds_everything_through_the_sidecar(fit_dir):
     folder = view.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
     assert folder.name == "Fivim"
-    assert list(folder.maps) == list(CORE_MAPS)
+    assert list(folder.maps) == list(CORE_MAPS) + [f"{p}_sd" for p in model.PARAM_NAMES]
     assert folder.dwi.shape == SHAPE + (len(BVALS),)
     np.testing.assert_array_equal(folder.bvals, BVALS)
     assert folder.mask.sum() == np.prod(SHAPE) - 1
@@ -114,7 +118,8 @@ def test_click_plots_the_voxel_signal_and_the_model_at_its_parameters(fit_dir):
     assert viewer.ax_log.get_yscale() == "log" and len(log_lines) == 4
     assert np.allclose(log_lines[1].get_ydata(), curve)
     text = viewer.ax_text.texts[0].get_text()
-    assert text.startswith("status: fitted\n") and f"{d:.3e} mm²/s" in text
+    d_sd = folder.maps["D_sd"][ijk]
+    assert text.startswith("status: fitted\n") and f"D     = {d:.3e} ± {d_sd:.1e} mm²/s" in text
     assert len(reports) == 1 and reports[0].startswith(f"voxel (x, y, z) = {ijk} [fitted]")
     assert f"Fivim={f:.4g}" in reports[0]
 
@@ -245,10 +250,27 @@ def test_montage_has_every_slice_of_every_map_and_param_applies_to_the_opened_ma
     folder = view.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
     fig = view.montage_figure(folder, cmap="jet", clim=(0.0, 0.3))
     images = [ax.images[0] for ax in fig.axes if ax.images]
-    assert len(images) == len(CORE_MAPS) * SHAPE[2]
+    assert len(images) == (len(CORE_MAPS) + 4) * SHAPE[2]           # and the 4 SD maps
     by_map = dict(zip(folder.maps, images[::SHAPE[2]]))
     assert by_map["Fivim"].get_cmap().name == "jet" and by_map["Fivim"].get_clim() == (0.0, 0.3)
     assert by_map["D"].get_cmap().name == "viridis" and by_map["D"].get_clim() == (0.0, 3e-3)
     shown, inside = images[SHAPE[2] + 1].get_array(), folder.mask[:, :, 1].T  # D, slice 1
     assert np.array_equal(np.ma.getmaskarray(shown), ~inside)
     assert np.allclose(shown.compressed(), folder.maps["D"][:, :, 1].T[inside])
+
+
+def test_panel_shows_uncertainty_model_choice_rmse_and_bounds_in_words(fit_dir):
+    folder = view.load_fit_folder(str(fit_dir / "Fivim_map.nii.gz"))
+    viewer = make_viewer(folder)
+    ijk = next(v for v in zip(*np.nonzero(folder.maps["bounds_hit"] == 80)) if folder.status(v) == "fitted")
+    viewer.select(*(int(i) for i in ijk))
+    text = viewer.ax_text.texts[0].get_text()
+    values = folder.values(ijk)
+    assert f"f     = {values['Fivim']:.3f} ± {values['Fivim_sd']:.2g}" in text
+    assert "SD of" not in text                                  # the SDs sit beside their parameter
+    choice = "IVIM" if values["AICc"] < values["AICc_mono"] else "mono-exponential"
+    assert (f"model: {choice}\n  AICc IVIM {values['AICc']:.4g}, mono {values['AICc_mono']:.4g}" in text)
+    assert f"RMSE  = {values['RMSE']:.4g}" in text
+    assert "bounds: f at lower, D* at lower" in text            # 80 = 16 + 64
+    assert view.bound_words(0.0) == "none" and view.bound_words(float("nan")) == "n/a"
+    assert view.bound_words(2 + 8 + 32 + 128) == "S0 at upper, D at upper, f at upper, D* at upper"
