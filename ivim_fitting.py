@@ -61,7 +61,12 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
     parser.add_argument("-ma", "--mask", metavar="MASK",
                         help="3-D NIfTI mask on the DWI's grid; voxels > 0 are fitted (default: see above)")
     parser.add_argument("-mo", "--model", default="one-step", choices=constants.APPROACHES,
-                        help="one-step: S0, D, f, D* free (default); two-step: D fixed at Dinit")
+                        help="one-step: S0, D, f, D* free (default); two-step: D fixed at Dinit; segmented: D "
+                             "from the line on b >= --b-threshold, f from its intercept and the signal at the "
+                             "lowest b, then D* alone")
+    parser.add_argument("--b-threshold", type=cli.non_negative_float, metavar="B",
+                        help="b (s/mm^2) from which the initialisation's line of ln S is fitted (default: "
+                             "400 one-step 2020, 500 one-step 2019 and two-step, 200 segmented and osipi)")
     parser.add_argument("-o", "--ofolder", default="params_map", metavar="FOLDER",
                         help="output folder (default: %(default)s)")
     parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
@@ -137,7 +142,7 @@ def _fit_to_folder(args, argv):
                "bval_source": args.bval_source}
     for label, bvals, data, directions in sets:
         model = IvimModel(bvals, args.model, args.bounds_version or "2020", args.engine, args.bounds,
-                          args.dstar_convention, **args.engine_options)
+                          args.dstar_convention, args.b_threshold, **args.engine_options)
         if args.verbose >= 2:
             print(f"{PROG}: {int(inputs.selected.sum())} voxels x {bvals.size} b-values ({label or 'all volumes'}), "
                   f"{inputs.selection}; engine {args.engine}, {jobs} job(s)", file=sys.stderr)
@@ -190,8 +195,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = get_parser()
     args = parser.parse_args(argv)
-    if args.model == "two-step" and args.bounds_version is not None:
-        parser.error("--bounds-version applies to -mo one-step only (two-step has one set of bounds)")
+    if args.model != "one-step" and args.bounds_version is not None:
+        parser.error(f"--bounds-version applies to -mo one-step only ({args.model} has one set of bounds)")
     args.engine_options = engines.options_of(parser, args)
     check_inputs(parser, args)
     return cli.run(lambda a: fit_to_folder(a, argv), args, PROG)

@@ -23,7 +23,7 @@ def voxel_seeds(seed, voxel_ids):
 
 def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine="fast",
                seed=0, voxel_ids=None, bounds=None, dstar_convention="toolbox", engine_options=None,
-               model_choice="aicc", bootstrap=0, quality=True):
+               model_choice="aicc", bootstrap=0, quality=True, bval_threshold=None):
     """Fit the IVIM model to many voxels, in this process: the work of one chunk.
 
     Parameters
@@ -31,9 +31,9 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     bvals : array_like (n_b,)
         b-values in s/mm².
     signal : array_like (n_voxels, n_b)
-    approach : {'one-step', 'two-step'}
+    approach : {'one-step', 'two-step', 'segmented'}
     bounds_version : {'2020', '2019', 'osipi'}
-        One-step bounds (ignored by two-step).
+        One-step bounds (ignored by the others).
     engine : str
         A name of :data:`ivim_common.engines.ENGINES`.
     seed : int
@@ -48,6 +48,9 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
         What the Dstar and FivimXDstar maps hold: D* in excess of D, or D*p = D + D*.
     engine_options : dict, optional
         Passed to the engine's ``fit`` (see :mod:`ivim_common.engines`).
+    bval_threshold : float, optional
+        b (s/mm²) from which the initialisation's line of ln S is fitted (default: the
+        approach's: 400 or 500, 200 for segmented).
     model_choice : {'aicc', 'bic'}
         Criterion of ``model_choice`` (IVIM against the mono-exponential).
     bootstrap : int
@@ -71,7 +74,7 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     signal = np.atleast_2d(np.asarray(signal, dtype=float))
     n = signal.shape[0]
     voxel_ids = np.arange(n) if voxel_ids is None else np.asarray(voxel_ids)
-    cfg = model.settings(approach, bounds_version)
+    cfg = model.settings(approach, bounds_version, bval_threshold)
 
     ok = model.valid_voxels(signal, bvals, approach, bounds_version)
     dinit, s0_1mf = model.initial_estimate(bvals, signal[ok], cfg["bval_threshold"])
@@ -101,23 +104,24 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
             out[f"Dstar_pool_{kind}"][fitted] = result["pool"][finite, k]
     out["FivimXDstar"][fitted] = params[:, 2] * params[:, 3]
     rss, out["AIC"][fitted], out["R2"][fitted] = model.goodness_of_fit(bvals, signal[fitted], params,
-                                                                       int(vary.sum()))
+                                                                       model.n_free(approach))
     out["exception"] = np.where(fitted, 0.0, 1.0)
     if quality:
-        trust = trust_maps(bvals, signal[fitted], params, rss, lo[finite], hi[finite], vary, model_choice,
-                           with_sd="sd" not in result)
+        trust = trust_maps(bvals, signal[fitted], params, rss, lo[finite], hi[finite], vary, model.n_free(approach),
+                           model_choice, with_sd="sd" not in result)
         if bootstrap:
             trust.update(bootstrap_uncertainty(
-                bvals, signal[fitted], params, voxel_ids[fitted], bootstrap, seed, int(vary.sum()),
+                bvals, signal[fitted], params, voxel_ids[fitted], bootstrap, seed, model.n_free(approach),
                 dict(approach=approach, bounds_version=bounds_version, engine=engine, bounds=bounds,
-                     dstar_convention=dstar_convention, engine_options=engine_options)))
+                     dstar_convention=dstar_convention, engine_options=engine_options,
+                     bval_threshold=bval_threshold)))
         for name, values in trust.items():
             out[name] = np.full(n, np.nan)
             out[name][fitted] = values
     return model.to_dstar_convention(out, dstar_convention)
 
 
-def trust_maps(bvals, signal, params, rss, lo, hi, vary, criterion="aicc", with_sd=True):
+def trust_maps(bvals, signal, params, rss, lo, hi, vary, k, criterion="aicc", with_sd=True):
     """How far to trust each fit: the maps of the fitted voxels (the rows of ``signal``).
 
     ``<param>_sd`` (with ``with_sd``) from :func:`ivim_common.model.fisher_sd`, with the
@@ -136,8 +140,10 @@ def trust_maps(bvals, signal, params, rss, lo, hi, vary, criterion="aicc", with_
     lo, hi : ndarray (n, 4)
         The nominal (step-2) bounds.
     vary : ndarray of bool (4,)
+    k : int
+        Parameters estimated from the data (:func:`ivim_common.model.n_free`).
     """
-    n_b, k = signal.shape[1], int(vary.sum())
+    n_b = signal.shape[1]
     flags, at_lo, at_hi = model.bounds_hit(params, lo, hi, vary)
     out = {"bounds_hit": flags.astype(float), "RMSE": np.sqrt(rss / n_b)}
     if with_sd:
@@ -224,11 +230,14 @@ class IvimModel:
     ----------
     bvals : array_like (n_b,) or object with a ``bvals`` attribute
         b-values in s/mm², one per volume (a dipy ``GradientTable`` works).
-    approach : {'one-step', 'two-step'}
-        one-step: S0, D, f, D* free; two-step: D fixed at the log-linear estimate of the high b.
-    bounds_version : {'2020', '2019'}
-        Bounds of one-step (two-step has one set): '2020' the original's code since Dec 2020,
-        '2019' the code behind its published maps.
+    approach : {'one-step', 'two-step', 'segmented'}
+        one-step: S0, D, f, D* free; two-step: D fixed at the log-linear estimate of the high b;
+        segmented: D from that line (b >= 200), f from its intercept and the signal at the
+        lowest b, then D* alone (S0 held at the signal at the lowest b).
+    bounds_version : {'2020', '2019', 'osipi'}
+        Bounds of one-step (the others have one set each): '2020' the original's code since
+        Dec 2020, '2019' the code behind its published maps, 'osipi' the OSIPI code
+        collection's defaults.
     engine : str
         'fast' (compiled least squares, default), 'lmfit' (the original's differential
         evolution, about 1-2 s per voxel) or 'bayes' (posterior means, with SD and 95 %
@@ -240,6 +249,9 @@ class IvimModel:
     dstar_convention : {'toolbox', 'osipi'}
         What ``Dstar`` (and ``FivimXDstar``) hold: 'toolbox' D* in excess of D (default),
         'osipi' the perfusing pool's D*p = D + D* (dipy, osipy, the OSIPI code collection).
+    bval_threshold : float, optional
+        b (s/mm²) from which the initialisation's line of ln S is fitted (default: the
+        approach's: 400 one-step 2020, 500 one-step 2019 and two-step, 200 segmented and osipi).
     **engine_options
         Options of the engine's ``image_options`` (e.g. ``prior='empirical'`` for 'bayes').
 
@@ -256,7 +268,7 @@ class IvimModel:
     """
 
     def __init__(self, bvals, approach="one-step", bounds_version="2020", engine="fast", bounds=None,
-                 dstar_convention="toolbox", **engine_options):
+                 dstar_convention="toolbox", bval_threshold=None, **engine_options):
         bvals = np.asarray(getattr(bvals, "bvals", bvals), dtype=float)
         model.settings(approach, bounds_version)            # checks both
         fitter = engines.get(engine)
@@ -268,6 +280,9 @@ class IvimModel:
         bounds = {k: (tuple(v) + (None,))[:3] for k, v in (bounds or {}).items()} or None
         model.check_user_bounds(bounds, approach, dstar_convention)
         self.bounds, self.dstar_convention = bounds, dstar_convention
+        if bval_threshold is not None and not 0 <= bval_threshold < np.inf:
+            raise ValueError(f"bval_threshold: expected a b-value >= 0, got {bval_threshold}")
+        self.bval_threshold = bval_threshold
         if bvals.ndim != 1 or not np.isfinite(bvals).all() or (bvals < 0).any():
             raise ValueError(f"bvals: expected finite b-values >= 0 in one row, got shape {bvals.shape}")
         if np.unique(bvals).size < model.n_free(approach):
@@ -309,6 +324,7 @@ class IvimModel:
                                     bvals=self.bvals, approach=self.approach,
                                     bounds_version=self.bounds_version, engine=self.engine, seed=seed,
                                     bounds=self.bounds, dstar_convention=self.dstar_convention,
+                                    bval_threshold=self.bval_threshold,
                                     engine_options=options)
 
     def fit(self, data, mask=None, jobs=1, seed=0, chunk_size=None, progress=False, model_choice="aicc",
@@ -464,7 +480,7 @@ class IvimFit:
         return {
             "voxel_selection": "the mask given to IvimModel.fit",
             "bvals": mdl.bvals,
-            **io.model_record(mdl.approach, mdl.bounds_version, mdl.bounds, mdl.dstar_convention),
+            **io.model_record(mdl.approach, mdl.bounds_version, mdl.bounds, mdl.dstar_convention, mdl.bval_threshold),
             "engine": mdl.engine,
             "engine_options": mdl.engine_record,
             "seed": self.seed,
@@ -568,7 +584,7 @@ class IvimFit:
         if sidecar and sidecar.get("bvals") and sidecar.get("approach"):
             mdl = IvimModel(sidecar["bvals"], sidecar["approach"], sidecar.get("bounds_version") or "2020",
                             sidecar.get("engine", "fast"), sidecar.get("bounds_overrides"),
-                            sidecar.get("dstar_convention", "toolbox"))
+                            sidecar.get("dstar_convention", "toolbox"), sidecar.get("bval_threshold"))
             mdl.engine_record = sidecar.get("engine_options") or {}
         return cls(mdl, maps, mask, seed=(sidecar or {}).get("seed", 0), jobs=(sidecar or {}).get("jobs", 1),
                    run_time_s=(sidecar or {}).get("run_time_s"), sidecar=sidecar)

@@ -47,6 +47,14 @@ def non_negative_int(text):
     return _int_at_least(text, 0)
 
 
+def non_negative_float(text):
+    """argparse type: a finite number >= 0."""
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def positive_float(text):
     """argparse type: a finite number > 0."""
     value = float(text)

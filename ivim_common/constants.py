@@ -12,7 +12,7 @@ CONVERSION = (
     "The perfusing pool decays with D + Dstar. In the dipy/OSIPI form "
     "S(b) = S0*(f*exp(-b*Dp) + (1-f)*exp(-b*D)), Dp = D + Dstar (f, D and S0 unchanged)."
 )
-APPROACHES = ("one-step", "two-step")
+APPROACHES = ("one-step", "two-step", "segmented")
 BOUNDS_VERSIONS = ("2020", "2019", "osipi")
 # How a written Dstar map is defined: 'toolbox' D* in excess of D (the model's), 'osipi' the
 # perfusing pool's own pseudo-diffusion coefficient D*p = D + D* (dipy, osipy, OSIPI).

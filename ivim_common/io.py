@@ -69,7 +69,7 @@ def provenance(tool, argv):
     }
 
 
-def model_record(approach, bounds_version, bounds=None, dstar_convention="toolbox"):
+def model_record(approach, bounds_version, bounds=None, dstar_convention="toolbox", bval_threshold=None):
     """The sidecar fields of the model and its fit: equation, conversion, each map's unit and
     description, parameter names, approach, bounds version (one-step only), the user's bounds,
     the bounds in words and the D* convention of the written maps."""
@@ -82,7 +82,8 @@ def model_record(approach, bounds_version, bounds=None, dstar_convention="toolbo
         "approach": approach,
         "bounds_version": bounds_version if approach == "one-step" else None,
         "bounds_overrides": bounds or None,
-        "bounds": model.bounds_description(approach, bounds_version, bounds, dstar_convention),
+        "bounds": model.bounds_description(approach, bounds_version, bounds, dstar_convention, bval_threshold),
+        "bval_threshold": model.settings(approach, bounds_version, bval_threshold)["bval_threshold"],
         "dstar_convention": dstar_convention,
     }
 

@@ -29,6 +29,10 @@ REFINE_F_ZERO = (1e-12, 0.05)  # if step-2 f <= 1e-12, f gets [0, 0.05] instead
 # the signal by it), of D, f and of D*p = D + D* (mm²/s, the perfusing pool's own coefficient).
 OSIPI = {"S0": (0.7, 1.3, 1.0), "D": (0.0, 5e-3, 1e-3), "Fivim": (0.0, 1.0, 0.1), "Dstar": (5e-3, 0.2, 10e-3)}
 OSIPI_BVAL_THRESHOLD = 200.0   # OSIPI's segmented fitters' b threshold: here only the recorded Dinit
+# The segmented approach (the field's: OSIPI's, the consensus's): D and S0(1-f) from the line on
+# b >= this threshold, f from S0(1-f) and the signal at the lowest b, then D* alone.
+SEGMENTED_BVAL_THRESHOLD = 200.0
+SEGMENTED_DSTAR_HI = 0.1       # mm²/s, D* in excess of D (D*p up to 0.1 + D)
 # Both engines search D and D* on logarithmic grids: a lower bound of 0 on either becomes this.
 DIFFUSIVITY_FLOOR = 1e-5       # mm²/s
 
@@ -53,12 +57,22 @@ def ivim_signal(bvals, S0, D, Fivim, Dstar):
     return S0 * e_d * (Fivim * np.exp(-b * Dstar) + 1.0 - Fivim)
 
 
-def settings(approach, bounds_version="2020"):
+def settings(approach, bounds_version="2020", bval_threshold=None):
     """Fixed settings of an approach: b threshold of the initialisation, f and D* rules.
 
     ``bounds_version`` applies to one-step only: '2020' is the original's code since Dec 2020,
-    '2019' the code behind the published reference maps.  two-step never changed.
+    '2019' the code behind the published reference maps.  two-step never changed.  segmented
+    (not in the original): D and S0·(1 - f) from the line of ln S on b >= 200, f from them and
+    the signal at the lowest b, then D* alone (S0, D and f held).  ``bval_threshold`` (s/mm²)
+    replaces the approach's threshold.
     """
+    cfg = _settings(approach, bounds_version)
+    if bval_threshold is not None:
+        cfg["bval_threshold"] = float(bval_threshold)
+    return cfg
+
+
+def _settings(approach, bounds_version):
     if approach not in APPROACHES:
         raise ValueError(f"unknown approach {approach!r} (choose from {', '.join(APPROACHES)})")
     if bounds_version not in BOUNDS_VERSIONS:
@@ -68,6 +82,9 @@ def settings(approach, bounds_version="2020"):
     if approach == "two-step":
         return dict(bval_threshold=500.0, f_max=0.35, dstar_lo_x_dinit=1.0, dstar_hi=35.5e-3,
                     dstar_init="midpoint", vary_D=False)
+    if approach == "segmented":
+        return dict(bval_threshold=SEGMENTED_BVAL_THRESHOLD, f_max=1.0, dstar_lo_x_dinit=1.0,
+                    dstar_hi=SEGMENTED_DSTAR_HI, dstar_init="midpoint", vary_D=False, vary_f=False)
     if bounds_version == "2020":
         return dict(bval_threshold=400.0, f_max=0.20, dstar_lo_x_dinit=2.0, dstar_hi=50e-3,
                     dstar_init="10xDinit", vary_D=True)
@@ -146,6 +163,15 @@ def nominal_bounds(approach, bounds_version, dinit, s0_1mf, s_low=None, user=Non
             lo[:, j], hi[:, j], init[:, j] = (v * scale for v in OSIPI[name])
         lo[:, 3] = hi[:, 3] = np.nan                     # from D*p's bounds (or --bounds) below
         init[:, 3] = OSIPI["Dstar"][2] - init[:, 1]
+    elif approach == "segmented":
+        s_low = np.asarray(s_low, dtype=float)
+        init[:, 0] = lo[:, 0] = hi[:, 0] = s_low
+        init[:, 1] = lo[:, 1] = hi[:, 1] = dinit
+        with np.errstate(invalid="ignore", divide="ignore"):
+            init[:, 2] = lo[:, 2] = hi[:, 2] = np.clip(1.0 - s / s_low, 0.0, 1.0)
+        lo[:, 3] = cfg["dstar_lo_x_dinit"] * dinit
+        hi[:, 3] = cfg["dstar_hi"]
+        init[:, 3] = 0.5 * (lo[:, 3] + hi[:, 3])
     else:
         init[:, 0], lo[:, 0], hi[:, 0] = 1.2 * s, 0.7 * s, 1.7 * s
         if cfg["vary_D"]:
@@ -156,7 +182,8 @@ def nominal_bounds(approach, bounds_version, dinit, s0_1mf, s_low=None, user=Non
         lo[:, 3] = cfg["dstar_lo_x_dinit"] * dinit
         hi[:, 3] = cfg["dstar_hi"]
         init[:, 3] = 10.0 * dinit if cfg["dstar_init"] == "10xDinit" else 0.5 * (lo[:, 3] + hi[:, 3])
-    vary = np.array([True, cfg["vary_D"], True, True])
+    held = approach == "segmented"                      # S0 and f from the data, D from the line
+    vary = np.array([not held, cfg["vary_D"], not held, True])
     for name, (low, high, start) in (user or {}).items():
         j = PARAM_NAMES.index(_param_name(name))
         if j == 3 and dstar_convention == "osipi":
@@ -216,8 +243,10 @@ def check_user_bounds(user, approach, dstar_convention="toolbox"):
         if start is not None and not low <= start <= high:
             raise ValueError(f"bounds: the start of {name}, {start:g}, is outside [{low:g}, {high:g}]")
     user = user or {}
-    if "D" in user and approach == "two-step":
-        raise ValueError("bounds: D is fixed at Dinit in two-step; its bounds cannot be set")
+    if "D" in user and approach != "one-step":
+        raise ValueError(f"bounds: D is fixed at Dinit in {approach}; its bounds cannot be set")
+    if approach == "segmented" and ({"S0", "f", "Fivim"} & set(user)):
+        raise ValueError("bounds: S0 and f are held in segmented (from the signal); only Dstar's bounds can be set")
     if "f" in user and user["f"][1] > 1 or "Fivim" in user and user["Fivim"][1] > 1:
         raise ValueError("bounds: f is a fraction, its upper bound must be <= 1")
     if dstar_convention == "osipi" and "Dstar" in user and "D" in user and user["Dstar"][1] <= user["D"][0]:
@@ -281,8 +310,8 @@ def refinement_bounds(params, vary, lo, hi, limits=None):
     r_lo = params * (1.0 - scale)
     r_hi = params * (1.0 + scale)
     f_zero = f_is_zero(params)
-    r_lo[f_zero, 2] = 0.0
-    r_hi[f_zero, 2] = REFINE_F_ZERO[1]
+    r_lo[f_zero & vary[2], 2] = 0.0
+    r_hi[f_zero & vary[2], 2] = REFINE_F_ZERO[1]
     r_lo[f_zero, 3] = np.asarray(lo)[f_zero, 3] * (1 - REFINE)
     r_hi[f_zero, 3] = np.asarray(hi)[f_zero, 3] * (1 + REFINE)
     if limits is None:
@@ -349,13 +378,15 @@ def goodness_of_fit(bvals, signal, params, n_varied):
 
 
 def n_free(approach):
-    """Free parameters of an approach: 4 (one-step), 3 (two-step: D fixed)."""
-    return len(PARAM_NAMES) - (0 if settings(approach)["vary_D"] else 1)
+    """Parameters an approach estimates from the data: 4 (one-step), 3 (two-step: D fixed at
+    Dinit; segmented: D, f and D*, S0 taken as the signal at the lowest b) -- the k of the
+    information criteria, and the least number of distinct b-values."""
+    return len(PARAM_NAMES) - (1 if approach in ("two-step", "segmented") else 0)
 
 
-def bounds_description(approach, bounds_version, user=None, dstar_convention="toolbox"):
+def bounds_description(approach, bounds_version, user=None, dstar_convention="toolbox", bval_threshold=None):
     """Human-readable bounds, for --help and the sidecars (the user's bounds included)."""
-    cfg = settings(approach, bounds_version)
+    cfg = settings(approach, bounds_version, bval_threshold)
     init = (f"least-squares line of ln S vs b on b >= {cfg['bval_threshold']:g} s/mm^2; "
             "Dinit = -slope clipped to [0.15e-3, 4.5e-3], intercept refitted; "
             "S0(1-f) = exp(intercept); <2 such b: Dinit = 2.325e-3, S0(1-f) = max(S)")
@@ -371,6 +402,13 @@ def bounds_description(approach, bounds_version, user=None, dstar_convention="to
                "D": f"[{d_lo:g}, {d_hi:g}] starting at {d_0:g}",
                "Fivim": f"[{f_lo:g}, {f_hi:g}] starting at {f_0:g}",
                "Dstar": f"D*p = D + D* in [{p_lo:g}, {p_hi:g}] starting at {p_0:g}"}
+    elif approach == "segmented":
+        out = {"initialisation": init,
+               "S0": "held at S(lowest b), the mean of the lowest-b volumes",
+               "D": "held at Dinit",
+               "Fivim": "held at 1 - S0(1-f)/S(lowest b), clipped to [0, 1]",
+               "Dstar": (f"[{cfg['dstar_lo_x_dinit']:g}*Dinit, {cfg['dstar_hi']:g}]: the one parameter fitted "
+                         "(to all b-values)")}
     else:
         d = ("D in [0.15e-3, 1.2*Dinit] starting at Dinit" if cfg["vary_D"] else "D fixed at Dinit")
         start = "10*Dinit" if cfg["dstar_init"] == "10xDinit" else "the midpoint"

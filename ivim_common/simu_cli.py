@@ -31,6 +31,9 @@ def compute_parser(kind, prog, description, example):
     noisy = snr_kind is not None
     parser.add_argument("-model", required=True, choices=constants.APPROACHES,
                         help="fitting approach (as ivim_fitting.py)")
+    parser.add_argument("--b-threshold", type=cli.non_negative_float, metavar="B",
+                        help="b (s/mm^2) from which the initialisation's line of ln S is fitted (default: the "
+                             "approach's, as ivim_fitting.py)")
     parser.add_argument("-ofolder", required=True,
                         help="output folder (created if needed) for sim_results_<yymmddHHMMSS>.npz and .json")
     parser.add_argument("-bval", type=cli.bval_list, default=DEFAULT_BVALS,
@@ -113,8 +116,8 @@ def run_compute(kind, parser, argv=None):
     """Parse argv and run a compute script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = parser.parse_args(argv)
-    if args.model == "two-step" and args.bounds_version is not None:
-        parser.error("--bounds-version applies to -model one-step only (two-step has one set of bounds)")
+    if args.model != "one-step" and args.bounds_version is not None:
+        parser.error(f"--bounds-version applies to -model one-step only ({args.model} has one set of bounds)")
     args.bounds_version = args.bounds_version or "2020"
     from .engines import options_of
 
@@ -141,7 +144,8 @@ def _compute(kind, args, prog, argv):
                           approach=args.model, bounds_version=args.bounds_version, engine=args.engine,
                           seed=args.seed, n_draws=getattr(args, "n_draws", 1),
                           noise=getattr(args, "noise", "gaussian"), jobs=args.jobs or voxelpool.default_jobs(),
-                          engine_options=args.engine_options, dstar_convention=args.dstar_convention)
+                          engine_options=args.engine_options, dstar_convention=args.dstar_convention,
+                          bval_threshold=args.b_threshold)
     shard = args.shard
     path = simu.result_path(args.ofolder, shard, run_id=args.run_id)
     outputs = [path, simu.sidecar_path(path)]

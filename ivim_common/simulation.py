@@ -111,6 +111,8 @@ class Simulation:
     dstar_convention : {'toolbox', 'osipi'}
         What ``Dstar_range`` and the D* errors are of: D* in excess of D, or D*p = D + D* (then
         every true D*p must exceed every true D).
+    bval_threshold : float, optional
+        b (s/mm²) of the initialisation's line (default: the approach's).
     """
     bvals: np.ndarray
     F_range: np.ndarray
@@ -126,6 +128,7 @@ class Simulation:
     engine_options: dict = None
     pool: object = field(default=None, compare=False, repr=False)
     dstar_convention: str = "toolbox"
+    bval_threshold: float = None
 
     def __post_init__(self):
         model.settings(self.approach, self.bounds_version)  # validates both
@@ -178,6 +181,8 @@ class Simulation:
                         dstar_convention=self.dstar_convention)
         if self.engine_options:
             settings["engine_options"] = self.engine_options
+        if self.bval_threshold is not None:
+            settings["bval_threshold"] = self.bval_threshold
         return json.dumps(settings, sort_keys=True)
 
 
@@ -211,8 +216,8 @@ def _fit(sim, signal, voxel_ids):
 
     The voxels are split over ``sim.jobs`` worker processes (ivim_common.voxelpool).
     """
-    fitter = IvimModel(sim.bvals, sim.approach, sim.bounds_version, sim.engine,
-                       dstar_convention=sim.dstar_convention, **(sim.engine_options or {}))
+    fitter = IvimModel(sim.bvals, sim.approach, sim.bounds_version, sim.engine, dstar_convention=sim.dstar_convention,
+                       bval_threshold=sim.bval_threshold, **(sim.engine_options or {}))
     out = fitter.fit_voxels(signal, voxel_ids, jobs=sim.jobs, seed=sim.seed, pool=sim.pool)
     est = np.stack([out[ERROR_PARAMETERS[name]] for name in ERR_ORDER], axis=-1)
     est[out["exception"] != 0] = np.nan
@@ -566,7 +571,8 @@ def sidecar(arrays, provenance, sim=None, run_time_s=None, extra=None):
     doc = {
         **provenance,
         "kind": str(arrays["kind"]),
-        **io.model_record(settings["approach"], settings["bounds_version"]),
+        **io.model_record(settings["approach"], settings["bounds_version"], None, settings.get("dstar_convention", "toolbox"),
+                          settings.get("bval_threshold")),
         "engine": settings["engine"],
         "seed": settings["seed"],
         "jobs": sim.jobs if sim else None,

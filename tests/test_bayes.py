@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ivim_common import api as fit, model
+from ivim_common import api, model
 from ivim_common.engines import bayes
 
 BVALS = np.array([0, 5, 10, 20, 30, 50, 75, 150, 250, 600, 700, 800], dtype=float)
@@ -71,7 +71,7 @@ def test_more_accurate_than_least_squares():
     """SNR 30, 1000 voxels of issue 18's ranges: f and D*ₚ errors at least 25 % lower than the
     one-step least squares on the same voxels, D no worse."""
     truth, signal = voxels(1000, 30, seed=4, f=(0.03, 0.18), d=(0.5e-3, 2.0e-3), dstar=(10e-3, 40e-3))
-    ls = fit.fit_voxels(BVALS, signal, "one-step", "2020", "fast")
+    ls = api.fit_voxels(BVALS, signal, "one-step", "2020", "fast")
     ls = np.column_stack([ls[k] for k in model.PARAM_NAMES])
     err_bayes = np.median(rel_err(run(signal)["params"], truth), axis=0)
     err_ls = np.median(rel_err(ls, truth), axis=0)
@@ -148,7 +148,7 @@ def test_closed_form_marginal_matches_numerical_integration():
 def test_empirical_prior_from_least_squares():
     truth, signal = voxels(400, 30, seed=9)
     init, lo, hi, vary, seeds = engine_inputs(signal)
-    ls = fit.fit_voxels(BVALS, signal, "one-step", "2020", "fast")
+    ls = api.fit_voxels(BVALS, signal, "one-step", "2020", "fast")
     ls = np.column_stack([ls[k] for k in model.PARAM_NAMES])
     prior = bayes.empirical_prior(ls, lo, hi)
     assert prior["logdens"].shape == (3, bayes.TABLE_SIZE) and np.isfinite(prior["logdens"]).all()

@@ -178,3 +178,33 @@ def test_reference_engine_refines_in_the_model_box(monkeypatch):
     params = lmfit_reference.fit(BVALS, np.ones((1, BVALS.size)), init, lo, hi, vary, np.zeros((1, 2)))["params"]
     np.testing.assert_allclose([boxes[1][0][3], boxes[1][1][3]], [0.95 * 2e-3, 1.05 * 50e-3])
     assert params[0, 3] == pytest.approx(0.5 * (0.95 * 2e-3 + 1.05 * 50e-3))
+
+
+@pytest.mark.parametrize("engine", ["fast", "bayes", pytest.param("lmfit", marks=pytest.mark.slow)])
+def test_segmented_recovers_noise_free_truths_with_every_engine(engine):
+    """Segmented: D from the line on b >= 200, f = 1 - S0(1-f)/S(lowest b), then D* alone; on
+    noise-free voxels with b = 0 and D* well above D (the line sees no perfusion), the truth."""
+    bvals = np.array([0, 10, 20, 30, 50, 80, 120, 200, 400, 600, 800], dtype=float)
+    truth = np.array([[800.0, 1.0e-3, 0.10, 60e-3], [500.0, 1.6e-3, 0.25, 40e-3], [650.0, 0.6e-3, 0.05, 80e-3]])
+    fit = IvimModel(bvals, "segmented", engine=engine).fit(model.ivim_signal(bvals, *truth.T))
+    dinit, s0_1mf = model.initial_estimate(bvals, model.ivim_signal(bvals, *truth.T), 200.0)
+    np.testing.assert_allclose(fit.D, dinit, rtol=1e-12)             # D is the line's
+    np.testing.assert_allclose(fit.f, 1 - s0_1mf / truth[:, 0], rtol=1e-12)
+    # the signal at b = 0 (the Bayesian engine integrates S0 out rather than holding it)
+    np.testing.assert_allclose(fit.S0, truth[:, 0], rtol=1e-4 if engine == "bayes" else 1e-12)
+    np.testing.assert_allclose(fit.D, truth[:, 1], rtol=2e-3)
+    np.testing.assert_allclose(fit.f, truth[:, 2], rtol=2e-2)
+    np.testing.assert_allclose(fit.D + fit.Dstar, truth[:, 1] + truth[:, 3], rtol=0.05)
+
+
+def test_segmented_threshold_and_usage():
+    bvals = np.array([0, 10, 20, 50, 100, 200, 300, 500, 800], dtype=float)
+    signal = model.ivim_signal(bvals, 700.0, 1.2e-3, 0.12, 30e-3)
+    low = IvimModel(bvals, "segmented").fit(signal)
+    high = IvimModel(bvals, "segmented", bval_threshold=500).fit(signal)
+    assert high.D == pytest.approx(model.initial_estimate(bvals, signal[None], 500.0)[0][0], rel=1e-12)
+    assert low.D != pytest.approx(high.D, rel=1e-6)
+    with pytest.raises(ValueError, match="S0 and f are held in segmented"):
+        IvimModel(bvals, "segmented", bounds={"f": (0, 0.3)})
+    out = IvimModel(bvals, "segmented").fit(signal, model_choice="aicc").maps
+    assert np.isnan(out["Fivim_sd"]) and np.isnan(out["D_sd"]) and np.isfinite(out["Dstar_sd"])

@@ -595,11 +595,11 @@ def image_options(ivim_model, signal, jobs, prior="uniform"):
 
         conv = ivim_model.dstar_convention
         ls = IvimModel(ivim_model.bvals, ivim_model.approach, ivim_model.bounds_version, "fast",
-                       ivim_model.bounds, conv).fit_voxels(signal, jobs=jobs)
+                       ivim_model.bounds, conv, ivim_model.bval_threshold).fit_voxels(signal, jobs=jobs)
         ls["Dstar"] = model.excess_dstar(ls["Dstar"], ls["D"], conv)
         params = np.column_stack([ls[name] for name in model.PARAM_NAMES])
         ok = np.isfinite(params).all(axis=1)
-        cfg = model.settings(ivim_model.approach, ivim_model.bounds_version)
+        cfg = model.settings(ivim_model.approach, ivim_model.bounds_version, ivim_model.bval_threshold)
         dinit, s0_1mf = model.initial_estimate(ivim_model.bvals, signal[ok], cfg["bval_threshold"])
         _, lo, hi, _ = model.nominal_bounds(ivim_model.approach, ivim_model.bounds_version, dinit, s0_1mf,
                                             model.lowest_b_signal(ivim_model.bvals, signal[ok]), ivim_model.bounds,
