@@ -44,6 +44,11 @@ def compute_parser(kind, prog, description, example):
                                  "and f·D* all <= --max-error (default: %(default)s)")
         parser.add_argument("--max-error", type=cli.positive_float, default=constants.DEFAULT_MAX_ERROR,
                             help="largest acceptable mean |error| in %% (default: %(default)g)")
+        parser.add_argument("--method", choices=("montecarlo", "crlb"), default="montecarlo",
+                            help="montecarlo: noisy fits with the toolbox's fitter (default); crlb: from the "
+                                 "Cramér-Rao bound of the model in seconds, the asymptotic answer of an "
+                                 "unbiased estimator (mean |error| = sqrt(2/π)·SD), optimistic where the "
+                                 "fitter's bounds or bias matter")
     parser.add_argument("-F", default=DEFAULT_F, help=f"true f values: {RANGE_HELP} (default: %(default)s)")
     parser.add_argument("-Dstar", default=DEFAULT_DSTAR,
                         help=f"true D* values in mm²/s: {RANGE_HELP} (default: %(default)s)")
@@ -126,13 +131,18 @@ def _compute(kind, args, prog, argv):
     n_cells = len(simu.shard_cells(sim.n_cells, *shard))
     if args.verbose >= 2:
         print(f"{kind}: {n_cells} grid cells (shard {shard[0]}/{shard[1]}), {sim}", file=sys.stderr)
+    crlb = kind == "required_snr" and args.method == "crlb"
     with _progress(n_cells, args.verbose) as bar:
-        if kind == "required_snr":
+        if crlb:
+            from . import design
+            arrays = design.run_required_snr_crlb(sim, args.condition, args.max_error, shard)
+        elif kind == "required_snr":
             arrays = simu.run_required_snr(sim, args.condition, args.max_error, args.snr, shard, bar.update)
         else:
             arrays = simu.run_errors(sim, args.snr if kind == "error_noise" else None, shard, bar.update)
     run_time = elapsed()
-    doc = simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time)
+    doc = simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time,
+                       extra={"search": design.METHOD} if crlb else None)
     with io.staged_outputs(outputs) as tmp:
         simu.save_results(*(tmp[p] for p in outputs), arrays, doc)
     if args.verbose >= 1:
