@@ -24,7 +24,9 @@ The design.  The protocol is a number of volumes per b-value on a grid (``bmin``
 ... ``bmax``, plus the fixed b-values), N in all, with at least the fixed ones.  A multi-start local
 search over these integer counts (moves: one volume to another b-value, near or far) minimises the
 bound's required SNR aggregated over the tissue grid (max or mean over cells); the ``top_k`` best
-distinct protocols are then scored by the Monte Carlo required SNR of
+distinct protocols (half of them from a second search restricted to protocols with two distinct
+b-values at or above the threshold of the fitter's initialisation, which the bound does not know
+about) are then scored by the Monte Carlo required SNR of
 :func:`ivim_common.simulation.required_snr` (the toolbox's fitter, seeded draws shared by every
 protocol) and the best by that score is chosen.
 """
@@ -221,6 +223,10 @@ def check_budget(n_volumes, bmin, bmax, b_step, fixed_bvals, approach):
         raise InputError(f"--fixed-bvals: {outside[0]:g} is outside [--bmin {bmin:g}, --bmax {bmax:g}]")
     if fixed.size > n_volumes:
         raise InputError(f"--fixed-bvals: {fixed.size} fixed b-values but only -n {n_volumes} volumes")
+    n_allowed = len(candidate_bvals(bmin, bmax, b_step, fixed))
+    if n_allowed < need:
+        raise InputError(f"--b-step {b_step:g}: only {n_allowed} b-values in [{bmin:g}, {bmax:g}], "
+                         f"{approach} needs {need} distinct ones")
     if approach == "two-step" and bmax < model.settings(approach)["bval_threshold"]:
         raise InputError(f"--bmax {bmax:g}: two-step needs b-values >= "
                          f"{model.settings(approach)['bval_threshold']:g} to fit D")
@@ -232,10 +238,17 @@ def candidate_bvals(bmin, bmax, b_step, fixed_bvals=()):
     return np.unique(np.round(np.concatenate([grid, [bmax], np.asarray(fixed_bvals, float)]), 9))
 
 
-def _objective(bvals, truth, condition, aggregate, approach, bounds_version):
-    """Bound-based required SNR (max error 1 %) aggregated over cells, one value per protocol."""
+def _objective(bvals, truth, condition, aggregate, approach, bounds_version, init_bvals=0):
+    """Bound-based required SNR (max error 1 %) aggregated over cells, one value per protocol;
+    inf for protocols with fewer than ``init_bvals`` distinct b-values at or above the threshold
+    of the fitter's initialisation (:func:`ivim_common.model.initial_estimate`)."""
     snr = snr_from_relative_sd(relative_sd(bvals, truth, approach, bounds_version), condition, 1.0)
-    return snr.max(axis=1) if aggregate == "max" else snr.mean(axis=1)
+    value = snr.max(axis=1) if aggregate == "max" else snr.mean(axis=1)
+    if init_bvals:
+        threshold = model.settings(approach, bounds_version)["bval_threshold"]
+        high = np.array([np.unique(row[row >= threshold]).size for row in bvals])
+        value = np.where(high >= init_bvals, value, np.inf)
+    return value
 
 
 def _moves(volumes, n_fixed, n_b):
@@ -259,7 +272,7 @@ def _moves(volumes, n_fixed, n_b):
 
 def search_crlb(grid, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(), condition="FDstar",
                 aggregate="mean", approach="one-step", bounds_version="2020", n_starts=24, top_k=4,
-                seed=0, max_error=DEFAULT_MAX_ERROR):
+                seed=0, max_error=DEFAULT_MAX_ERROR, init_bvals=0):
     """Multi-start integer search of the bound-based objective.
 
     Parameters
@@ -276,6 +289,10 @@ def search_crlb(grid, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(
         Local searches, from random protocols (seeded by ``seed``).
     top_k : int
         Best distinct local optima returned.
+    init_bvals : int
+        Only protocols with at least this many distinct b-values at or above the threshold of the
+        fitter's initialisation (400 s/mm² one-step 2020, 500 otherwise): the bound does not know
+        that with fewer the fitter starts from a default D, whose bounds exclude small D*.
 
     Returns
     -------
@@ -290,7 +307,7 @@ def search_crlb(grid, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(
     n_b, n_fixed = len(b_unique), len(fixed_bvals)
     fixed = np.array([np.argmin(np.abs(b_unique - b)) for b in fixed_bvals], dtype=int)
     rng = np.random.default_rng(seed)
-    score = lambda v: _objective(b_unique[v], truth, condition, aggregate, approach, bounds_version)
+    score = lambda v: _objective(b_unique[v], truth, condition, aggregate, approach, bounds_version, init_bvals)
     optima = {}
     for _ in range(n_starts):
         volumes = np.concatenate([fixed, np.sort(rng.integers(0, n_b, n_volumes - n_fixed))])
@@ -302,7 +319,8 @@ def search_crlb(grid, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(
             if not values[best] < value * (1 - 1e-9):
                 break
             volumes, value = moves[best], values[best]
-        optima.setdefault(tuple(np.sort(volumes)), value)
+        if np.isfinite(value):
+            optima.setdefault(tuple(np.sort(volumes)), value)
     ranked = sorted(optima.items(), key=lambda item: item[1])[:top_k]
     return [dict(bvals=b_unique[list(v)], crlb_objective=value / max_error) for v, value in ranked]
 
@@ -332,6 +350,10 @@ def optimize(sim, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(), c
              aggregate="mean", max_error=DEFAULT_MAX_ERROR, n_starts=24, top_k=4, progress=None):
     """Design a protocol: bound-based candidates (:func:`search_crlb`), chosen by Monte Carlo.
 
+    Half of the ``top_k`` candidates (rounded up) come from the bound alone, the rest from the
+    bound restricted to protocols with two distinct b-values at or above the threshold of the
+    fitter's initialisation (``init_bvals=2``); duplicates are dropped.
+
     Parameters
     ----------
     sim : simulation.Simulation
@@ -346,8 +368,12 @@ def optimize(sim, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(), c
     mean_err_at_min_snr, mc_score), ``best`` (index of the chosen one).
     """
     grid = (sim.F_range, sim.Dstar_range, sim.D_range)
-    candidates = search_crlb(grid, n_volumes, bmin, bmax, b_step, fixed_bvals, condition, aggregate,
-                             sim.approach, sim.bounds_version, n_starts, top_k, sim.seed, max_error)
+    candidates = []
+    for init_bvals, k in ((0, (top_k + 1) // 2), (2, top_k // 2)):     # the bound alone; fitter-aware
+        found = search_crlb(grid, n_volumes, bmin, bmax, b_step, fixed_bvals, condition, aggregate,
+                            sim.approach, sim.bounds_version, n_starts, top_k, sim.seed, max_error, init_bvals)
+        new = [c for c in found if not any(np.array_equal(c["bvals"], o["bvals"]) for o in candidates)]
+        candidates += [dict(c, init_bvals=init_bvals) for c in new[:k]]
     if progress:
         progress(f"{len(candidates)} candidate(s) from the bound")
     for k, cand in enumerate(candidates):
@@ -356,6 +382,9 @@ def optimize(sim, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(), c
         if progress:
             progress(f"candidate {k + 1}/{len(candidates)}: b = {','.join(f'{b:g}' for b in cand['bvals'])}, "
                      f"Monte Carlo {aggregate} {cand['mc_score'][0]:.4g}, median {cand['mc_score'][1]:.4g}")
+    if not candidates:
+        raise InputError(f"no protocol of {n_volumes} volumes in [{bmin:g}, {bmax:g}] can estimate the "
+                         f"parameters of {sim.approach} (the search found none)")
     best = min(range(len(candidates)), key=lambda k: candidates[k]["mc_score"])
     return dict(candidates=candidates, best=best)
 
@@ -370,7 +399,9 @@ METHOD = {
     "crlb_required_snr": ("SNR at which sqrt(2/pi) * 100 * SD/p <= max_error: for a Gaussian, unbiased "
                           "estimate, mean|error| = sqrt(2/pi) * SD (asymptotic; ignores bounds, bias, failures)"),
     "search": ("multi-start local search over the b-values of the free volumes (b on the --b-step grid), "
-               "one volume moved at a time, minimising the bound's required SNR aggregated over cells"),
+               "one volume moved at a time, minimising the bound's required SNR aggregated over cells; "
+               "half the candidates from protocols with >= 2 distinct b-values at or above the threshold "
+               "of the fitter's initialisation (init_bvals = 2)"),
     "choice": ("Monte Carlo required SNR (toolbox fitter, seeded draws common to every protocol) of the "
                "top-k candidates: smallest aggregate wins, then smallest median, then fewest unreachable "
                "cells; an unreachable cell counts as infinite"),
@@ -424,6 +455,7 @@ def report(sim, result, reference, settings, run_time):
         "snr_definition": simu.SNR_DEFINITION,
         "method": METHOD,
         "candidates": [{"bvals": c["bvals"].tolist(), "crlb_objective": float(c["crlb_objective"]),
+                        "init_bvals": c["init_bvals"],
                         "monte_carlo": _stats(c["min_snr"]), "chosen": k == result["best"]}
                        for k, c in enumerate(result["candidates"])],
         "optimized": chosen,

@@ -194,3 +194,14 @@ def test_required_snr_script_method_crlb(tmp_path):
     np.testing.assert_allclose(arrays["min_snr"], expected)
     np.testing.assert_allclose(arrays["mean_err_at_min_snr"][3], 10.0)      # f·D* meets the criterion exactly
     assert json.loads(str(arrays["settings"]))["method"] == "crlb"
+
+
+def test_fitter_aware_search_keeps_two_bvals_above_the_initialisation_threshold():
+    grid = (np.array([0.05, 0.2]), np.array([5e-3, 30e-3]), np.array([1e-3]))
+    found = design.search_crlb(grid, 7, b_step=50.0, fixed_bvals=(0.0,), n_starts=3, top_k=3, init_bvals=2)
+    assert found and all(np.unique(c["bvals"][c["bvals"] >= 400]).size >= 2 for c in found)
+
+
+def test_check_budget_refuses_a_grid_with_too_few_bvals():
+    with pytest.raises(InputError, match="only 3 b-values"):
+        design.check_budget(11, 0.0, 10.0, 5.0, (), "one-step")
