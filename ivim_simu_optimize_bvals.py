@@ -6,8 +6,8 @@ parameter (all) or one of f, Dstar, D within --max-error (mean |error|, %) over 
 
 1. candidates: a multi-start search over the number of volumes per b-value (b on a --b-step grid,
    --fixed-bvals always in) minimising the required SNR of the Cramér-Rao bound of the model
-   (the asymptotic, unbiased answer; seconds), half of them among protocols with two distinct
-   b-values at or above the threshold of the fitter's initialisation (which the bound ignores);
+   (the asymptotic, unbiased answer; seconds), half of them also holding the D of the fitter's
+   initialisation line (ln S on b >= 400 or 500), which sets its bounds, to the criterion;
 2. choice: the --top-k best candidates and the --compare-bvals protocol get the Monte Carlo
    required SNR of ivim_simu_compute_required_snr.py (the toolbox's fitter and bounds, seeded
    noise draws common to every protocol); the candidate with the smallest Monte Carlo aggregate

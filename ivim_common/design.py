@@ -24,9 +24,9 @@ The design.  The protocol is a number of volumes per b-value on a grid (``bmin``
 ... ``bmax``, plus the fixed b-values), N in all, with at least the fixed ones.  A multi-start local
 search over these integer counts (moves: one volume to another b-value, near or far) minimises the
 bound's required SNR aggregated over the tissue grid (max or mean over cells); the ``top_k`` best
-distinct protocols (half of them from a second search restricted to protocols with two distinct
-b-values at or above the threshold of the fitter's initialisation, which the bound does not know
-about) are then scored by the Monte Carlo required SNR of
+distinct protocols (half of them from a second search that also holds the D of the fitter's
+initialisation line, ln S on b >= its threshold, which sets the start and bounds of D and D*, to
+the criterion: the bound does not know about it) are then scored by the Monte Carlo required SNR of
 :func:`ivim_common.simulation.required_snr` (the toolbox's fitter, seeded draws shared by every
 protocol) and the best by that score is chosen.
 """
@@ -104,12 +104,8 @@ def _covariance(bvals, truth, approach, bounds_version="2020"):
     high = bvals >= cfg["bval_threshold"]
     high_distinct = np.array([np.unique(row[h]).size for row, h in zip(bvals, high)])
     ok = (distinct >= 3) & (high_distinct >= 2)
-    jac, high, bv = jac[ok], high[ok], bvals[ok]
-    b_mean = (bv * high).sum(axis=1, keepdims=True) / high.sum(axis=1, keepdims=True)
-    centred = np.where(high, bv - b_mean, 0.0)                      # (p, n)
-    sxx = (centred ** 2).sum(axis=1)
-    signal = model.ivim_signal(bv[:, None, :], S0_TRUE, d, f, dstar)      # (p, c, n)
-    a_d = centred[:, None, :] / (sxx[:, None, None] * signal)      # D̂ - D per unit of noise, (p, c, n)
+    jac = jac[ok]
+    a_d = _line_coefficients(bvals[ok], truth, cfg["bval_threshold"])  # D̂ - D per unit of noise, (p, c, n)
     keep = [0, 2, 3]
     j_t, j_d = jac[..., keep], jac[..., 1]
     gram = np.einsum("pcni,pcnj->pcij", j_t, j_t)
@@ -120,6 +116,22 @@ def _covariance(bvals, truth, approach, bounds_version="2020"):
     cols[:, :, keep] = np.einsum("pcij,pcjn->pcin", _inverse(gram), resid)
     cov[ok] = np.einsum("pcin,pcjn->pcij", cols, cols)
     return cov
+
+
+def _line_coefficients(bvals, truth, threshold):
+    """Linearised error of D from the line of ln S against b on b >= threshold (the fitter's
+    initialisation; two-step's D): D̂ - D = Σ a·noise, a of shape (n_protocols, n_cells, n_volumes).
+    Protocols with fewer than 2 distinct b-values there get a = inf."""
+    f, dstar, d = truth[:, 0], truth[:, 1], truth[:, 2]
+    high = bvals >= threshold
+    b_mean = (bvals * high).sum(axis=1, keepdims=True) / np.maximum(high.sum(axis=1, keepdims=True), 1)
+    centred = np.where(high, bvals - b_mean, 0.0)
+    sxx = (centred ** 2).sum(axis=1)
+    signal = model.ivim_signal(bvals[:, None, :], S0_TRUE, d, f, dstar)      # (p, c, n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = centred[:, None, :] / (sxx[:, None, None] * signal)
+    a[sxx <= 0] = np.inf
+    return a
 
 
 def _inverse(matrices):
@@ -238,17 +250,19 @@ def candidate_bvals(bmin, bmax, b_step, fixed_bvals=()):
     return np.unique(np.round(np.concatenate([grid, [bmax], np.asarray(fixed_bvals, float)]), 9))
 
 
-def _objective(bvals, truth, condition, aggregate, approach, bounds_version, init_bvals=0):
-    """Bound-based required SNR (max error 1 %) aggregated over cells, one value per protocol;
-    inf for protocols with fewer than ``init_bvals`` distinct b-values at or above the threshold
-    of the fitter's initialisation (:func:`ivim_common.model.initial_estimate`)."""
+def _objective(bvals, truth, condition, aggregate, approach, bounds_version, init_line=False):
+    """Bound-based required SNR (max error 1 %) aggregated over cells, one value per protocol.
+
+    ``init_line``: per cell, at least the SNR at which the D of the fitter's initialisation (the
+    line of ln S on b >= its threshold, which sets the start and the bounds of D and D*) meets the
+    same mean-|error| criterion; the bound alone does not know the fitter starts there.
+    """
     snr = snr_from_relative_sd(relative_sd(bvals, truth, approach, bounds_version), condition, 1.0)
-    value = snr.max(axis=1) if aggregate == "max" else snr.mean(axis=1)
-    if init_bvals:
-        threshold = model.settings(approach, bounds_version)["bval_threshold"]
-        high = np.array([np.unique(row[row >= threshold]).size for row in bvals])
-        value = np.where(high >= init_bvals, value, np.inf)
-    return value
+    if init_line:
+        a = _line_coefficients(bvals, truth, model.settings(approach, bounds_version)["bval_threshold"])
+        rsd_line = S0_TRUE * np.sqrt((a ** 2).sum(axis=-1)) / truth[:, 2]
+        snr = np.maximum(snr, 100.0 * GAUSS_MEAN_ABS * rsd_line)
+    return snr.max(axis=1) if aggregate == "max" else snr.mean(axis=1)
 
 
 def _moves(volumes, n_fixed, n_b):
@@ -272,7 +286,7 @@ def _moves(volumes, n_fixed, n_b):
 
 def search_crlb(grid, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(), condition="FDstar",
                 aggregate="mean", approach="one-step", bounds_version="2020", n_starts=24, top_k=4,
-                seed=0, max_error=DEFAULT_MAX_ERROR, init_bvals=0):
+                seed=0, max_error=DEFAULT_MAX_ERROR, init_line=False):
     """Multi-start integer search of the bound-based objective.
 
     Parameters
@@ -289,10 +303,11 @@ def search_crlb(grid, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(
         Local searches, from random protocols (seeded by ``seed``).
     top_k : int
         Best distinct local optima returned.
-    init_bvals : int
-        Only protocols with at least this many distinct b-values at or above the threshold of the
-        fitter's initialisation (400 s/mm² one-step 2020, 500 otherwise): the bound does not know
-        that with fewer the fitter starts from a default D, whose bounds exclude small D*.
+    init_line : bool
+        Also require, per cell, the SNR at which the D of the fitter's initialisation (the line of
+        ln S on b >= 400 s/mm² one-step 2020, 500 otherwise) meets the criterion: that line sets the
+        start and the bounds of D and D* (D <= 1.2·Dinit, D* >= 2·Dinit one-step 2020), which the
+        bound alone ignores.
 
     Returns
     -------
@@ -307,7 +322,7 @@ def search_crlb(grid, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(
     n_b, n_fixed = len(b_unique), len(fixed_bvals)
     fixed = np.array([np.argmin(np.abs(b_unique - b)) for b in fixed_bvals], dtype=int)
     rng = np.random.default_rng(seed)
-    score = lambda v: _objective(b_unique[v], truth, condition, aggregate, approach, bounds_version, init_bvals)
+    score = lambda v: _objective(b_unique[v], truth, condition, aggregate, approach, bounds_version, init_line)
     optima = {}
     for _ in range(n_starts):
         volumes = np.concatenate([fixed, np.sort(rng.integers(0, n_b, n_volumes - n_fixed))])
@@ -351,8 +366,8 @@ def optimize(sim, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(), c
     """Design a protocol: bound-based candidates (:func:`search_crlb`), chosen by Monte Carlo.
 
     Half of the ``top_k`` candidates (rounded up) come from the bound alone, the rest from the
-    bound restricted to protocols with two distinct b-values at or above the threshold of the
-    fitter's initialisation (``init_bvals=2``); duplicates are dropped.
+    bound with the fitter's initialisation line held to the same criterion (``init_line``);
+    duplicates are dropped.
 
     Parameters
     ----------
@@ -369,11 +384,11 @@ def optimize(sim, n_volumes, bmin=0.0, bmax=800.0, b_step=5.0, fixed_bvals=(), c
     """
     grid = (sim.F_range, sim.Dstar_range, sim.D_range)
     candidates = []
-    for init_bvals, k in ((0, (top_k + 1) // 2), (2, top_k // 2)):     # the bound alone; fitter-aware
+    for init_line, k in ((False, (top_k + 1) // 2), (True, top_k // 2)):     # the bound alone; fitter-aware
         found = search_crlb(grid, n_volumes, bmin, bmax, b_step, fixed_bvals, condition, aggregate,
-                            sim.approach, sim.bounds_version, n_starts, top_k, sim.seed, max_error, init_bvals)
+                            sim.approach, sim.bounds_version, n_starts, top_k, sim.seed, max_error, init_line)
         new = [c for c in found if not any(np.array_equal(c["bvals"], o["bvals"]) for o in candidates)]
-        candidates += [dict(c, init_bvals=init_bvals) for c in new[:k]]
+        candidates += [dict(c, init_line=init_line) for c in new[:k]]
     if progress:
         progress(f"{len(candidates)} candidate(s) from the bound")
     for k, cand in enumerate(candidates):
@@ -400,8 +415,8 @@ METHOD = {
                           "estimate, mean|error| = sqrt(2/pi) * SD (asymptotic; ignores bounds, bias, failures)"),
     "search": ("multi-start local search over the b-values of the free volumes (b on the --b-step grid), "
                "one volume moved at a time, minimising the bound's required SNR aggregated over cells; "
-               "half the candidates from protocols with >= 2 distinct b-values at or above the threshold "
-               "of the fitter's initialisation (init_bvals = 2)"),
+               "half the candidates with, per cell, at least the SNR at which the D of the fitter's "
+               "initialisation line (ln S on b >= its threshold) meets the criterion too (init_line)"),
     "choice": ("Monte Carlo required SNR (toolbox fitter, seeded draws common to every protocol) of the "
                "top-k candidates: smallest aggregate wins, then smallest median, then fewest unreachable "
                "cells; an unreachable cell counts as infinite"),
@@ -455,7 +470,7 @@ def report(sim, result, reference, settings, run_time):
         "snr_definition": simu.SNR_DEFINITION,
         "method": METHOD,
         "candidates": [{"bvals": c["bvals"].tolist(), "crlb_objective": float(c["crlb_objective"]),
-                        "init_bvals": c["init_bvals"],
+                        "init_line": c["init_line"],
                         "monte_carlo": _stats(c["min_snr"]), "chosen": k == result["best"]}
                        for k, c in enumerate(result["candidates"])],
         "optimized": chosen,

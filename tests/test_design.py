@@ -196,10 +196,18 @@ def test_required_snr_script_method_crlb(tmp_path):
     assert json.loads(str(arrays["settings"]))["method"] == "crlb"
 
 
-def test_fitter_aware_search_keeps_two_bvals_above_the_initialisation_threshold():
+def test_fitter_aware_search_keeps_a_usable_initialisation_line():
+    """With init_line, two b-values close together above 400 do not make a line: the search keeps
+    them apart (the bound alone puts no volume there)."""
     grid = (np.array([0.05, 0.2]), np.array([5e-3, 30e-3]), np.array([1e-3]))
-    found = design.search_crlb(grid, 7, b_step=50.0, fixed_bvals=(0.0,), n_starts=3, top_k=3, init_bvals=2)
-    assert found and all(np.unique(c["bvals"][c["bvals"] >= 400]).size >= 2 for c in found)
+    found = design.search_crlb(grid, 7, b_step=50.0, fixed_bvals=(0.0,), n_starts=3, top_k=3, init_line=True)
+    for cand in found:
+        high = np.unique(cand["bvals"][cand["bvals"] >= 400])
+        assert high.size >= 2 and high.max() - high.min() >= 200
+    truth = design.grid_truth(*grid)
+    near, apart = (np.array([[0, 0, 50, 100, 200, 750, 800]]), np.array([[0, 0, 50, 100, 200, 400, 800]]))
+    assert (design._objective(near, truth, "FDstar", "mean", "one-step", "2020", True)
+            > 2 * design._objective(apart, truth, "FDstar", "mean", "one-step", "2020", True))
 
 
 def test_check_budget_refuses_a_grid_with_too_few_bvals():
