@@ -42,3 +42,7 @@ def ivim_simu_compute_required_snr():
 
 def ivim_simu_plot():
     return _run("ivim_simu_plot")
+
+
+def ivim_simu_optimize_bvals():
+    return _run("ivim_simu_optimize_bvals")

@@ -133,3 +133,50 @@ def _grid_figure(arrays, panels, title):
         ax.set_visible(False)
     fig.suptitle(title)
     return fig
+
+
+# =============================================================================
+# Protocol design (ivim_simu_optimize_bvals.py)
+# =============================================================================
+
+def design_figure(grid, bvals, min_snr, ref_bvals, ref_min_snr, title):
+    """b-values of the designed and the reference protocols, and their required-SNR maps.
+
+    Parameters
+    ----------
+    grid : tuple (F_range, Dstar_range, D_range)
+    bvals, ref_bvals : array_like, b-values of the volumes (repeats included)
+    min_snr, ref_min_snr : ndarray (nF, nDstar, nD), NaN = not reachable (grey)
+    title : str
+    """
+    from matplotlib.colors import LogNorm
+
+    f_range, dstar_range, d_range = grid
+    n_d = len(d_range)
+    fig = Figure(figsize=(5.2 * max(n_d, 2), 4.2 * 3), layout="constrained")
+    spec = fig.add_gridspec(3, max(n_d, 2))
+    ax = fig.add_subplot(spec[0, :])
+    for values, label, offset in ((ref_bvals, "reference", -0.2), (bvals, "designed", 0.2)):
+        b, n = np.unique(values, return_counts=True)
+        ax.bar(b + offset * 8, n, width=8, label=f"{label} ({len(values)} volumes)")
+    ax.set_xlabel("b (s/mm²)")
+    ax.set_ylabel("volumes")
+    ax.legend()
+    finite = np.concatenate([v[np.isfinite(v)] for v in (min_snr, ref_min_snr)])
+    norm = LogNorm(finite.min(), finite.max()) if finite.size and 0 < finite.min() < finite.max() else None
+    for row, (values, label) in enumerate(((ref_min_snr, "reference"), (min_snr, "designed")), start=1):
+        for i_d in range(n_d):
+            ax = fig.add_subplot(spec[row, i_d])
+            ax.set_facecolor("0.75")
+            mesh = ax.pcolormesh(np.ma.masked_invalid(values[..., i_d]), norm=norm, cmap="viridis")
+            cells = values[..., i_d]
+            snr = np.where(np.isnan(cells), np.inf, cells)
+            ax.set_title(f"{label}, D = {d_range[i_d]:.3g} mm²/s: median {np.median(snr):.4g}, "
+                         f"{int(np.isnan(cells).sum())} grey (not reachable)", fontsize=9)
+            ax.set_xticks(np.arange(len(dstar_range)) + 0.5, [f"{v * 1e3:.3g}" for v in dstar_range], rotation=45)
+            ax.set_yticks(np.arange(len(f_range)) + 0.5, [f"{v:.3g}" for v in f_range])
+            ax.set_xlabel("true D* (10⁻³ mm²/s)")
+            ax.set_ylabel("true f")
+            fig.colorbar(mesh, ax=ax, label="required SNR (S0/σ)")
+    fig.suptitle(f"Required SNR (Monte Carlo), {title}")
+    return fig

@@ -49,6 +49,11 @@ def compute_parser(kind, prog, description, example):
                                  "and f·D* all <= --max-error (default: %(default)s)")
         parser.add_argument("--max-error", type=cli.positive_float, default=constants.DEFAULT_MAX_ERROR,
                             help="largest acceptable mean |error| in %% (default: %(default)g)")
+        parser.add_argument("--method", choices=("montecarlo", "crlb"), default="montecarlo",
+                            help="montecarlo: noisy fits with the toolbox's fitter (default); crlb: from the "
+                                 "Cramér-Rao bound of the model in seconds, the asymptotic answer of an "
+                                 "unbiased estimator (mean |error| = sqrt(2/π)·SD), optimistic where the "
+                                 "fitter's bounds or bias matter")
     parser.add_argument("-F", type=cli.fraction_list, default=DEFAULT_F,
                         help=f"true f values: {RANGE_HELP} (default: %(default)s)")
     parser.add_argument("-Dstar", type=cli.value_list, default=DEFAULT_DSTAR,
@@ -121,6 +126,9 @@ def run_compute(kind, parser, argv=None):
     args.bounds_version = args.bounds_version or "2020"
     from .engines import options_of
 
+    if getattr(args, "method", "montecarlo") == "crlb" and (args.model not in ("one-step", "two-step")
+                                                             or args.dstar_convention != "toolbox"):
+        parser.error("--method crlb models one-step and two-step, with -Dstar in the toolbox's convention")
     args.engine_options = options_of(parser, args)
     n_cells = len(args.F) * len(args.Dstar) * len(args.D)
     if getattr(args, "snr", 1.0) > constants.SNR_CAP:
@@ -137,7 +145,7 @@ def _compute(kind, args, prog, argv):
 
     import numpy as np
 
-    from . import engines, io, voxelpool
+    from . import design, engines, io, voxelpool
     from . import simulation as simu
 
     sim = simu.Simulation(bvals=args.bval, F_range=args.F, Dstar_range=args.Dstar, D_range=args.D,
@@ -157,16 +165,20 @@ def _compute(kind, args, prog, argv):
     if args.verbose >= 2:
         print(f"{kind}: {n_cells} grid cells (shard {shard[0]}/{shard[1]}), {sim}", file=sys.stderr)
     snr_kind = SIMULATION_KINDS[kind].snr
+    crlb = snr_kind == "start" and args.method == "crlb"
     with voxelpool.WorkerPool(sim.jobs, hint="fewer workers (-j)") as pool, \
             cli.Progress(n_cells, "cell", enabled=args.verbose >= 1, prog=prog) as bar:
         sim = dataclasses.replace(sim, pool=pool)   # one pool for the whole run
-        if snr_kind == "start":
+        if crlb:
+            arrays = design.run_required_snr_crlb(sim, args.condition, args.max_error, shard)
+        elif snr_kind == "start":
             arrays = simu.run_required_snr(sim, args.condition, args.max_error, args.snr, shard, bar.update)
         else:
             arrays = simu.run_errors(sim, args.snr if snr_kind == "fixed" else None, shard, bar.update)
     arrays["run_id"] = np.array(args.run_id)
     run_time = elapsed()
-    doc = simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time)
+    doc = simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time,
+                       extra={"search": design.METHOD} if crlb else None)
     with io.staged_outputs(outputs, force=args.force) as tmp:
         simu.save_results(*(tmp[p] for p in outputs), arrays, doc)
     if args.verbose >= 1:

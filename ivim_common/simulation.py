@@ -344,7 +344,8 @@ def compute_errors(sim, cells, snr=None, progress=None, summary=error_statistics
 
 
 def condition_holds(mean_abs_err, condition, max_error):
-    """True where the condition holds: 'FDstar' err(f·D*) <= max, 'all' every error <= max.
+    """True where the condition holds: 'FDstar' err(f·D*) <= max, 'all' every error <= max,
+    'f', 'Dstar' or 'D' that error <= max.
 
     NaN errors (every fit failed) never pass.
     """
@@ -354,6 +355,8 @@ def condition_holds(mean_abs_err, condition, max_error):
             return err[..., 3] <= max_error
         if condition == "all":
             return np.all(err <= max_error, axis=-1)
+        if condition in ERR_ORDER[:3]:    # one parameter alone (ivim_simu_optimize_bvals.py)
+            return err[..., ERR_ORDER.index(condition)] <= max_error
     raise ValueError(f"unknown condition {condition!r} (choose from {', '.join(CONDITIONS)})")
 
 
