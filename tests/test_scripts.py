@@ -89,3 +89,13 @@ def test_readme_python_api_example_runs(tmp_path):
                                  ("S0", "D", "Fivim", "Dstar", "FivimXDstar", "AIC", "R2", "exception",
                                   "ADC", "AICc", "AICc_mono", "model_choice", "RMSE", "bounds_hit",
                                   "S0_sd", "D_sd", "Fivim_sd", "Dstar_sd")])
+
+
+def test_every_subpackage_is_installed():
+    """pyproject's packages list every package of ivim_common (the tests import the source tree,
+    so a package missing there would pass them and break every installed command)."""
+    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
+        listed = set(re.search(r"^packages = \[(.*)\]$", f.read(), re.M).group(1).replace('"', "").split(", "))
+    found = {os.path.relpath(root, REPO).replace(os.sep, ".") for root, _, files in os.walk(os.path.join(REPO, "ivim_common"))
+             if "__init__.py" in files}
+    assert listed == found
