@@ -7,6 +7,7 @@ import time
 
 from ivim_common import cli, constants, engines, limit_blas_threads
 from ivim_common.constants import FIT_SIDECAR, MAP_FILES
+from ivim_common.errors import InputError
 
 PROG = "ivim_fitting.py"
 
@@ -141,8 +142,11 @@ def _fit_to_folder(args, argv):
     records = {**inputs.records, "bvec": io.input_record(args.bvec) if bvecs is not None else None,
                "bval_source": args.bval_source}
     for label, bvals, data, directions in sets:
-        model = IvimModel(bvals, args.model, args.bounds_version or "2020", args.engine, args.bounds,
-                          args.dstar_convention, args.b_threshold, **args.engine_options)
+        try:
+            model = IvimModel(bvals, args.model, args.bounds_version or "2020", args.engine, args.bounds,
+                              args.dstar_convention, args.b_threshold, **args.engine_options)
+        except ValueError as err:              # b-values that cannot give what the approach needs
+            raise InputError(f"b-values {args.bval}: {err}") from None
         if args.verbose >= 2:
             print(f"{PROG}: {int(inputs.selected.sum())} voxels x {bvals.size} b-values ({label or 'all volumes'}), "
                   f"{inputs.selection}; engine {args.engine}, {jobs} job(s)", file=sys.stderr)

@@ -107,8 +107,10 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
                                                                        model.n_free(approach))
     out["exception"] = np.where(fitted, 0.0, 1.0)
     if quality:
-        trust = trust_maps(bvals, signal[fitted], params, rss, lo[finite], hi[finite], vary, model.n_free(approach),
-                           model_choice, with_sd="sd" not in result)
+        box_lo, box_hi = result.get("lo", lo)[finite], result.get("hi", hi)[finite]   # the engine's box
+        trust = trust_maps(bvals, signal[fitted], params, rss, box_lo, box_hi, vary, model.n_free(approach),
+                           model_choice, with_sd="sd" not in result,
+                           pool=(limits or {}).get("pool"))
         if bootstrap:
             trust.update(bootstrap_uncertainty(
                 bvals, signal[fitted], params, voxel_ids[fitted], bootstrap, seed, model.n_free(approach),
@@ -121,7 +123,7 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     return model.to_dstar_convention(out, dstar_convention)
 
 
-def trust_maps(bvals, signal, params, rss, lo, hi, vary, k, criterion="aicc", with_sd=True):
+def trust_maps(bvals, signal, params, rss, lo, hi, vary, k, criterion="aicc", with_sd=True, pool=None):
     """How far to trust each fit: the maps of the fitted voxels (the rows of ``signal``).
 
     ``<param>_sd`` (with ``with_sd``) from :func:`ivim_common.model.fisher_sd`, with the
@@ -142,9 +144,11 @@ def trust_maps(bvals, signal, params, rss, lo, hi, vary, k, criterion="aicc", wi
     vary : ndarray of bool (4,)
     k : int
         Parameters estimated from the data (:func:`ivim_common.model.n_free`).
+    pool : (float, float), optional
+        Bounds of D*p = D + D* where D*'s are set on it (see :func:`ivim_common.model.bounds_hit`).
     """
     n_b = signal.shape[1]
-    flags, at_lo, at_hi = model.bounds_hit(params, lo, hi, vary)
+    flags, at_lo, at_hi = model.bounds_hit(params, lo, hi, vary, pool)
     out = {"bounds_hit": flags.astype(float), "RMSE": np.sqrt(rss / n_b)}
     if with_sd:
         free = vary & ~at_lo & ~at_hi
@@ -272,6 +276,8 @@ class IvimModel:
         bvals = np.asarray(getattr(bvals, "bvals", bvals), dtype=float)
         model.settings(approach, bounds_version)            # checks both
         fitter = engines.get(engine)
+        engines.check_approach(engine, approach)
+        model.check_bvals(bvals, approach, bounds_version, bval_threshold)
         if engine_options and not hasattr(fitter, "image_options"):
             raise ValueError(f"engine {engine!r} takes no options (got {', '.join(engine_options)})")
         if dstar_convention not in model.DSTAR_CONVENTIONS:
@@ -477,10 +483,13 @@ class IvimFit:
         """What the sidecar of a fit folder says of this fit (without provenance and inputs)."""
         mdl = self.model
         fitted = self.exception[self.mask] == 0
+        record = io.model_record(mdl.approach, mdl.bounds_version, mdl.bounds, mdl.dstar_convention, mdl.bval_threshold)
+        for key in ("units", "descriptions"):          # of the maps written
+            record["model"][key] = {k: v for k, v in record["model"][key].items() if k in self._maps}
         return {
             "voxel_selection": "the mask given to IvimModel.fit",
             "bvals": mdl.bvals,
-            **io.model_record(mdl.approach, mdl.bounds_version, mdl.bounds, mdl.dstar_convention, mdl.bval_threshold),
+            **record,
             "engine": mdl.engine,
             "engine_options": mdl.engine_record,
             "seed": self.seed,
@@ -577,7 +586,7 @@ class IvimFit:
         the :class:`IvimModel` it describes, else None (e.g. the original toolbox's maps).
         """
         volumes, sidecar = io.read_fit_folder(folder)
-        mask = (volumes["S0"] != 0) | (volumes.get("exception", volumes["S0"]) != 0)
+        mask = np.any([v != 0 for v in volumes.values()], axis=0)    # 0 in every map: outside (NaN != 0)
         maps = {name: np.full(mask.shape, np.nan) for name in CORE_MAPS}      # absent: NaN
         maps.update({name: np.where(mask, v, np.nan) for name, v in volumes.items()})
         mdl = None

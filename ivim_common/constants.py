@@ -83,9 +83,9 @@ PARAMETERS.update({
     "AICc": Parameter("AICc", "dimensionless", "AICc (IVIM)", None,
                       "small-sample AIC of the IVIM fit, n*ln(RSS/n) + 2k + 2k(k+1)/(n-k-1), k its free "
                       "parameters (NaN when n <= k + 1)", ".4g"),
-    "AICc_mono": Parameter("AICc mono", "dimensionless", "AICc (mono-exponential)", None,
+    "AICc_mono": Parameter("AICc mono", "dimensionless", "AICc (mono)", None,
                            "AICc of the mono-exponential fit (k = 2)", ".4g"),
-    "model_choice": Parameter("model", "1 = IVIM, 0 = mono-exponential", "model choice (1 = IVIM)", (0.0, 1.0),
+    "model_choice": Parameter("model", "1 = IVIM, 0 = mono-exponential", "1 = IVIM", (0.0, 1.0),
                               "1 where IVIM has the lower criterion (model_choice in the sidecar: AICc by "
                               "default, or BIC), 0 where the mono-exponential has; NaN where failed",
                               ".0f", "coolwarm"),
@@ -135,7 +135,7 @@ UNCERTAINTY = {"sd": ("SD of", "standard deviation of"),
 for _name in MODEL_PARAMETERS:
     for _kind, (_short, _long) in UNCERTAINTY.items():
         _p = PARAMETERS[_name]
-        PARAMETERS[f"{_name}_{_kind}"] = Parameter(f"{_short} {_p.label}", _p.unit, f"{_short} {_p.axis}", None,
+        PARAMETERS[f"{_name}_{_kind}"] = Parameter(f"{_short} {_p.label}", _p.unit, f"{_short} {_p.axis}", _p.display,
                                                    f"{_long} {_p.label}", _p.fmt, _p.cmap)
 OUTPUT_NAMES = tuple(PARAMETERS)
 

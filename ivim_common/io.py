@@ -643,7 +643,8 @@ def write_fit_folder(folder, volumes, reference, sidecar, force):
         See :func:`write_map`.
     sidecar : dict
     force : bool
-        Allow an existing folder (its toolbox files are replaced, nothing else is touched).
+        Allow an existing folder (its toolbox files are replaced, a replaced run's maps that this
+        run does not write are removed, nothing else is touched).
     """
     check_output_folder(folder, force, [*MAP_FILES.values(), FIT_SIDECAR])
     paths = {name: os.path.join(folder, MAP_FILES[name]) for name in volumes}
@@ -652,6 +653,9 @@ def write_fit_folder(folder, volumes, reference, sidecar, force):
         for name, path in paths.items():
             write_map(tmp[path], volumes[name], reference)
         write_json(tmp[sidecar_path], sidecar)
+    for name, filename in MAP_FILES.items():     # a replaced run's maps that this one does not write
+        if name not in volumes and os.path.lexists(os.path.join(folder, filename)):
+            os.remove(os.path.join(folder, filename))
 
 
 def read_fit_folder(folder):

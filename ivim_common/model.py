@@ -233,6 +233,20 @@ def refinement_limits(approach, bounds_version, user=None, dstar_convention="too
     return {"pool": pool_bounds(approach, bounds_version, user, dstar_convention)}
 
 
+def check_bvals(bvals, approach, bounds_version="2020", bval_threshold=None):
+    """ValueError (one line) where the b-values cannot give what the approach needs: two-step and
+    segmented hold D at the initialisation line's, which needs two distinct b-values at or above
+    the threshold (one-step falls back to a default start there)."""
+    if approach == "one-step":
+        return
+    threshold = settings(approach, bounds_version, bval_threshold)["bval_threshold"]
+    high = np.unique(np.asarray(bvals, dtype=float))
+    high = high[high >= threshold]
+    if high.size < 2:
+        raise ValueError(f"{approach} takes D from the line of ln S on b >= {threshold:g} s/mm^2, which needs "
+                         f"2 distinct b-values there (found {high.size}); lower it with --b-threshold")
+
+
 def check_user_bounds(user, approach, dstar_convention="toolbox"):
     """Check --bounds against the approach and convention; raises ValueError (one line)."""
     for name, (low, high, start) in (user or {}).items():
@@ -479,7 +493,7 @@ def ivim_jacobian(bvals, S0, D, Fivim, Dstar):
                      -b * S0 * Fivim * e_d * e_p], axis=-1)  # dS/dD*
 
 
-def bounds_hit(params, lo, hi, vary):
+def bounds_hit(params, lo, hi, vary, pool=None):
     """Which free parameters ended at a bound of their nominal (step-2) box, as bit flags.
 
     A parameter is at its lower bound when it is at most ``lo + 0.001·(hi - lo)``, at its upper
@@ -492,6 +506,8 @@ def bounds_hit(params, lo, hi, vary):
     ----------
     params, lo, hi : ndarray, shape (n_voxels, 4)
     vary : ndarray of bool, shape (4,)
+    pool : (float, float), optional
+        Bounds of D*p = D + D*, where D*'s are set on it (:func:`pool_bounds`).
 
     Returns
     -------
@@ -504,10 +520,14 @@ def bounds_hit(params, lo, hi, vary):
     >>> int(bounds_hit(np.array([[1000.0, 1e-3, 0.0, 50e-3]]), lo, hi, np.ones(4, bool))[0][0])
     144
     """
-    params, lo, hi = (np.asarray(a, dtype=float) for a in (params, lo, hi))
-    margin = BOUND_TOLERANCE * (hi - lo)
-    at_lo = vary & (params <= lo + margin)
-    at_hi = vary & (params >= hi - margin) & ~at_lo
+    params, lo, hi = (np.array(a, dtype=float) for a in (params, lo, hi))
+    if pool is not None:             # D*'s bounds are on D*p = D + D*: D* is at a bound when D*p is
+        params[:, 3] += params[:, 1]
+        lo[:, 3], hi[:, 3] = pool[0], pool[1]
+    with np.errstate(invalid="ignore"):          # an unbounded side (inf) is never hit
+        margin = BOUND_TOLERANCE * (hi - lo)
+        at_lo = vary & (params <= lo + margin)
+        at_hi = vary & (params >= hi - margin) & ~at_lo
     weights = 2 ** np.arange(0, 2 * len(PARAM_NAMES), 2)
     return at_lo @ weights + at_hi @ (2 * weights), at_lo, at_hi
 

@@ -130,6 +130,12 @@ def run_compute(kind, parser, argv=None):
                                                              or args.dstar_convention != "toolbox"):
         parser.error("--method crlb models one-step and two-step, with -Dstar in the toolbox's convention")
     args.engine_options = options_of(parser, args)
+    from .model import check_bvals
+
+    try:
+        check_bvals(args.bval, args.model, args.bounds_version, args.b_threshold)
+    except ValueError as err:
+        parser.error(f"argument -bval: {err}")
     n_cells = len(args.F) * len(args.Dstar) * len(args.D)
     if getattr(args, "snr", 1.0) > constants.SNR_CAP:
         parser.error(f"argument -snr: must be <= {constants.SNR_CAP:g} (the search's cap), got {args.snr:g}")

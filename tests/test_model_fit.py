@@ -180,7 +180,7 @@ def test_reference_engine_refines_in_the_model_box(monkeypatch):
     assert params[0, 3] == pytest.approx(0.5 * (0.95 * 2e-3 + 1.05 * 50e-3))
 
 
-@pytest.mark.parametrize("engine", ["fast", "bayes", pytest.param("lmfit", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("engine", ["fast", pytest.param("lmfit", marks=pytest.mark.slow)])
 def test_segmented_recovers_noise_free_truths_with_every_engine(engine):
     """Segmented: D from the line on b >= 200, f = 1 - S0(1-f)/S(lowest b), then D* alone; on
     noise-free voxels with b = 0 and D* well above D (the line sees no perfusion), the truth."""
@@ -190,11 +190,38 @@ def test_segmented_recovers_noise_free_truths_with_every_engine(engine):
     dinit, s0_1mf = model.initial_estimate(bvals, model.ivim_signal(bvals, *truth.T), 200.0)
     np.testing.assert_allclose(fit.D, dinit, rtol=1e-12)             # D is the line's
     np.testing.assert_allclose(fit.f, 1 - s0_1mf / truth[:, 0], rtol=1e-12)
-    # the signal at b = 0 (the Bayesian engine integrates S0 out rather than holding it)
-    np.testing.assert_allclose(fit.S0, truth[:, 0], rtol=1e-4 if engine == "bayes" else 1e-12)
+    np.testing.assert_allclose(fit.S0, truth[:, 0], rtol=1e-12)       # the signal at b = 0
     np.testing.assert_allclose(fit.D, truth[:, 1], rtol=2e-3)
     np.testing.assert_allclose(fit.f, truth[:, 2], rtol=2e-2)
     np.testing.assert_allclose(fit.D + fit.Dstar, truth[:, 1] + truth[:, 3], rtol=0.05)
+
+
+def test_approaches_an_engine_or_the_b_values_cannot_serve_are_refused(tmp_path, capsys):
+    """The Bayesian engine integrates S0 out, so it cannot hold it as segmented does; two-step and
+    segmented hold D at the initialisation line's, which needs 2 distinct b-values above its
+    threshold: one-line errors, from the API and the script."""
+    import ivim_fitting
+    from conftest import write_dataset
+
+    with pytest.raises(ValueError, match="--engine bayes cannot fit -mo segmented"):
+        IvimModel(BVALS, "segmented", engine="bayes")
+    sparse = np.array([0, 10, 20, 50, 100, 150, 800], dtype=float)
+    for approach in ("two-step", "segmented"):
+        with pytest.raises(ValueError, match=f"{approach} takes D from the line of ln S on b >= "):
+            IvimModel(sparse, approach)
+    IvimModel(sparse, "segmented", bval_threshold=150)                # two b-values from 150: fine
+    IvimModel(sparse)                                                  # one-step: a default start
+    data = write_dataset(tmp_path / "data", mask_voxels=1)
+    for extra, code, text in ((["-mo", "segmented", "--engine", "bayes"], 2, "cannot fit -mo segmented"),
+                              (["-mo", "two-step", "--b-threshold", "750"], 1, "needs 2 distinct b-values")):
+        argv = ["-i", data["dwi"], "-b", data["bval"], "-o", tmp_path / "out", *extra]
+        try:
+            result = ivim_fitting.main([str(a) for a in argv])
+        except SystemExit as exc:
+            result = exc.code
+        err = capsys.readouterr().err
+        assert result == code and err.count("\n") == 1 and text in err, err
+        assert not (tmp_path / "out").exists()
 
 
 def test_segmented_threshold_and_usage():

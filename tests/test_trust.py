@@ -211,3 +211,28 @@ def test_fisher_sd_of_dstar_in_the_osipi_convention_is_that_of_d_plus_dstar():
     assert osipi.Dstar_sd[0] == pytest.approx(np.sqrt(cov[3, 3]), rel=1e-6)
     assert osipi.D_sd[0] == pytest.approx(toolbox.D_sd[0], rel=1e-12)
     assert toolbox.Dstar_sd[0] != pytest.approx(osipi.Dstar_sd[0], rel=1e-3)
+
+
+def test_bounds_on_dstar_p_are_flagged_on_d_plus_dstar():
+    """With D*'s bounds on D*p = D + D* (the osipi preset), D* is 'at a bound' when D + D* is:
+    bit 64/128, and no Fisher SD for it."""
+    lo, hi = np.array([[700.0, 1e-5, 0.0, 1e-5]]), np.array([[1300.0, 5e-3, 1.0, 0.2]])
+    params = np.array([[1000.0, 1e-3, 0.1, 4e-3], [1000.0, 1e-3, 0.1, 0.199], [1000.0, 1e-3, 0.1, 0.05]])
+    flags, _, at_hi = model.bounds_hit(params, np.repeat(lo, 3, 0), np.repeat(hi, 3, 0), np.ones(4, bool),
+                                       pool=(5e-3, 0.2))
+    assert flags.tolist() == [64, 128, 0] and at_hi[1, 3]
+    assert model.bounds_hit(params, np.repeat(lo, 3, 0), np.repeat(hi, 3, 0), np.ones(4, bool))[0].tolist() == [0, 0, 0]
+
+
+def test_force_removes_the_maps_of_the_run_it_replaces(tmp_path):
+    """A --force run into a folder of another engine's maps leaves no map it did not write."""
+    from ivim_common import IvimModel
+
+    signal = model.ivim_signal(BVALS, 600.0, 1e-3, 0.1, 20e-3)[None, None] * np.ones((2, 1, 1))
+    IvimModel(BVALS, engine="bayes").fit(signal).to_folder(tmp_path / "out")
+    assert (tmp_path / "out" / "Fivim_ci_low_map.nii.gz").exists()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    IvimModel(BVALS).fit(signal).to_folder(tmp_path / "out", force=True)
+    written = json.loads((tmp_path / "out" / "ivim_fitting.json").read_text())["maps"]
+    assert sorted(os.listdir(tmp_path / "out")) == sorted([*written.values(), "ivim_fitting.json", "notes.txt"])
+    assert "Fivim_ci_low" not in written

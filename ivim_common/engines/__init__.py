@@ -52,6 +52,20 @@ OPTIONS = {
 }
 
 
+# Approaches an engine cannot run, and why.
+UNSUPPORTED = {
+    "bayes": {"segmented": "the Bayesian engine integrates S0 out, and segmented holds S0 at the signal at "
+                           "the lowest b"},
+}
+
+
+def check_approach(name, approach):
+    """ValueError (one line) if the engine cannot run the approach."""
+    why = UNSUPPORTED.get(name, {}).get(approach)
+    if why:
+        raise ValueError(f"--engine {name} cannot fit -mo {approach}: {why}")
+
+
 def get(name):
     """The engine module called ``name``."""
     if name not in ENGINES:
@@ -76,6 +90,10 @@ def options_of(parser, args):
     if unknown:
         parser.error(f"--{unknown[0].replace('_', '-')} applies to --engine "
                      + " or ".join(e for e, o in OPTIONS.items() if unknown[0] in o))
+    try:
+        check_approach(args.engine, args.model)
+    except ValueError as err:
+        parser.error(str(err))
     return given
 
 

@@ -539,8 +539,9 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None):
     Returns
     -------
     dict of ndarray (n, 4): params (posterior means), sd (posterior SD), ci_low, ci_high
-    (2.5 and 97.5 % posterior quantiles); NaN rows where a voxel failed; and pool (n, 3): the SD
-    and quantiles of D*ₚ = D + D*.
+    (2.5 and 97.5 % posterior quantiles; NaN for a held parameter); NaN rows where a voxel
+    failed; pool (n, 3): the SD and quantiles of D*ₚ = D + D*; lo, hi (n, 4): the box the
+    posterior lives in (S0 unbounded).
     """
     prior = uniform_prior() if prior is None else prior
     init = np.asarray(init, dtype=float)
@@ -555,12 +556,17 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None):
     if np.asarray(bvals).size < 4:
         raise ValueError("the Bayesian engine needs at least 4 b-values")
     summaries = posterior_summaries(bvals, signal, lo, hi, prior, pool=pool)
+    summaries[:, 1:, :4][:, :, fixed] = np.nan      # a held parameter has no uncertainty
     out = summaries[:, :, :4]
+    box_lo, box_hi = lo.copy(), hi.copy()            # the posterior's box: S0 is not bounded
+    box_lo[:, 0], box_hi[:, 0] = -np.inf, np.inf
     return {"params": out[:, 0], "sd": out[:, 1], "ci_low": out[:, 2], "ci_high": out[:, 3],
-            "pool": summaries[:, 1:, 4]}
+            "pool": summaries[:, 1:, 4], "lo": box_lo, "hi": box_hi}
 
 
 _ready = False      # compiled or loaded in this process
+COMPILE_NOTICE = ("ivim-toolbox: compiling the Bayesian engine, some 10 s (the first run of an "
+                  "installation; it is cached for later runs where it can be written)")
 
 
 def prepare(announce=True):
@@ -574,7 +580,7 @@ def prepare(announce=True):
     b = np.array([0.0, 50.0, 400.0, 800.0])
     y = 1000.0 * np.exp(-b * 1e-3)[None]
     lo, hi = np.array([[500.0, 0.2e-3, 0.0, 2e-3]]), np.array([[1500.0, 3e-3, 0.3, 50e-3]])
-    with _notice_if_slow(announce):
+    with _notice_if_slow(announce, COMPILE_NOTICE):
         fit(b, y, 0.5 * (lo + hi), lo, hi, np.ones(4, bool), np.zeros((1, 2), np.uint32))
     _ready = True
 

@@ -636,9 +636,10 @@ COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 15 s (the first
 
 
 @contextlib.contextmanager
-def _notice_if_slow(enabled):
-    """Print COMPILE_NOTICE on stderr if the block is still running after COMPILE_NOTICE_AFTER_S."""
-    timer = threading.Timer(COMPILE_NOTICE_AFTER_S, print, args=(COMPILE_NOTICE,),
+def _notice_if_slow(enabled, notice=None):
+    """Print ``notice`` (default COMPILE_NOTICE) on stderr if the block is still running after
+    COMPILE_NOTICE_AFTER_S."""
+    timer = threading.Timer(COMPILE_NOTICE_AFTER_S, print, args=(notice or COMPILE_NOTICE,),
                             kwargs=dict(file=sys.stderr, flush=True))
     timer.daemon = True
     if enabled:
