@@ -55,9 +55,7 @@ def fisher_sd(b, params, rss, free, n_varied, max_inflation, sd, sd_pool, u, e, 
         for k in range(nb):                  # alone, this loop runs several exps at once
             u[k] = _exp(-b[k] * p[1])
             e[k] = _exp(-b[k] * p[3])
-        for i in range(4):
-            for j in range(4):
-                info[i, j] = 0.0
+        i00 = i01 = i02 = i03 = i11 = i12 = i13 = i22 = i23 = i33 = 0.0    # in registers
         for k in range(nb):
             bk, e_d, e_p = b[k], u[k], e[k]
             tissue_and_blood = e_d * (fiv * e_p + 1.0 - fiv)
@@ -65,16 +63,18 @@ def fisher_sd(b, params, rss, free, n_varied, max_inflation, sd, sd_pool, u, e, 
             j1 = -bk * s0 * tissue_and_blood
             j2 = s0 * e_d * (e_p - 1.0)
             j3 = -bk * s0 * fiv * e_d * e_p
-            info[0, 0] += j0 * j0
-            info[0, 1] += j0 * j1
-            info[0, 2] += j0 * j2
-            info[0, 3] += j0 * j3
-            info[1, 1] += j1 * j1
-            info[1, 2] += j1 * j2
-            info[1, 3] += j1 * j3
-            info[2, 2] += j2 * j2
-            info[2, 3] += j2 * j3
-            info[3, 3] += j3 * j3
+            i00 += j0 * j0
+            i01 += j0 * j1
+            i02 += j0 * j2
+            i03 += j0 * j3
+            i11 += j1 * j1
+            i12 += j1 * j2
+            i13 += j1 * j3
+            i22 += j2 * j2
+            i23 += j2 * j3
+            i33 += j3 * j3
+        info[0, 0], info[0, 1], info[0, 2], info[0, 3] = i00, i01, i02, i03
+        info[1, 1], info[1, 2], info[1, 3], info[2, 2], info[2, 3], info[3, 3] = i11, i12, i13, i22, i23, i33
         for i in range(4):                   # a parameter the signal ignores is held too
             held[i] = not (free[v, i] and info[i, i] > 0)
             scale[i] = 1.0 if held[i] else np.sqrt(info[i, i])
