@@ -316,6 +316,8 @@ class IvimModel:
             raise ValueError(f"unknown model choice {model_choice!r} (choose from {', '.join(MODEL_CHOICE_CRITERIA)})")
         fitter = engines.get(self.engine)
         fitter.prepare(announce=progress)        # once here, so workers load it rather than compile
+        from . import kernels                    # the trust maps' kernels, likewise
+        kernels.prepare(announce=progress)
         signal = np.asarray(signal, dtype=float).reshape(-1, self.bvals.size)
         if not len(signal):
             return {name: np.empty(0) for name in CORE_MAPS}

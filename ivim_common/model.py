@@ -2,7 +2,8 @@
 
 This is the one place where the signal equation lives.  Every fitter, simulator, viewer and
 plot calls :func:`ivim_signal` (the fast engine's compiled kernel writes it out per voxel,
-with its derivatives, and a test holds the two equal); every output sidecar carries
+with its derivatives, and a test holds the two equal; so does the Fisher SD's kernel in
+:mod:`ivim_common.kernels` with :func:`ivim_jacobian`); every output sidecar carries
 :data:`EQUATION` and :data:`CONVERSION`.
 
 The model is the original toolbox's (Lévy et al., MRM 2020)::
@@ -541,7 +542,8 @@ def fisher_sd(bvals, params, rss, free, n_varied):
     a bound, or undetermined, as D* where f is at 0) are held at their value: their SD is NaN,
     and the others' SD is conditional on them.  Where the free parameters are not identifiable
     (a variance inflation factor, diagonal of the inverse of JᵀJ scaled to a unit diagonal,
-    above 1e12) or n_b <= n_varied, every SD is NaN.
+    above 1e12, or JᵀJ exactly singular) or n_b <= n_varied, every SD is NaN.  Compiled,
+    voxel by voxel (:mod:`ivim_common.kernels`).
 
     Parameters
     ----------
@@ -559,37 +561,20 @@ def fisher_sd(bvals, params, rss, free, n_varied):
         SD of D*p = D + D* (mm²/s), from the covariance of D and D* (D* alone where D is held);
         NaN where D* is not free.
     """
-    params = np.asarray(params, dtype=float)
-    n_b = len(np.atleast_1d(bvals))
-    jac = ivim_jacobian(bvals, *params.T)
-    info = np.matmul(jac.transpose(0, 2, 1), jac)      # per voxel (no BLAS across voxels)
-    diag = np.einsum("vii->vi", info)
-    free = np.asarray(free, dtype=bool) & (diag > 0)    # a parameter the signal ignores is held
-    scale = np.sqrt(np.where(free, diag, 1.0))
-    info = info / (scale[:, :, None] * scale[:, None, :])        # unit diagonal on the free ones
-    info *= free[:, :, None] & free[:, None, :]
-    info[:, np.arange(4), np.arange(4)] = 1.0
-    try:
-        inv = np.linalg.inv(info)
-    except np.linalg.LinAlgError:                      # an exactly singular voxel: one by one
-        inv = np.array([np.linalg.pinv(m) if np.linalg.matrix_rank(m) == 4 else np.full((4, 4), np.inf)
-                        for m in info])
-    inv_diag = np.einsum("vii->vi", inv)
-    regular = (inv_diag < MAX_VARIANCE_INFLATION).all(axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        sigma2 = np.asarray(rss, dtype=float) / (n_b - n_varied) if n_b > n_varied else np.full(len(params), np.nan)
-        sd = np.sqrt(inv_diag * sigma2[:, None]) / scale
-        d_free = free[:, 1]
-        cross = np.where(d_free, 2 * inv[:, 1, 3] / (scale[:, 1] * scale[:, 3]), 0.0)
-        var_d = np.where(d_free, sd[:, 1] ** 2, 0.0)
-        sd_pool = np.sqrt(var_d + sd[:, 3] ** 2 + cross * sigma2)
-    sd[~free | ~regular[:, None]] = np.nan
-    sd_pool[~free[:, 3] | ~regular] = np.nan
+    from . import kernels        # numba, imported where the maps are computed (not by the viewer)
+
+    b, params, rss = (np.ascontiguousarray(a, dtype=float) for a in (np.atleast_1d(bvals), params, rss))
+    free = np.ascontiguousarray(free, dtype=np.bool_)
+    sd, sd_pool = np.empty((len(params), 4)), np.empty(len(params))
+    kernels.fisher_sd(b, params, rss, free, n_varied, MAX_VARIANCE_INFLATION, sd, sd_pool,
+                      np.empty(b.size), np.empty(b.size), np.empty((4, 4)), np.empty((4, 4)),
+                      np.empty(4), np.empty(4, dtype=np.bool_))
     return sd, sd_pool
 
 
 def fit_mono(bvals, signal, max_iter=50, rtol=1e-10):
-    """Least-squares fit of the mono-exponential S0·exp(−b·ADC), vectorised over voxels.
+    """Least-squares fit of the mono-exponential S0·exp(−b·ADC), voxel by voxel (compiled:
+    :mod:`ivim_common.kernels`).
 
     Start: the log-linear line weighted by S² (close to the least-squares one); then
     Levenberg-Marquardt steps on (S0, ADC), ADC >= 0, until the RSS changes by less than
@@ -611,47 +596,12 @@ def fit_mono(bvals, signal, max_iter=50, rtol=1e-10):
     >>> print(f"{s0[0]:.1f} {adc[0]:.4e}")
     700.1 1.0990e-03
     """
-    b = np.asarray(bvals, dtype=float)
-    y = np.atleast_2d(np.asarray(signal, dtype=float))
-    w = y * y
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_y = np.log(y)
-        # einsum, not matmul: BLAS would make a voxel's sums depend on the chunk around it
-        sw, sb, sbb = w.sum(1), np.einsum("vb,b->v", w, b), np.einsum("vb,b->v", w, b * b)
-        sl, sbl = (w * log_y).sum(1), np.einsum("vb,b->v", w * log_y, b)
-        adc = np.maximum(-(sw * sbl - sb * sl) / (sw * sbb - sb * sb), 0.0)
-    adc = np.where(np.isfinite(adc), adc, 0.0)
+    from . import kernels        # numba, imported where the maps are computed (not by the viewer)
 
-    def profile(d, y):
-        e = np.exp(-b * d[:, None])
-        s0 = np.einsum("vb,vb->v", y, e) / np.einsum("vb,vb->v", e, e)
-        r = y - s0[:, None] * e
-        return s0, e, np.einsum("vb,vb->v", r, r)
-
-    s0, e, rss = profile(adc, y)
-    lam = np.full(len(y), 1e-3)
-    active = np.ones(len(y), dtype=bool)
-    for _ in range(max_iter):
-        idx = np.flatnonzero(active)
-        if not idx.size:
-            break
-        # S0 is solved exactly for each ADC (variable projection), so the step is along ADC
-        ei, s0i, yi = e[idx], s0[idx], y[idx]
-        j_d = -b * s0i[:, None] * ei
-        r = yi - s0i[:, None] * ei
-        # remove from j_d its component along e (S0 adjusts along e)
-        j_d = j_d - (np.einsum("vb,vb->v", j_d, ei) / np.einsum("vb,vb->v", ei, ei))[:, None] * ei
-        jj = np.einsum("vb,vb->v", j_d, j_d)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            step = np.einsum("vb,vb->v", j_d, r) / (jj * (1.0 + lam[idx]))
-        trial = np.maximum(adc[idx] + np.where(np.isfinite(step), step, 0.0), 0.0)
-        t_s0, t_e, t_rss = profile(trial, yi)
-        better = t_rss <= rss[idx]
-        gain = (rss[idx] - t_rss) / np.maximum(rss[idx], 1e-300)
-        take = idx[better]
-        adc[take], s0[take], e[take], rss[take] = trial[better], t_s0[better], t_e[better], t_rss[better]
-        lam[idx] = np.where(better, lam[idx] * 0.1, lam[idx] * 10.0)
-        active[idx] = ~((better & (gain < rtol)) | (lam[idx] > 1e8))
+    b = np.ascontiguousarray(bvals, dtype=float)
+    y = np.ascontiguousarray(np.atleast_2d(signal), dtype=float)
+    s0, adc, rss = (np.empty(len(y)) for _ in range(3))
+    kernels.fit_mono(b, y, max_iter, rtol, s0, adc, rss, np.empty(b.size), np.empty(b.size))
     return s0, adc, rss
 
 

@@ -219,7 +219,7 @@ def test_a_slow_compile_is_announced_once_it_takes_long(monkeypatch, capsys):
 def test_each_kernel_compiles_one_specialisation():
     """The kernels get the array layouts they were compiled for: in a fresh process, fitting
     voxels with several refinement jobs each (noisy ties, zero f) after prepare() adds no
-    second specialisation of any kernel."""
+    second specialisation of any kernel (the trust maps' included)."""
     code = """if True:
         import numpy as np
         from ivim_common import IvimModel, model
@@ -230,7 +230,8 @@ def test_each_kernel_compiles_one_specialisation():
         noisy = model.ivim_signal(b, 600.0, 1e-3, rng.uniform(0, 0.2, 200), 20e-3) + rng.normal(0, 30, (200, b.size))
         flat = model.ivim_signal(b, 600.0, 1.2e-3, 0.0, 20e-3) * (1 + np.linspace(0, 0.02, b.size))
         IvimModel(b, bounds_version="2019").fit(np.vstack([np.abs(noisy), flat, flat]))
-        kernels = [k for k in vars(fast).values() if hasattr(k, "signatures")]
+        from ivim_common import kernels as trust
+        kernels = [k for mod in (fast, trust) for k in vars(mod).values() if hasattr(k, "signatures")]
         print(len(kernels), sorted(k.__name__ for k in kernels if len(k.signatures) > 1))
     """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

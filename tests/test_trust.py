@@ -52,6 +52,40 @@ def test_fisher_sd_is_lmfits_stderr_at_the_same_point():
         np.testing.assert_allclose(stacked(out, "_sd")[i], stderr, rtol=2e-3)
 
 
+def test_fisher_sd_kernel_is_that_of_the_model_jacobian():
+    """The compiled Fisher SD writes out model.ivim_jacobian: σ̂²·(JᵀJ)⁻¹ over the free
+    parameters, and D*p's SD from D's and D*'s covariance (D* alone where D is held)."""
+    rng = np.random.default_rng(6)
+    params = np.column_stack([rng.uniform(500, 1500, 6), rng.uniform(0.5e-3, 2e-3, 6),
+                              rng.uniform(0.05, 0.3, 6), rng.uniform(5e-3, 50e-3, 6)])
+    rss = rng.uniform(100, 1000, 6)
+    free = np.ones((6, 4), dtype=bool)
+    free[1, 1] = free[2, 0] = free[3, 2] = False
+    sd, sd_pool = model.fisher_sd(BVALS, params, rss, free, 4)
+    for v in range(6):
+        jac = model.ivim_jacobian(BVALS, *params[v])[:, free[v]]
+        cov = rss[v] / (len(BVALS) - 4) * np.linalg.inv(jac.T @ jac)
+        np.testing.assert_allclose(sd[v, free[v]], np.sqrt(np.diag(cov)), rtol=1e-9)
+        assert np.isnan(sd[v, ~free[v]]).all()
+        d = np.count_nonzero(free[v, :1])            # D's row in cov (where free), D*'s the last
+        pool = cov[-1, -1] + (cov[d, d] + 2 * cov[d, -1] if free[v, 1] else 0.0)
+        assert sd_pool[v] == pytest.approx(np.sqrt(pool), rel=1e-9)
+
+
+def test_fit_mono_is_the_least_squares_fit():
+    """At the mono-exponential fit the RSS's derivative over ADC (S0 at its best) is 0, and the
+    compiled kernel gives each voxel the result it gives that voxel alone."""
+    signal = gaussian(TRUTH, 200, 50, seed=7)
+    s0, adc, rss = model.fit_mono(BVALS, signal)
+    for step in (1e-9, -1e-9):
+        e = np.exp(-BVALS * (adc + step)[:, None])
+        s0_near = np.einsum("vb,vb->v", signal, e) / np.einsum("vb,vb->v", e, e)
+        assert (((signal - s0_near[:, None] * e) ** 2).sum(axis=1) >= rss * (1 - 1e-12)).all()
+    np.testing.assert_allclose(model.ivim_signal(BVALS, s0, adc, 0.0, 0.0), signal, rtol=0.2)
+    alone = model.fit_mono(BVALS, signal[17:18])
+    assert (alone[1][0], alone[2][0]) == (adc[17], rss[17])
+
+
 def test_same_parameters_give_the_same_sd_whatever_the_engine(monkeypatch):
     """The SD is a function of the fitted parameters only: an engine returning the fast
     engine's parameters gets bit-identical SD maps."""
