@@ -74,12 +74,9 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     signal = np.atleast_2d(np.asarray(signal, dtype=float))
     n = signal.shape[0]
     voxel_ids = np.arange(n) if voxel_ids is None else np.asarray(voxel_ids)
-    cfg = model.settings(approach, bounds_version, bval_threshold)
-
     ok = model.valid_voxels(signal, bvals, approach, bounds_version)
-    dinit, s0_1mf = model.initial_estimate(bvals, signal[ok], cfg["bval_threshold"])
-    init, lo, hi, vary = model.nominal_bounds(approach, bounds_version, dinit, s0_1mf,
-                                              model.lowest_b_signal(bvals, signal[ok]), bounds, dstar_convention)
+    init, lo, hi, vary = model.voxel_bounds(bvals, signal[ok], approach, bounds_version, bounds, dstar_convention,
+                                            bval_threshold)
     options = dict(engine_options or {})
     limits = model.refinement_limits(approach, bounds_version, bounds, dstar_convention)
     if limits is not None:                  # only the user's bounds need it

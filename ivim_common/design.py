@@ -46,12 +46,6 @@ ERR_INDEX = {name: i for i, name in enumerate(simu.ERR_ORDER)}   # f, Dstar, D, 
 APPROACHES = ("one-step", "two-step")               # the fits whose bound is modelled here
 
 
-def fisher_matrix(bvals, S0, D, Fivim, Dstar, sigma=1.0):
-    """Fisher information Jᵀ·J / σ² of (S0, D, f, D*), shape (..., 4, 4), one row of J per volume."""
-    jac = model.ivim_jacobian(bvals, S0, D, Fivim, Dstar)
-    return np.einsum("...bi,...bj->...ij", jac, jac) / sigma ** 2
-
-
 def _covariance(bvals, truth, approach, bounds_version="2020"):
     """Covariance of (S0, D, f, D*) at σ = 1 with S0 = S0_TRUE, for several protocols at once.
 

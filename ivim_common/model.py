@@ -203,6 +203,21 @@ def nominal_bounds(approach, bounds_version, dinit, s0_1mf, s_low=None, user=Non
     return np.clip(init, lo, hi), lo, hi, vary
 
 
+def voxel_bounds(bvals, signal, approach, bounds_version="2020", user=None, dstar_convention="toolbox",
+                 bval_threshold=None):
+    """The start values, nominal bounds and free parameters of each voxel of ``signal``: the
+    initialisation (:func:`initial_estimate`) then :func:`nominal_bounds`, as every fit uses them.
+
+    Returns
+    -------
+    init, lo, hi : ndarray (n_voxels, 4); vary : ndarray of bool (4,)
+    """
+    cfg = settings(approach, bounds_version, bval_threshold)
+    dinit, s0_1mf = initial_estimate(bvals, signal, cfg["bval_threshold"])
+    return nominal_bounds(approach, bounds_version, dinit, s0_1mf, lowest_b_signal(bvals, signal), user,
+                          dstar_convention)
+
+
 def _param_name(name):
     """The model's name of a --bounds name ('f' is Fivim)."""
     return "Fivim" if name == "f" else name

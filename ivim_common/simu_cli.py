@@ -64,7 +64,7 @@ def compute_parser(kind, prog, description, example):
     parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
                         help="one-step bounds: 2020 (the original's code since Dec 2020, default), "
                              "2019 (the code behind the published results) or osipi (the OSIPI code "
-                             "collection's); not for two-step")
+                             "collection's); one-step only")
     parser.add_argument("--dstar-convention", choices=constants.DSTAR_CONVENTIONS, default="toolbox",
                         help="what -Dstar and the D* errors are of: toolbox, D* in excess of D (default); "
                              "osipi, the perfusing pool's D*p = D + D* (every -Dstar must exceed every -D)")

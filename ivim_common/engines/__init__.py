@@ -8,7 +8,8 @@ Every engine module has the same three names:
     Make the engine ready in this process (compile or load compiled code), once; worker
     processes started afterwards find it ready to load.
 ``fit(bvals, signal, init, lo, hi, vary, seeds, limits=None, **options)``
-    Fit the model to finite, positive signal (n_voxels, n_b) with per-voxel start values and
+    Fit the model to finite signal (n_voxels, n_b; positive, except with the 'osipi' preset,
+    see :func:`ivim_common.model.valid_voxels`) with per-voxel start values and
     nominal bounds ``init, lo, hi`` (n_voxels, 4, in the order of
     :data:`ivim_common.model.PARAM_NAMES`), ``vary`` (4,) the free parameters and ``seeds``
     (n_voxels, 2) per-voxel seeds (see :func:`ivim_common.api.voxel_seeds`; None unless the
@@ -16,7 +17,9 @@ Every engine module has the same three names:
     dict, see :func:`ivim_common.model.refinement_limits`) keeps the results of the 'osipi'
     preset and of the user's bounds inside them.  Returns a dict with ``params`` (n_voxels, 4),
     NaN rows where the fit failed, and optionally the uncertainty ``sd``, ``ci_low``,
-    ``ci_high`` (n_voxels, 4).
+    ``ci_high`` (n_voxels, 4), that of D*p = D + D* as ``pool`` (n_voxels, 3: SD, 2.5 %, 97.5 %),
+    and the box the fit lived in as ``lo``, ``hi`` (n_voxels, 4; default the nominal bounds),
+    against which the bound flags are set.
 
 and may have
 

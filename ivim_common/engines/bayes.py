@@ -605,10 +605,7 @@ def image_options(ivim_model, signal, jobs, prior="uniform"):
         ls["Dstar"] = model.excess_dstar(ls["Dstar"], ls["D"], conv)
         params = np.column_stack([ls[name] for name in model.PARAM_NAMES])
         ok = np.isfinite(params).all(axis=1)
-        cfg = model.settings(ivim_model.approach, ivim_model.bounds_version, ivim_model.bval_threshold)
-        dinit, s0_1mf = model.initial_estimate(ivim_model.bvals, signal[ok], cfg["bval_threshold"])
-        _, lo, hi, _ = model.nominal_bounds(ivim_model.approach, ivim_model.bounds_version, dinit, s0_1mf,
-                                            model.lowest_b_signal(ivim_model.bvals, signal[ok]), ivim_model.bounds,
-                                            conv)
+        _, lo, hi, _ = model.voxel_bounds(ivim_model.bvals, signal[ok], ivim_model.approach,
+                                          ivim_model.bounds_version, ivim_model.bounds, conv, ivim_model.bval_threshold)
         table = empirical_prior(params[ok], lo, hi)
     return {"prior": table}, {"prior": prior, "prior_description": table["name"]}
