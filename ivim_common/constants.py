@@ -177,6 +177,9 @@ class SimulationKind:
     title: str
 
 
+# Arrays with one value per grid cell in their last 3 axes: the ones the shards of a run fill in.
+SIMULATION_CELL_ARRAYS = ("mean_abs_err", "sd_abs_err", "mean_signed_err", "pct_signed_err", "n_failed",
+                          "min_snr", "mean_err_at_min_snr", "mean_pred_sd", "emp_sd", "coverage_95", "n_with_sd")
 SIMULATION_KINDS = {
     "error_nonoise": SimulationKind(None, "0.2e-3,0.3e-3,0.7e-3,1.0e-3,1.2e-3,1.5e-3,1.8e-3,2.0e-3,2.5e-3,2.9e-3",
                                     ("sim", "true"), "Error without noise"),

@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 
 from . import __version__, model, resources
-from .constants import FIT_SIDECAR, MAP_FILES, PARAMETERS, parameters
+from .constants import FIT_SIDECAR, MAP_FILES, PARAMETERS, SIMULATION_CELL_ARRAYS, SIMULATION_KINDS, parameters
 from .errors import InputError, IvimError, OutputExistsError
 
 
@@ -923,3 +923,33 @@ def write_bids_maps(root, paths, volumes, reference, doc):
             write_json(tmp[jsons[name]], bids_sidecar(name, doc))
         if description in tmp:
             write_json(tmp[description], dataset_description())
+
+
+# --------------------------------------------------------------------------- simulation results
+
+def load_results(path):
+    """Arrays of one result file (``allow_pickle=False``); InputError if it is not one."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read as a simulation result (.npz): {exc}") from None
+    if "kind" not in arrays or str(arrays["kind"]) not in SIMULATION_KINDS:
+        raise InputError(f"{path}: not a simulation result of this toolbox (no valid 'kind' array)")
+    for name in SIMULATION_CELL_ARRAYS:
+        if name in arrays and arrays[name].dtype.kind not in "iuf":
+            raise InputError(f"{path}: array {name!r} has data type {arrays[name].dtype}, not real numbers")
+    arrays.setdefault("shard", np.array([1, 1]))
+    return arrays
+
+
+def save_results(npz_path, json_path, arrays, doc):
+    """Write a result: its arrays as .npz (no object arrays) and its sidecar ``doc`` as JSON.
+
+    The scripts write into the temporary paths of :func:`staged_outputs`.
+    """
+    for name, value in arrays.items():
+        if np.asarray(value).dtype == object:
+            raise TypeError(f"array {name!r} has dtype object")  # would need pickle to load
+    np.savez(npz_path, **arrays)
+    write_json(json_path, doc)

@@ -186,7 +186,7 @@ def _compute(kind, args, prog, argv):
     doc = simu.sidecar(arrays, io.provenance(prog, argv), sim, run_time,
                        extra={"search": design.METHOD} if crlb else None)
     with io.staged_outputs(outputs, force=args.force) as tmp:
-        simu.save_results(*(tmp[p] for p in outputs), arrays, doc)
+        io.save_results(*(tmp[p] for p in outputs), arrays, doc)
     if args.verbose >= 1:
         print(f"{path} (+ .json): {n_cells} grid cells in {run_time:.1f} s")
         print(summary(arrays))
@@ -231,7 +231,7 @@ def _plot(args, prog, argv):
     for path in args.input:
         if not os.path.isfile(path):
             raise InputError(f"-input: {path} does not exist or is not a file")
-    results = [simu.load_results(path) for path in args.input]
+    results = [io.load_results(path) for path in args.input]
     merged = simu.merge_results(results, args.input)
     if args.merged and not args.merged.endswith(".npz"):
         raise InputError(f"--merged: the file name must end with .npz (got {args.merged})")
@@ -243,7 +243,7 @@ def _plot(args, prog, argv):
         if args.merged:
             doc = simu.sidecar(merged, io.provenance(prog, argv),
                                extra={"merged_from": [io.input_record(p) for p in args.input]})
-            simu.save_results(*(tmp[p] for p in merged_paths), merged, doc)
+            io.save_results(*(tmp[p] for p in merged_paths), merged, doc)
         for path, draw in figures.items():
             draw().savefig(tmp[path], dpi=120)
     if args.verbose >= 1:

@@ -29,7 +29,7 @@ import numpy as np
 from . import engines, io, model
 from .api import IvimModel
 from .constants import (CONDITIONS, DEFAULT_MAX_ERROR, DEFAULT_N_DRAWS, DEFAULT_SNR_START, ERROR_PARAMETERS,
-                        NOISE_MODELS, S0_TRUE, SIMULATION_KINDS, SNR_CAP)
+                        NOISE_MODELS, S0_TRUE, SIMULATION_CELL_ARRAYS as CELL_ARRAYS, SIMULATION_KINDS, SNR_CAP)
 from .errors import InputError
 
 ERR_ORDER = tuple(ERROR_PARAMETERS)
@@ -76,8 +76,6 @@ ARRAY_DESCRIPTIONS = {
     "settings": "JSON of the settings that shards of one run share",
 }
 # Arrays with one value per grid cell in their last 3 axes: the ones shards fill in.
-CELL_ARRAYS = ("mean_abs_err", "sd_abs_err", "mean_signed_err", "pct_signed_err", "n_failed",
-               "min_snr", "mean_err_at_min_snr", "mean_pred_sd", "emp_sd", "coverage_95", "n_with_sd")
 SD_ARRAYS = ("mean_pred_sd", "emp_sd", "coverage_95", "n_with_sd")
 
 
@@ -469,29 +467,13 @@ def _settings(sim, **extra):
     return json.dumps(settings, sort_keys=True)
 
 
-def load_results(path):
-    """Arrays of one result file (``allow_pickle=False``); InputError if it is not one."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read as a simulation result (.npz): {exc}") from None
-    if "kind" not in arrays or str(arrays["kind"]) not in SIMULATION_KINDS:
-        raise InputError(f"{path}: not a simulation result of this toolbox (no valid 'kind' array)")
-    for name in CELL_ARRAYS:
-        if name in arrays and arrays[name].dtype.kind not in "iuf":
-            raise InputError(f"{path}: array {name!r} has data type {arrays[name].dtype}, not real numbers")
-    arrays.setdefault("shard", np.array([1, 1]))
-    return arrays
-
-
 def merge_results(results, names=None):
     """Merge the shard files of one run into one complete result.
 
     Parameters
     ----------
     results : list of dict
-        Arrays from :func:`load_results`, shards K/N of one run (one complete file also works).
+        Arrays from :func:`ivim_common.io.load_results`, shards K/N of one run (one complete file also works).
     names : list of str, optional
         File names, for the messages.
 
@@ -602,18 +584,6 @@ def sidecar(arrays, provenance, sim=None, run_time_s=None, extra=None):
     if extra:
         doc.update(extra)
     return doc
-
-
-def save_results(npz_path, json_path, arrays, doc):
-    """Write a result: its arrays as .npz (no object arrays) and its sidecar ``doc`` as JSON.
-
-    The scripts write into the temporary paths of :func:`ivim_common.io.staged_outputs`.
-    """
-    for name, value in arrays.items():
-        if np.asarray(value).dtype == object:
-            raise TypeError(f"array {name!r} has dtype object")  # would need pickle to load
-    np.savez(npz_path, **arrays)
-    io.write_json(json_path, doc)
 
 
 def timer():

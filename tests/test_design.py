@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import BVALS, run_script
-from ivim_common import design, model
+from ivim_common import design, io, model
 from ivim_common import simulation as simu
 from ivim_common.errors import InputError
 
@@ -186,7 +186,7 @@ def test_required_snr_script_method_crlb(tmp_path):
                         "--method", "crlb", "-F", "0.1,0.2", "-Dstar", "10e-3,30e-3", "-D", "1e-3", "-v", "0")
     assert result.returncode == 0, result.stderr
     (path,) = out.glob("*.npz")
-    arrays = simu.load_results(path)
+    arrays = io.load_results(path)
     grid = (np.array([0.1, 0.2]), np.array([10e-3, 30e-3]), np.array([1e-3]))
     expected = design.required_snr_crlb(np.array(arrays["bvals"]), grid, approach="two-step")
     np.testing.assert_allclose(arrays["min_snr"], expected)
