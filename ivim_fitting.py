@@ -109,7 +109,8 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                              "from --seed; with the fast engine about 2-3 ms of CPU per voxel for N = 200")
     parser.add_argument("--force", action="store_true",
                         help="write into an existing output folder, replacing only the toolbox's maps and the "
-                             "sidecar (nothing else in it is touched)")
+                             "sidecar (a replaced run's maps this run does not write are removed; nothing else "
+                             "in it is touched)")
     cli.add_common_arguments(parser)
     return parser
 
