@@ -137,10 +137,9 @@ for _name in MODEL_PARAMETERS:
         _p = PARAMETERS[_name]
         PARAMETERS[f"{_name}_{_kind}"] = Parameter(f"{_short} {_p.label}", _p.unit, f"{_short} {_p.axis}", _p.display,
                                                    f"{_long} {_p.label}", _p.fmt, _p.cmap)
-OUTPUT_NAMES = tuple(PARAMETERS)
 
 # What ivim_fitting.py writes and ivim_view_fits.py reads.
-MAP_FILES = {name: f"{name}_map.nii.gz" for name in OUTPUT_NAMES}
+MAP_FILES = {name: f"{name}_map.nii.gz" for name in PARAMETERS}
 FIT_SIDECAR = "ivim_fitting.json"
 
 

@@ -32,10 +32,10 @@ with n_b − 1 degrees of freedom), its interval mean ± 1.96 SD.
 """
 import math
 
-import numba
 import numpy as np
 
 from .. import model
+from .fast import compile_kernel
 
 CHUNK_SIZE = 2000             # voxels per chunk of the voxel pool (about 0.1 s each)
 GRID_COARSE = (10, 10, 14)    # points over (log D, f, log D*ₚ) in the voxel's whole box
@@ -56,11 +56,8 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}   # vectorise reductions, kee
 
 
 def _kernel(func):
-    """Compiled and cached (where numba finds a writable place; else compiled per process)."""
-    try:
-        return numba.njit(cache=True, error_model="numpy", fastmath=_FASTMATH)(func)
-    except RuntimeError:              # numba: "cannot cache ... no locator available"
-        return numba.njit(error_model="numpy", fastmath=_FASTMATH)(func)
+    """Compiled with the fast-math flags above, cached (see :func:`ivim_common.engines.fast.compile_kernel`)."""
+    return compile_kernel(func, fastmath=_FASTMATH)
 
 
 # --- Priors -------------------------------------------------------------------------------------

@@ -34,16 +34,21 @@ RTOL = 1e-11         # Newton stops when an undamped step changes the RSS by les
 _NO_NRT = {"_nrt": False} if hasattr(numba.core.options.DefaultOptions, "_nrt") else {}
 
 
-def _kernel(func):
-    """Compile with numba, without reference counting: the kernels below allocate nothing
-    (fit_fast hands them their scratch, see :func:`_scratch`), and the atomic count updates
-    that their array arguments and views would cost dominate such short kernels.  Cached on
-    disk where numba finds a writable place (beside the package, else its user cache); without
-    one, compiled again in each process."""
+def compile_kernel(func, **options):
+    """``numba.njit(func, error_model="numpy", **options)``, cached on disk where numba finds a
+    writable place (beside the package, else its user cache); without one, compiled again in
+    each process."""
     try:
-        return numba.njit(cache=True, error_model="numpy", **_NO_NRT)(func)
+        return numba.njit(cache=True, error_model="numpy", **options)(func)
     except RuntimeError:              # numba: "cannot cache ... as it uses ... no locator available"
-        return numba.njit(error_model="numpy", **_NO_NRT)(func)
+        return numba.njit(error_model="numpy", **options)(func)
+
+
+def _kernel(func):
+    """Compile without reference counting: the kernels below allocate nothing (fit_fast hands
+    them their scratch, see :func:`_scratch`), and the atomic count updates that their array
+    arguments and views would cost dominate such short kernels."""
+    return compile_kernel(func, **_NO_NRT)
 
 
 @_kernel
@@ -617,8 +622,7 @@ def prepare(announce=True):
         return
     b = np.array([0.0, 50.0, 400.0, 800.0])
     signal = model.ivim_signal(b, 1000.0, 1e-3, 0.1, 20e-3)[None]
-    dinit, s0_1mf = model.initial_estimate(b, signal, 400.0)
-    _, lo, hi, vary = model.nominal_bounds("one-step", "2020", dinit, s0_1mf)
+    _, lo, hi, vary = model.voxel_bounds(b, signal, "one-step", "2020")
     with _notice_if_slow(announce):       # the same compiled code serves every approach
         fit_fast(b, signal, lo, hi, vary)
     _ready = True
