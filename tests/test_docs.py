@@ -28,16 +28,22 @@ INPUT_FLAGS = {"-i", "--input", "-input", "-b", "--bval", "--bvec", "-ma", "--ma
 SHELL_VARIABLE = re.compile(r"\$\{\w+(?::-([^}]*))?\}")
 
 
+def blocks_of(text, language):
+    """[(line, code)] of the fenced blocks of a page in ``language``, skip-marked ones left out."""
+    found = []
+    for block in FENCE.finditer(text):
+        line_before = text[:block.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        if block.group(1) == language and not line_before.startswith(SKIP_MARKER):
+            found.append((text.count("\n", 0, block.start()) + 1, block.group(2)))
+    return found
+
+
 def fenced_blocks(language):
-    """[(page:line, code)] of the fenced blocks in ``language``, in page order, skip-marked ones left out."""
+    """[(page:line, code)] of the fenced blocks in ``language`` of every page, in page order."""
     found = []
     for page in PAGES:
         with open(os.path.join(REPO, page), encoding="utf-8") as f:
-            text = f.read()
-        for block in FENCE.finditer(text):
-            line_before = text[:block.start()].rstrip("\n").rsplit("\n", 1)[-1]
-            if block.group(1) == language and not line_before.startswith(SKIP_MARKER):
-                found.append((f"{page}:{text.count(chr(10), 0, block.start()) + 1}", block.group(2)))
+            found += [(f"{page}:{line}", code) for line, code in blocks_of(f.read(), language)]
     return found
 
 
@@ -68,6 +74,13 @@ def test_the_pages_have_examples():
     assert {"ivim_fitting.py", "ivim_view_fits.py", "ivim_simu_plot.py", "ivim_simu_optimize_bvals.py",
             "ivim_simu_compute_error_nonoise.py", "ivim_simu_compute_error_noise.py",
             "ivim_simu_compute_required_snr.py"} <= called
+
+
+def test_blocks_of_a_page_by_language_without_the_skip_marked():
+    text = ("# page\n\n```bash\nivim_a.py\n```\n\n<!-- skip-test: needs a cluster -->\n```bash\nivim_b.py\n```\n"
+            "```python\nprint(1)\n```\nsome `inline ```bash` text\n")
+    assert blocks_of(text, "bash") == [(3, "ivim_a.py\n")]
+    assert blocks_of(text, "python") == [(11, "print(1)\n")]
 
 
 def test_script_calls_split_lines_cd_and_wrapped_commands():
@@ -132,3 +145,17 @@ def test_bench_scripts_named_in_the_pages_exist():
     named = {m for _, code in fenced_blocks("bash") for m in re.findall(r"python (bench/\w+\.py)", code)}
     named |= {m for page in PAGES for m in re.findall(r"`(bench/\w+\.py)", open(os.path.join(REPO, page), encoding="utf-8").read())}
     assert named and all(os.path.exists(os.path.join(REPO, path)) for path in named), named
+
+
+def test_readme_links_reach_existing_pages_and_headings():
+    """The README is outside the site that mkdocs checks: its relative links are checked here (anchors
+    as GitHub makes them from a heading: lower case, punctuation dropped, spaces as hyphens)."""
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        links = re.findall(r"\]\(((?!https?://)[^)#]+)(?:#([^)]+))?\)", f.read())
+    assert len(links) >= 10
+    for path, anchor in links:
+        assert os.path.exists(os.path.join(REPO, path)), path
+        if anchor:
+            with open(os.path.join(REPO, path), encoding="utf-8") as f:
+                headings = re.findall(r"^#+ (.+)$", f.read(), re.M)
+            assert anchor in {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings}, anchor
