@@ -5,9 +5,10 @@ import sys
 import textwrap
 import time
 
-from ivim_common import cli, constants, engines, limit_blas_threads
+from ivim_common import cli, constants, engines
 from ivim_common.constants import FIT_SIDECAR, MAP_FILES
 from ivim_common.errors import InputError
+from ivim_common.resources import limit_blas_threads
 
 PROG = "ivim_fitting.py"
 

@@ -16,8 +16,9 @@ parameter (all) or one of f, Dstar, D within --max-error (mean |error|, %) over 
 """
 import sys
 
-from ivim_common import cli, constants, engines, limit_blas_threads, simu_cli
+from ivim_common import cli, constants, engines, simu_cli
 from ivim_common.errors import InputError
+from ivim_common.resources import limit_blas_threads
 
 CONDITIONS = (*constants.CONDITIONS, "f", "Dstar", "D")
 OUTPUT_NAMES = ("optimized.bval", "optimize_bvals.json", "optimize_bvals.png")

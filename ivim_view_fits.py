@@ -3,8 +3,9 @@
 import argparse
 import sys
 
-from ivim_common import cli, limit_blas_threads
+from ivim_common import cli
 from ivim_common.errors import InputError, IvimError
+from ivim_common.resources import limit_blas_threads
 
 PROG = "ivim_view_fits.py"
 EPILOG = r"""

@@ -11,6 +11,7 @@ import sys
 from . import cli, constants
 from .constants import SIMULATION_KINDS
 from .errors import InputError
+from .progress import Progress
 
 DEFAULT_BVALS = "5,10,15,20,30,50,75,100,125,150,200,250,600,700,800"
 DEFAULT_F = "0.01:10:0.30"
@@ -173,7 +174,7 @@ def _compute(kind, args, prog, argv):
     snr_kind = SIMULATION_KINDS[kind].snr
     crlb = snr_kind == "start" and args.method == "crlb"
     with voxelpool.WorkerPool(sim.jobs, hint="fewer workers (-j)") as pool, \
-            cli.Progress(n_cells, "cell", enabled=args.verbose >= 1, prog=prog) as bar:
+            Progress(n_cells, "cell", enabled=args.verbose >= 1, prog=prog) as bar:
         sim = dataclasses.replace(sim, pool=pool)   # one pool for the whole run
         if crlb:
             arrays = design.run_required_snr_crlb(sim, args.condition, args.max_error, shard)

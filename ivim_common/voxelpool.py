@@ -19,7 +19,8 @@ import sys
 
 import numpy as np
 
-from . import blas_threads_limited, cli, resources
+from . import resources
+from .progress import Progress
 from .errors import WorkerDiedError
 
 
@@ -107,7 +108,7 @@ class WorkerPool:
         the workers; ``on_result(key, result)`` as each finishes (in any order)."""
         executor = self._start()
         try:
-            with blas_threads_limited():  # the workers start on submit and inherit the environment
+            with resources.blas_threads_limited():  # the workers start on submit and inherit the environment
                 futures = {executor.submit(func, *args, **kwargs): key for key, func, args, kwargs in calls}
             self._workers.update(executor._processes)   # the pool forgets a broken pool's workers
             for future in concurrent.futures.as_completed(futures):
@@ -169,7 +170,7 @@ def map_chunks(func, signal, voxel_ids, jobs=None, chunk_size=5000, progress=Tru
         Voxels per chunk.
     progress : bool
         Progress over voxels on stderr (a bar on a terminal, a line now and then in a batch log,
-        see :class:`ivim_common.cli.Progress`).
+        see :class:`ivim_common.progress.Progress`).
     pool : WorkerPool, optional
         The run's worker processes, reused from call to call (default: a pool for this call).
 
@@ -198,7 +199,7 @@ def map_chunks(func, signal, voxel_ids, jobs=None, chunk_size=5000, progress=Tru
         return dict(signal=signal[start:start + chunk_size], voxel_ids=voxel_ids[start:start + chunk_size],
                     **kwargs)
 
-    with cli.Progress(n_voxels, "voxel", enabled=progress) as bar:
+    with Progress(n_voxels, "voxel", enabled=progress) as bar:
         own_pool = pool is None
         pool = pool or WorkerPool(jobs or default_jobs())
         if pool.jobs <= 1 or len(starts) <= 1:
