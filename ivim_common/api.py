@@ -8,7 +8,10 @@ import time
 
 import numpy as np
 
-from . import engines, io, model, trust, voxelpool
+from . import engines, model, trust, voxelpool
+from .io.bids import write_bids_maps
+from .io.provenance import model_record, provenance
+from .io.results import median_iqr, read_fit_folder, write_fit_folder
 from .constants import BOUND_BITS, CORE_MAPS, MAP_FILES, MODEL_CHOICE_CRITERIA, UNCERTAINTY
 
 
@@ -382,7 +385,7 @@ class IvimFit:
         """What the sidecar of a fit folder says of this fit (without provenance and inputs)."""
         mdl = self.model
         fitted = self.exception[self.mask] == 0
-        record = io.model_record(mdl.approach, mdl.bounds_version, mdl.bounds, mdl.dstar_convention, mdl.bval_threshold)
+        record = model_record(mdl.approach, mdl.bounds_version, mdl.bounds, mdl.dstar_convention, mdl.bval_threshold)
         for key in ("units", "descriptions"):          # of the maps written
             record["model"][key] = {k: v for k, v in record["model"][key].items() if k in self._maps}
         return {
@@ -396,7 +399,7 @@ class IvimFit:
             "maps": {name: MAP_FILES[name] for name in self._maps},
             "counts": {"mask_voxels": fitted.size, "fitted": int(fitted.sum()),
                        "failed": int((~fitted).sum())},
-            "summary": io.median_iqr({k: v[self.mask] for k, v in self._maps.items() if k != "exception"},
+            "summary": median_iqr({k: v[self.mask] for k, v in self._maps.items() if k != "exception"},
                                      fitted),
             **self.trust_fields(fitted),
             "run_time_s": None if self.run_time_s is None else round(self.run_time_s, 3),
@@ -457,8 +460,8 @@ class IvimFit:
         dict
             The sidecar written.
         """
-        doc = {**io.provenance("ivim_common.IvimFit.to_folder", None), **self.sidecar_fields(), **(sidecar or {})}
-        io.write_fit_folder(folder, self._volumes(), np.eye(4) if affine is None else affine, doc, force)
+        doc = {**provenance("ivim_common.IvimFit.to_folder", None), **self.sidecar_fields(), **(sidecar or {})}
+        write_fit_folder(folder, self._volumes(), np.eye(4) if affine is None else affine, doc, force)
         return doc
 
     def to_bids(self, root, paths, affine=None, sidecar=None):
@@ -466,8 +469,8 @@ class IvimFit:
         :func:`ivim_common.io.bids_paths`, one JSON sidecar each) under ``root``, with its
         ``dataset_description.json`` if it has none; see :meth:`to_folder` for ``affine`` and
         ``sidecar``.  Returns the toolbox's sidecar the JSON files are made from."""
-        doc = {**io.provenance("ivim_common.IvimFit.to_bids", None), **self.sidecar_fields(), **(sidecar or {})}
-        io.write_bids_maps(root, paths, self._volumes(), np.eye(4) if affine is None else affine, doc)
+        doc = {**provenance("ivim_common.IvimFit.to_bids", None), **self.sidecar_fields(), **(sidecar or {})}
+        write_bids_maps(root, paths, self._volumes(), np.eye(4) if affine is None else affine, doc)
         return doc
 
     def _volumes(self):
@@ -484,7 +487,7 @@ class IvimFit:
         The voxels outside the mask (0 in every map) become NaN; with a sidecar, ``model`` is
         the :class:`IvimModel` it describes, else None (e.g. the original toolbox's maps).
         """
-        volumes, sidecar = io.read_fit_folder(folder)
+        volumes, sidecar = read_fit_folder(folder)
         mask = np.any([v != 0 for v in volumes.values()], axis=0)    # 0 in every map: outside (NaN != 0)
         maps = {name: np.full(mask.shape, np.nan) for name in CORE_MAPS}      # absent: NaN
         maps.update({name: np.where(mask, v, np.nan) for name, v in volumes.items()})

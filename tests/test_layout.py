@@ -49,11 +49,11 @@ def layer_of(name):
 
 
 def folder_of(name):
-    """The package folder a module lies in ('' for the top)."""
-    modules = module_names()
-    path = modules[name]
-    return str(path.parent.relative_to(PACKAGE)) if path.name != "__init__.py" or name == "__init__" \
-        else str(path.parent.parent.relative_to(PACKAGE))
+    """The package folder a module lies in: 'io' for io/__init__.py and io/inputs.py, '' for
+    the modules at the top."""
+    if "." in name:
+        return name.rpartition(".")[0]
+    return name if module_names()[name].name == "__init__.py" and name != "__init__" else ""
 
 
 def imports(name):
