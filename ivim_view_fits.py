@@ -96,7 +96,7 @@ def get_parser():
                           help="write the figure of --voxel to FIG.png instead of opening a window")
     headless.add_argument("--montage", metavar="PAGE.png",
                           help="write every slice of every map, with colour bars, to PAGE.png")
-    headless.add_argument("--force", action="store_true", help="replace existing output images")
+    cli.add_force_argument(headless)
     cli.add_common_arguments(parser)
     return parser
 
