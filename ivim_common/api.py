@@ -210,7 +210,9 @@ class IvimModel:
         :class:`ivim_common.voxelpool.WorkerPool` reused across calls); maps as 1-D arrays.
 
         ``voxel_ids`` are the voxels' seed keys (default: their row numbers); the results do
-        not depend on ``jobs`` or ``chunk_size``.  ``model_choice`` and ``bootstrap`` as in
+        not depend on ``jobs`` or ``chunk_size``.  Without ``chunk_size`` and ``pool``, a job of
+        at most the engine's ``IN_PROCESS_VOXELS`` voxel fits (bootstrap refits included) stays
+        in this process.  ``model_choice`` and ``bootstrap`` as in
         :meth:`fit`.  Returns the dict of :func:`fit_voxels`.
         """
         if model_choice not in MODEL_CHOICE_CRITERIA:
@@ -219,6 +221,9 @@ class IvimModel:
         fitter.prepare(announce=progress)        # once here, so workers load it rather than compile
         trust.prepare(announce=progress)         # the trust maps' kernels, likewise
         signal = np.asarray(signal, dtype=float).reshape(-1, self.bvals.size)
+        small = len(signal) * (1 + bootstrap) <= getattr(fitter, "IN_PROCESS_VOXELS", 0)
+        if small and chunk_size is None and pool is None:
+            jobs = 1                             # starting workers would cost more than the work
         if not len(signal):
             return {name: np.empty(0) for name in CORE_MAPS}
         voxel_ids = np.arange(len(signal)) if voxel_ids is None else np.asarray(voxel_ids)

@@ -14,6 +14,7 @@ import concurrent.futures
 import concurrent.futures.process
 import contextlib
 import multiprocessing
+import os
 import signal as signal_module
 import sys
 
@@ -21,7 +22,7 @@ import numpy as np
 
 from . import resources
 from .progress import Progress
-from .errors import WorkerDiedError
+from .errors import WorkerDiedError, WorkerStartError
 
 
 def _worker_init():
@@ -51,6 +52,26 @@ def _first_cause(exitcodes):
     SIGTERM to the others and :meth:`WorkerPool.stop` SIGKILL, so any other code comes first."""
     return min((code for code in exitcodes if code), default=None,
                key=lambda code: (code == -signal_module.SIGTERM, code == -signal_module.SIGKILL))
+
+
+MAIN_GUARD = 'if __name__ == "__main__":'
+
+
+def _main_path():
+    """The file of the main module, which every worker runs again as it starts (None: a
+    session or ``python -c``, which the workers do not re-run)."""
+    return getattr(sys.modules.get("__main__"), "__file__", None)
+
+
+def _check_main_can_rerun():
+    """WorkerStartError where the workers could not re-run the main module: a script read
+    from standard input (``python - <<EOF``) has no file to re-run."""
+    path = _main_path()
+    if path is not None and not os.path.isfile(path):
+        raise WorkerStartError(
+            f"worker processes cannot start: each runs the main module again, and {path} (a script read "
+            f"from standard input) cannot be run again; save the script to a file with its work under "
+            f"'{MAIN_GUARD}', or use one job (jobs=1)")
 
 
 def _describe_exit(exitcode):
@@ -86,6 +107,7 @@ class WorkerPool:
         self.jobs, self.hint = max(1, int(jobs)), hint
         self._executor = None
         self._workers = {}          # pid: Process, every worker started
+        self._results = 0           # chunks the workers have returned
 
     def __enter__(self):
         return self
@@ -98,6 +120,7 @@ class WorkerPool:
 
     def _start(self):
         if self._executor is None:
+            _check_main_can_rerun()
             self._executor = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_init)
@@ -113,10 +136,18 @@ class WorkerPool:
             self._workers.update(executor._processes)   # the pool forgets a broken pool's workers
             for future in concurrent.futures.as_completed(futures):
                 on_result(futures[future], future.result())
+                self._results += 1
         except concurrent.futures.process.BrokenProcessPool as exc:
             self.stop()
-            what = _describe_exit(_first_cause([p.exitcode for p in self._workers.values()]))
-            raise WorkerDiedError(f"{what}; the run stopped and nothing was written; try {self.hint}") from exc
+            code = _first_cause([p.exitcode for p in self._workers.values()])
+            if code == 1 and not self._results and _main_path() is not None:
+                # exit code 1 before any chunk came back: a worker failed as it re-ran the main module
+                raise WorkerStartError(
+                    f"a worker process died as it started (exit code 1): each worker runs the main module "
+                    f"({_main_path()}) again, so a fit must not run when it is imported; put the script's work "
+                    f"under '{MAIN_GUARD}', or use one job (jobs=1); nothing was written") from exc
+            raise WorkerDiedError(f"{_describe_exit(code)}; the run stopped and nothing was written; "
+                                  f"try {self.hint}") from exc
         except MemoryError as exc:
             self.stop()
             raise WorkerDiedError(f"a worker process ran out of memory; the run stopped and nothing was "

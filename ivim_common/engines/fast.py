@@ -9,7 +9,8 @@ nominal box; the lowest result is refined in its ±5 % box.
 
 The engine is compiled by numba, voxel by voxel: a voxel's work is branchy (grid minima,
 active bounds, a few candidates, each converging at its own pace), which numpy could only run
-as masked whole-array passes (bench/bench_engines.py measures it).  The compiled code is cached (see :func:`ivim_common.compiled.compile_kernel`): only the first run of an installation compiles it.
+as masked whole-array passes (bench/bench_engines.py measures it).  The compiled code is cached
+(see :func:`ivim_common.compiled.compile_kernel`): only the first run of an installation compiles it.
 """
 import numpy as np
 
@@ -17,6 +18,7 @@ from .. import model
 from ..compiled import exp, kernel, notice_if_slow
 
 CHUNK_SIZE = 5000    # voxels: well under a second of work
+IN_PROCESS_VOXELS = 40_000   # a job this small costs less than starting workers (bench/bench_small_job.py)
 
 GRID_D = 12          # points over D in each voxel's box (one-step)
 GRID_DSTAR = 20      # points over D* in each voxel's box
