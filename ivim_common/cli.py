@@ -217,8 +217,8 @@ def add_output_argument(parser, *spellings, required=False, default=None):
                         help="output folder, created if needed" + (" (default: %(default)s)" if default else ""))
 
 
-def add_run_arguments(parser, force=True):
-    """--seed, -j/--jobs and (with ``force``) --force."""
+def add_run_arguments(parser):
+    """--seed, -j/--jobs and --force."""
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of every random draw (noise, search starts, the lmfit engine; each voxel's "
                              "from it and the voxel's index); recorded in the outputs (default: %(default)s)")
@@ -226,8 +226,7 @@ def add_run_arguments(parser, force=True):
                         help="worker processes (default: the CPUs this process may use, i.e. its CPU affinity and "
                              "cgroup quota, as SLURM sets them); recorded in the outputs, the results do not depend "
                              "on it")
-    if force:
-        add_force_argument(parser)
+    add_force_argument(parser)
 
 
 def add_force_argument(parser):
