@@ -20,7 +20,8 @@ import pytest
 import ivim_fitting
 import ivim_view_fits
 from conftest import AFFINE, BVALS, REPO, run_script, true_params, write_dataset
-from ivim_common import cli, io, model, resources, simu_cli, voxelpool
+from ivim_common import io, model, resources, simu_cli, voxelpool
+from ivim_common.progress import Progress
 from ivim_common.constants import CORE_MAPS
 from ivim_common.engines import fast
 from ivim_common.errors import OutputExistsError, WorkerDiedError
@@ -611,7 +612,7 @@ def test_one_worker_pool_per_simulation_run(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("verbose, lines", [(1, True), (0, False)])
 def test_batch_log_gets_progress_lines_not_a_bar(verbose, lines, dataset, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli.Progress, "LOG_INTERVAL_S", 0.0)
+    monkeypatch.setattr(Progress, "LOG_INTERVAL_S", 0.0)
     code, err = call_main(base_args(dataset, tmp_path / "out") + ["--chunk-size", 2, "-v", verbose], capsys)
     assert code == 0
     progress = [line for line in err.splitlines() if re.fullmatch(r"[\w.]+: \d+/6 voxels \(\d+ %\) "
