@@ -214,10 +214,11 @@ def exit_code_of(interrupt):
 
 class Progress:
     """Progress on stderr: a tqdm bar on a terminal; in a batch log (stderr not a terminal) a
-    line every LOG_INTERVAL_S seconds; nothing when not ``enabled``.  Used as a context manager
+    line every LOG_INTERVAL_S seconds ($IVIM_PROGRESS_INTERVAL_S if set; the GUI sets 0: a line
+    at every update, which it reads); nothing when not ``enabled``.  Used as a context manager
     with ``update(n)``, as tqdm."""
 
-    LOG_INTERVAL_S = 30.0
+    LOG_INTERVAL_S = float(os.environ.get("IVIM_PROGRESS_INTERVAL_S", 30.0))
 
     def __init__(self, total, unit, enabled=True, prog=None):
         self.total, self.unit, self.done = total, unit, 0
