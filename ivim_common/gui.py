@@ -633,6 +633,7 @@ class FitFrame(ScriptFrame):
         if err is not None:
             self.preview_status.configure(text=f"voxel {ijk}: {err}", foreground=ERROR_COLOR)
             return
+        self.preview_fit = fit
         self.draw_curve(fit, bvals, signal_, ijk)
         self.timings["preview_s"] = time.monotonic() - clicked
         self.preview_status.configure(
@@ -776,4 +777,6 @@ class ToolboxApp(tk.Tk):
         for frame in (self.fit, self.snr):
             frame.stop()
             frame.wait(30)
+        for pending in self.tk.splitlist(self.tk.call("after", "info")):
+            self.tk.call("after", "cancel", pending)      # its command goes with its widget
         self.destroy()
