@@ -32,7 +32,9 @@ import time
 import tkinter as tk
 from tkinter import filedialog, messagebox, ttk
 
-from . import cli, constants, engines, simu_cli
+import numpy as np
+
+from . import constants, engines, simu_cli
 from .errors import IvimError, OutputExistsError
 
 SCRIPTS = {"fit": "ivim_fitting", "snr": "ivim_simu_compute_required_snr", "viewer": "ivim_view_fits"}
@@ -170,6 +172,14 @@ class ScriptFrame(ttk.Frame):
                                     font=("TkFixedFont", 9))
         self.command_text.grid(row=4, column=0, sticky="ew", pady=2)
         self.columnconfigure(0, weight=1)
+
+    def side_panel(self, title):
+        """The panel right of the form, for figures; the form's column keeps its height."""
+        side = ttk.LabelFrame(self, text=title, padding=4)
+        side.grid(row=0, column=1, rowspan=6, sticky="nsew", padx=(8, 0))
+        self.columnconfigure(1, weight=1)
+        self.rowconfigure(5, weight=1)
+        return side
 
     def say(self, text, error=False):
         """One line in the status line (red for an error)."""
@@ -478,15 +488,27 @@ class FitFrame(ScriptFrame):
             self.bound_texts[name].configure(text="preset: " + words[key] if key in words else "")
 
     def dwi_changed(self):
-        """Fill in the b-values (and b-vectors) found beside a new DWI, as the script would."""
+        """Fill in the b-values found beside a new DWI, as the script would, and show the image."""
         from . import io
 
         path = self.fields["-i"].var.get().strip()
-        for option, ext in (("-b", "bval"), ("--bvec", "bvec")):
-            found = io.find_beside(path, ext) if path else None
-            if found and not self.fields[option].var.get().strip():
-                self.fields[option].var.set(found)
+        found = io.find_beside(path, "bval") if path else None
+        if found and not self.fields["-b"].var.get().strip():
+            self.fields["-b"].var.set(found)
         self.inputs_cache = (None, None)
+        if os.path.isfile(path):
+            self.after_idle(self.show_new_image)
+
+    def show_new_image(self):
+        """The lowest-b image of new inputs, at the middle voxel of the region to fit."""
+        args, inputs = self.preview_inputs()
+        if inputs is None or self.slice_shown and self.slice_shown[0] == id(inputs):
+            return
+        region = np.argwhere(inputs.selected)
+        middle = region[np.argmin(((region - region.mean(axis=0)) ** 2).sum(axis=1))]
+        for var, value in zip(self.voxel_vars, middle):
+            var.set(str(value))
+        self.show_slice()
 
     def parse(self, parser, argv):
         return self.module.parse_args(parser, argv)
@@ -528,10 +550,7 @@ class FitFrame(ScriptFrame):
         from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
         from matplotlib.figure import Figure
 
-        side = ttk.LabelFrame(self, text="preview: one voxel with these settings (click the image)", padding=4)
-        side.grid(row=0, column=1, rowspan=5, sticky="nsew", padx=(8, 0))
-        self.columnconfigure(1, weight=1)
-        self.rowconfigure(0, weight=1)
+        side = self.side_panel("preview: one voxel with these settings (click the image)")
         row = ttk.Frame(side)
         row.pack(fill="x")
         self.voxel_vars = []
@@ -547,10 +566,15 @@ class FitFrame(ScriptFrame):
         self.preview_status.pack(fill="x")
         self.figure = Figure(figsize=(5.2, 6.4), dpi=90, layout="constrained")
         self.slice_ax, self.curve_ax = self.figure.subplots(2, 1, height_ratios=(1, 1))
+        for ax, text in ((self.slice_ax, "the lowest-b image, once the DWI and b-values are read"),
+                         (self.curve_ax, "the signal and fit of the voxel clicked")):
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, text, ha="center", va="center", color="gray", transform=ax.transAxes)
         self.canvas = FigureCanvasTkAgg(self.figure, master=side)
         self.canvas.get_tk_widget().pack(fill="both", expand=True)
         self.canvas.mpl_connect("button_press_event", self.on_click)
         self.preview_queue = queue.Queue()
+        self.slice_shown = None
 
     def voxel(self):
         return tuple(int(v.get()) for v in self.voxel_vars)
@@ -565,23 +589,33 @@ class FitFrame(ScriptFrame):
             self.say(f"{self.prog()}: error: {err}", error=True)
             return None, None
 
-    def show_slice(self):
-        """The lowest-b image at slice z, the voxel marked."""
+    def show_slice(self, draw=True):
+        """The lowest-b image at slice z, the voxel marked (only the mark moves within a slice)."""
         args, inputs = self.preview_inputs()
         if inputs is None:
             return
         x, y, z = self.voxel()
         z = min(max(z, 0), inputs.data.shape[2] - 1)
-        lowest = inputs.data[..., inputs.bvals == inputs.bvals.min()].mean(axis=3)[:, :, z]
-        self.slice_ax.clear()
-        self.slice_ax.imshow(lowest.T, origin="lower", cmap="gray", interpolation="nearest")
-        self.slice_ax.contour(inputs.selected[:, :, z].T, levels=[0.5], colors="tab:orange", linewidths=0.8)
-        self.slice_ax.plot([x], [y], "+", color="red", markersize=12, markeredgewidth=2)
-        self.slice_ax.set_title(f"b = {inputs.bvals.min():g} s/mm², slice z = {z} (orange: fitted region)",
-                                fontsize=9)
-        self.slice_ax.set_xticks([])
-        self.slice_ax.set_yticks([])
-        self.canvas.draw()
+        if self.slice_shown != (id(inputs), z):
+            lowest = inputs.data[..., inputs.bvals == inputs.bvals.min()].mean(axis=3)[:, :, z]
+            ax = self.slice_ax
+            ax.clear()
+            ax.set_axis_on()
+            ax.imshow(lowest.T, origin="lower", cmap="gray", interpolation="nearest")
+            ax.contour(inputs.selected[:, :, z].T, levels=[0.5], colors="tab:orange", linewidths=0.8)
+            self.marker = ax.plot([x], [y], "+", color="red", markersize=12, markeredgewidth=2)[0]
+            ax.set_title(f"b = {inputs.bvals.min():g} s/mm², slice z = {z} (orange: fitted region)", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            region = np.argwhere(inputs.selected.any(axis=2))
+            (x0, y0), (x1, y1) = region.min(axis=0), region.max(axis=0)
+            margin = max(x1 - x0, y1 - y0, 8)             # the fitted region and as much around it
+            ax.set_xlim(x0 - margin, x1 + margin)
+            ax.set_ylim(y0 - margin, y1 + margin)
+            self.slice_shown = (id(inputs), z)
+        self.marker.set_data([x], [y])
+        if draw:
+            self.canvas.draw()
 
     def on_click(self, event):
         if event.inaxes is not self.slice_ax or event.xdata is None:
@@ -601,14 +635,14 @@ class FitFrame(ScriptFrame):
             self.preview_status.configure(text=f"voxel {ijk} outside the image {inputs.data.shape[:3]}",
                                           foreground=ERROR_COLOR)
             return
-        self.show_slice()
+        self.show_slice(draw=False)            # drawn with the curve
         self.buttons["Fit voxel"].state(["disabled"])
         self.preview_status.configure(text=f"fitting voxel {ijk}…", foreground="")
         self.after(1000, self.notice_compiling)
         signal_ = inputs.data[ijk]
         threading.Thread(target=self.fit_voxel, args=(args, inputs.bvals, signal_, ijk, clicked),
                          daemon=True).start()
-        self.after(POLL_MS, self.poll_preview)
+        self.after(10, self.poll_preview)
 
     def fit_voxel(self, args, bvals, signal_, ijk, clicked):
         from . import IvimModel
@@ -626,7 +660,7 @@ class FitFrame(ScriptFrame):
 
     def poll_preview(self):
         if self.preview_queue.empty():
-            self.after(POLL_MS, self.poll_preview)
+            self.after(10, self.poll_preview)
             return
         fit, bvals, signal_, ijk, clicked, err = self.preview_queue.get()
         self.buttons["Fit voxel"].state(["!disabled"])
@@ -642,10 +676,9 @@ class FitFrame(ScriptFrame):
             foreground="" if float(fit.exception) == 0 else ERROR_COLOR)
 
     def draw_curve(self, fit, bvals, signal_, ijk):
-        import numpy as np
-
         ax = self.curve_ax
         ax.clear()
+        ax.set_axis_on()
         ax.plot(bvals, signal_, "o", color="tab:blue", markersize=4, label="data")
         if float(fit.exception) == 0:
             b = np.linspace(0, bvals.max(), 200)
@@ -715,12 +748,8 @@ class SnrFrame(ScriptFrame):
 
     def add_figure(self):
         from matplotlib.backends.backend_tkagg import FigureCanvasTkAgg
-        from matplotlib.figure import Figure
 
-        side = ttk.LabelFrame(self, text="result", padding=4)
-        side.grid(row=0, column=1, rowspan=5, sticky="nsew", padx=(8, 0))
-        self.columnconfigure(1, weight=1)
-        self.rowconfigure(0, weight=1)
+        side = self.side_panel("result")
         self.figure_choice = ttk.Combobox(side, state="readonly", width=40)
         self.figure_choice.pack(anchor="w")
         self.figure_choice.bind("<<ComboboxSelected>>", lambda _: self.draw_figure())
@@ -764,7 +793,9 @@ class ToolboxApp(tk.Tk):
         super().__init__(className="ivim_toolbox")
         self.title("IVIM toolbox")
         self.geometry("1250x900+0+0")
-        ttk.Style(self).theme_use("clam")
+        style = ttk.Style(self)
+        style.theme_use("clam")
+        style.configure("Horizontal.TProgressbar", background="#3b7dd8")
         self.tabs = ttk.Notebook(self)
         self.tabs.pack(fill="both", expand=True)
         self.fit = FitFrame(self.tabs)

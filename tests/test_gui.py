@@ -99,7 +99,7 @@ def click(app, widget, x=None, y=None):
     app.update_idletasks()
     x = widget.winfo_width() // 2 if x is None else x
     y = widget.winfo_height() // 2 if y is None else y
-    xdotool("mousemove", "--sync", widget.winfo_rootx() + x, widget.winfo_rooty() + y, "click", 1)
+    xdotool("mousemove", widget.winfo_rootx() + x, widget.winfo_rooty() + y, "click", 1)
     pump(app)
 
 
@@ -145,6 +145,8 @@ def test_preview_of_a_clicked_voxel_is_the_scripts_fit(app, tmp_path):
     full run's fit of that voxel."""
     fit = app.fit
     fit.set_from_argv([*FIT_ARGS, "-o", "maps"])
+    pump(app)                                   # the image shows, at the middle of the mask
+    assert fit.slice_shown is not None and int(fit.voxel_vars[2].get()) == 3
     fit.voxel_vars[2].set(str(CORD_VOXEL[2]))
     fit.show_slice()
     pump(app)
