@@ -189,7 +189,8 @@ def test_run_by_click_gives_the_scripts_maps(app, tmp_path):
 
 @pytest.mark.slow
 def test_stop_by_click_writes_nothing(app, tmp_path):
-    """Stop in the middle of a run (a slow one: bootstrap, small chunks): exit 130, no folder."""
+    """Stop in the middle of a run (a slow one: bootstrap, small chunks): exit 130, no folder; and
+    with --force into a folder of an earlier run: its files as they were."""
     app.fit.set_from_argv([*FIT_ARGS[:-2], "-j", "1", "-o", "maps", "--bootstrap", "500", "--chunk-size", "20"])
     assert app.fit.run()
     until(app, lambda: "first_progress_s" in app.fit.timings)
@@ -199,6 +200,16 @@ def test_stop_by_click_writes_nothing(app, tmp_path):
     assert app.fit.returncode == 130
     assert "no output written" in app.fit.status.cget("text")
     assert os.listdir(tmp_path) == []
+    app.fit.set_from_argv([*FIT_ARGS, "-o", "maps"])          # a finished run, then a stopped --force one
+    assert app.fit.run() and app.fit.wait(300)
+    before = {name: (tmp_path / "maps" / name).read_bytes() for name in os.listdir(tmp_path / "maps")}
+    app.fit.set_from_argv([*FIT_ARGS[:-2], "-j", "1", "-o", "maps", "--bootstrap", "500", "--force",
+                           "--chunk-size", "20"])
+    assert app.fit.run()
+    until(app, lambda: "first_progress_s" in app.fit.timings)
+    app.fit.stop()
+    assert not app.fit.wait(60) and app.fit.returncode == 130
+    assert {name: (tmp_path / "maps" / name).read_bytes() for name in os.listdir(tmp_path / "maps")} == before
 
 
 def test_bad_value_refused_at_its_field(app, tmp_path):
