@@ -542,7 +542,8 @@ class FitFrame(ScriptFrame):
                                   .values()))
         fmap = paths.get("Fivim") or os.path.join(folder, constants.MAP_FILES["Fivim"])
         viewer = script("viewer")
-        self.viewer = subprocess.Popen([sys.executable, viewer.__file__, "-i", fmap], stdin=subprocess.DEVNULL)
+        self.viewer = subprocess.Popen([sys.executable, viewer.__file__, "-i", fmap], stdin=subprocess.DEVNULL,
+                                       env={**os.environ, "MPLBACKEND": "TkAgg"})     # tk works: we are in it
 
     # ---- preview of one voxel
 

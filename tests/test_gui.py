@@ -34,6 +34,14 @@ def test_without_display_one_line_and_exit_1():
     assert result.stderr.count("\n") == 1 and "no display" in result.stderr
 
 
+def test_without_tkinter_one_line_and_exit_1():
+    code = "import sys; sys.modules['tkinter'] = None; import ivim_toolbox; sys.exit(ivim_toolbox.main([]))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "DISPLAY": ":0"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "python3-tk" in result.stderr
+
+
 def free_display():
     for n in range(90, 200):
         if not os.path.exists(f"/tmp/.X{n}-lock") and not os.path.exists(f"/tmp/.X11-unix/X{n}"):
@@ -184,7 +192,11 @@ def test_run_by_click_gives_the_scripts_maps(app, tmp_path):
     commands = [json.load(open(folder / "maps" / FIT_SIDECAR))["command"] for folder in (tmp_path, tmp_path / "cli")]
     assert commands[0] == commands[1] == app.fit.command_line()
     assert "done" in app.fit.status.cget("text")
-    assert app.fit.buttons["Open viewer"].instate(["!disabled"])
+    click(app, app.fit.buttons["Open viewer"])              # ivim_view_fits.py's window opens and stays
+    time.sleep(5)
+    assert app.fit.viewer.poll() is None, app.fit.viewer.args
+    app.fit.viewer.terminate()
+    app.fit.viewer.wait(30)
 
 
 @pytest.mark.slow
