@@ -65,10 +65,10 @@ def checking_parser(module):
     return parser
 
 
-def field_error(module, option, text):
+def field_error(parser, option, text):
     """The message argparse gives for ``option text`` (the script's type and choices), or ''."""
     try:
-        checking_parser(module).parse_known_args([option, text])
+        parser.parse_known_args([option, text])
     except argparse.ArgumentError as err:
         if option in (err.argument_name or "").split("/"):
             return err.message
@@ -107,6 +107,7 @@ class ScriptFrame(ttk.Frame):
     def __init__(self, master):
         super().__init__(master, padding=8)
         self.module = script(self.KEY)
+        self.parser = checking_parser(self.module)
         self.fields = {}
         self.proc = None
         self.returncode = None
@@ -146,7 +147,7 @@ class ScriptFrame(ttk.Frame):
 
     def parser_default(self, options):
         """The script's default of an option as text ('' for None and flags)."""
-        value = self.module.get_parser().get_default(max(options, key=len).lstrip("-").replace("-", "_"))
+        value = self.parser.get_default(max(options, key=len).lstrip("-").replace("-", "_"))
         return "" if value is None or isinstance(value, bool) else str(value)
 
     def browse(self, field, how):
@@ -254,7 +255,7 @@ class ScriptFrame(ttk.Frame):
     def check_field(self, field):
         """Show the script's message for this field's value beside it ('' when it is fine)."""
         text = field.var.get().strip()
-        message = field_error(self.module, field.option, text) if text and field.option.startswith("-") else ""
+        message = field_error(self.parser, field.option, text) if text and field.option.startswith("-") else ""
         field.message.configure(text=message)
         return message
 
@@ -263,7 +264,7 @@ class ScriptFrame(ttk.Frame):
         for field in self.fields.values():
             field.message.configure(text="")
         try:
-            return self.parse(checking_parser(self.module), self.argv())
+            return self.parse(self.parser, self.argv())
         except (UsageError, argparse.ArgumentError) as err:
             message = str(err)
             match = re.match(r"argument ([^:]+): (.*)", message)
@@ -508,7 +509,7 @@ class FitFrame(ScriptFrame):
         middle = region[np.argmin(((region - region.mean(axis=0)) ** 2).sum(axis=1))]
         for var, value in zip(self.voxel_vars, middle):
             var.set(str(value))
-        self.show_slice()
+        self.show_slice(inputs)
 
     def parse(self, parser, argv):
         return self.module.parse_args(parser, argv)
@@ -590,9 +591,10 @@ class FitFrame(ScriptFrame):
             self.say(f"{self.prog()}: error: {err}", error=True)
             return None, None
 
-    def show_slice(self, draw=True):
+    def show_slice(self, inputs=None, draw=True):
         """The lowest-b image at slice z, the voxel marked (only the mark moves within a slice)."""
-        args, inputs = self.preview_inputs()
+        if inputs is None:
+            inputs = self.preview_inputs()[1]
         if inputs is None:
             return
         x, y, z = self.voxel()
@@ -636,7 +638,7 @@ class FitFrame(ScriptFrame):
             self.preview_status.configure(text=f"voxel {ijk} outside the image {inputs.data.shape[:3]}",
                                           foreground=ERROR_COLOR)
             return
-        self.show_slice(draw=False)            # drawn with the curve
+        self.show_slice(inputs, draw=False)            # drawn with the curve
         self.buttons["Fit voxel"].state(["disabled"])
         self.preview_status.configure(text=f"fitting voxel {ijk}…", foreground="")
         self.after(1000, self.notice_compiling)
