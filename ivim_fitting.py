@@ -52,7 +52,7 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
     parser.add_argument("--bvec", metavar="BVEC",
                         help="gradient directions (FSL: 3 rows, one column per volume), for --directions "
                              "trace/each; default: the .bvec beside the input, if there is one")
-    parser.add_argument("--directions", choices=("all", "trace", "each"), default="all",
+    parser.add_argument("--directions", choices=constants.DIRECTION_MODES, default="all",
                         help="all: fit every volume together (default); trace: fit the geometric mean over "
                              "directions at each b-value (the trace-weighted signal); each: one set of maps "
                              "per direction (in FOLDER/dir1, dir2, ...)")
@@ -105,15 +105,15 @@ def _fit_to_folder(args, argv):
     from ivim_common import IvimModel, io, model as ivim_model, voxelpool
 
     start = time.perf_counter()
-    sets_out = _outputs(args)                  # 'each': known once the b-vectors are read
-    _check_outputs(args, sets_out)
+    sets_out = output_sets(args)               # 'each': known once the b-vectors are read
+    check_outputs(args, sets_out)
     inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
     bvecs = None if args.directions == "all" else io.read_bvecs(args.bvec, inputs.bvals, args.b_tolerance)
     sets = io.direction_sets(inputs.data, inputs.bvals, bvecs, args.directions, args.b_tolerance,
                              ivim_model.n_free(args.model), args.bvec)
     if args.directions == "each":
-        sets_out = _outputs(args, [label for label, *_ in sets])
-        _check_outputs(args, sets_out)
+        sets_out = output_sets(args, [label for label, *_ in sets])
+        check_outputs(args, sets_out)
     jobs = 1 if args.mt == 0 else (args.jobs or voxelpool.default_jobs())
     records = {**inputs.records, "bvec": io.input_record(args.bvec) if bvecs is not None else None,
                "bval_source": args.bval_source}
@@ -142,7 +142,7 @@ def _fit_to_folder(args, argv):
                   f"{args.engine}, {jobs} job(s)); maps in {folder}{os.sep}")
 
 
-def _check_outputs(args, sets_out):
+def check_outputs(args, sets_out):
     """Refuse, before any work, outputs that exist (without --force) or cannot be written."""
     from ivim_common import io
 
@@ -153,7 +153,7 @@ def _check_outputs(args, sets_out):
             io.check_output_folder(folder, args.force, [*MAP_FILES.values(), FIT_SIDECAR])
 
 
-def _outputs(args, labels=None):
+def output_sets(args, labels=None):
     """``{set label: (folder, {map: path} for --bids)}`` of the outputs: one set (label None, or
     'trace'), or one per direction ('dir1', ...; before the b-vectors are read, none)."""
     from ivim_common import io
@@ -173,12 +173,18 @@ def _outputs(args, labels=None):
 def main(argv=None):
     """Run the command line; returns the exit code (0, 1, 2, or 128 + signal: 130, 143, 129)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = get_parser()
+    args = parse_args(get_parser(), argv)
+    return cli.run(lambda a: fit_to_folder(a, argv), args, PROG)
+
+
+def parse_args(parser, argv):
+    """The arguments of ``argv``, every usage check done (through ``parser.error``); the GUI
+    checks its fields with it before it runs the script."""
     args = parser.parse_args(argv)
     cli.check_bounds_version(parser, args, "-mo")
     args.engine_options = engines.options_of(parser, args)
     check_inputs(parser, args)
-    return cli.run(lambda a: fit_to_folder(a, argv), args, PROG)
+    return args
 
 
 def check_inputs(parser, args):

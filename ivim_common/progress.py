@@ -5,12 +5,20 @@ import sys
 import time
 
 
+def _interval_from_environment(default=30.0):
+    try:
+        return max(0.0, float(os.environ.get("IVIM_PROGRESS_INTERVAL_S", default)))
+    except ValueError:         # a bad value in the environment is no reason to stop a run
+        return default
+
+
 class Progress:
     """Progress on stderr: a tqdm bar on a terminal; in a batch log (stderr not a terminal) a
-    line every LOG_INTERVAL_S seconds; nothing when not ``enabled``.  Used as a context manager
+    line every LOG_INTERVAL_S seconds ($IVIM_PROGRESS_INTERVAL_S if set; the GUI sets 0: a line
+    at every update, which it reads); nothing when not ``enabled``.  Used as a context manager
     with ``update(n)``, as tqdm."""
 
-    LOG_INTERVAL_S = 30.0
+    LOG_INTERVAL_S = _interval_from_environment()
 
     def __init__(self, total, unit, enabled=True, prog=None):
         self.total, self.unit, self.done = total, unit, 0

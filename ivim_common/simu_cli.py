@@ -39,7 +39,7 @@ def compute_parser(kind, prog, description, example):
                                  "and f·D* all <= --max-error (default: %(default)s)")
         parser.add_argument("--max-error", type=cli.positive_float, default=constants.DEFAULT_MAX_ERROR,
                             help="largest acceptable mean |error| in %% (default: %(default)g)")
-        parser.add_argument("--method", choices=("montecarlo", "crlb"), default="montecarlo",
+        parser.add_argument("--method", choices=constants.REQUIRED_SNR_METHODS, default="montecarlo",
                             help="montecarlo: noisy fits with the toolbox's fitter (default); crlb: from the "
                                  "Cramér-Rao bound of the model in seconds, the asymptotic answer of an "
                                  "unbiased estimator (mean |error| = sqrt(2/π)·SD), optimistic where the "
@@ -98,6 +98,13 @@ def plot_parser(prog, description, example):
 def run_compute(kind, parser, argv=None):
     """Parse argv and run a compute script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = parse_compute(parser, argv)
+    return cli.run(lambda a: _compute(kind, a, parser.prog, argv), args, parser.prog)
+
+
+def parse_compute(parser, argv):
+    """The arguments of a compute script's ``argv``, every usage check done (through
+    ``parser.error``); the GUI checks its fields with it before it runs the script."""
     args = parser.parse_args(argv)
     cli.check_bounds_version(parser, args, "-model")
     args.bounds_version = args.bounds_version or "2020"
@@ -120,7 +127,7 @@ def run_compute(kind, parser, argv=None):
         parser.error("argument -Dstar: with --dstar-convention osipi, every D*p = D + D* must exceed every -D")
     if args.shard[1] > n_cells:
         parser.error(f"argument --shard: {args.shard[1]} shards but the grid has only {n_cells} cells")
-    return cli.run(lambda a: _compute(kind, a, parser.prog, argv), args, parser.prog)
+    return args
 
 
 def _compute(kind, args, prog, argv):
