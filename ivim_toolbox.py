@@ -13,7 +13,8 @@ import os
 import shlex
 import sys
 
-from ivim_common import cli, limit_blas_threads
+from ivim_common import cli
+from ivim_common.resources import limit_blas_threads
 
 PROG = "ivim_toolbox.py"
 

@@ -25,6 +25,7 @@ LAYERS = (
     ("viewer", "plotting"),
     ("cli",),
     ("simu_cli", "commands"),
+    ("gui",),            # drives the scripts' own parsers and main() (see its docstring)
     ("__init__",),
 )
 
