@@ -51,6 +51,26 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
     parser.add_argument("--bvec", metavar="BVEC",
                         help="gradient directions (FSL: 3 rows, one column per volume), for --directions "
                              "trace/each; default: the .bvec beside the input, if there is one")
+    parser.add_argument("-ma", "--mask", metavar="MASK",
+                        help="3-D NIfTI mask on the DWI's grid; voxels > 0 are fitted (default: see above)")
+    parser.add_argument("-o", "--ofolder", default="params_map", metavar="FOLDER",
+                        help="output folder (default: %(default)s)")
+    parser.add_argument("--bids", action="store_true",
+                        help="write BIDS derivatives (BEP016 draft) under FOLDER: sub-<label>/[ses-<label>/]dwi/"
+                             "<source entities>_model-ivim_param-<name>_dwimap.nii.gz with JSON sidecars, and "
+                             "FOLDER/dataset_description.json; the input's name must be BIDS (sub-...)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into an existing output folder, replacing only the toolbox's maps and the "
+                             "sidecar (a replaced run's maps this run does not write are removed; nothing else "
+                             "in it is touched)")
+    add_fitting_arguments(parser)
+    cli.add_common_arguments(parser)
+    return parser
+
+
+def add_fitting_arguments(parser):
+    """The flags of the fit itself (approach, bounds, engine, convention, directions, trust maps,
+    bootstrap, jobs), shared with ivim_bids.py."""
     parser.add_argument("--directions", choices=("all", "trace", "each"), default="all",
                         help="all: fit every volume together (default); trace: fit the geometric mean over "
                              "directions at each b-value (the trace-weighted signal); each: one set of maps "
@@ -59,8 +79,6 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                         help="b-values within TOL of each other are one b-value, those within TOL of 0 are "
                              "b = 0 (s/mm^2, or a percentage such as 2%%; default: 2%% of b, at least 1 s/mm^2); "
                              "used by --directions trace/each")
-    parser.add_argument("-ma", "--mask", metavar="MASK",
-                        help="3-D NIfTI mask on the DWI's grid; voxels > 0 are fitted (default: see above)")
     parser.add_argument("-mo", "--model", default="one-step", choices=constants.APPROACHES,
                         help="one-step: S0, D, f, D* free (default); two-step: D fixed at Dinit; segmented: D "
                              "from the line on b >= --b-threshold, f from its intercept and the signal at the "
@@ -68,8 +86,6 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
     parser.add_argument("--b-threshold", type=cli.non_negative_float, metavar="B",
                         help="b (s/mm^2) from which the initialisation's line of ln S is fitted (default: "
                              "400 one-step 2020, 500 one-step 2019 and two-step, 200 segmented and osipi)")
-    parser.add_argument("-o", "--ofolder", default="params_map", metavar="FOLDER",
-                        help="output folder (default: %(default)s)")
     parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
                         help="one-step bounds: 2020 (default; b >= 400 for Dinit, f in [0, 0.20], "
                              "D* in [2*Dinit, 50e-3]), 2019 (the published maps; b >= 500, f in [0, 0.35], "
@@ -96,10 +112,6 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
     parser.add_argument("--chunk-size", type=cli.positive_int, metavar="N",
                         help="voxels per chunk of work (default: 5000 fast, 20 lmfit); results do not "
                              "depend on it")
-    parser.add_argument("--bids", action="store_true",
-                        help="write BIDS derivatives (BEP016 draft) under FOLDER: sub-<label>/[ses-<label>/]dwi/"
-                             "<source entities>_model-ivim_param-<name>_dwimap.nii.gz with JSON sidecars, and "
-                             "FOLDER/dataset_description.json; the input's name must be BIDS (sub-...)")
     parser.add_argument("--model-choice", choices=constants.MODEL_CHOICE_CRITERIA, default="aicc",
                         help="criterion of model_choice_map, IVIM against the mono-exponential fit: aicc "
                              "(default) or bic; recorded in the sidecar")
@@ -107,12 +119,21 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                         help="residual bootstrap with N refits per voxel (0: off, the default): the *_sd maps "
                              "then come from it, with *_ci_low/*_ci_high maps (2.5/97.5 %%); seeded per voxel "
                              "from --seed; with the fast engine about 2-3 ms of CPU per voxel for N = 200")
-    parser.add_argument("--force", action="store_true",
-                        help="write into an existing output folder, replacing only the toolbox's maps and the "
-                             "sidecar (a replaced run's maps this run does not write are removed; nothing else "
-                             "in it is touched)")
-    cli.add_common_arguments(parser)
-    return parser
+
+
+def check_fitting_arguments(parser, args):
+    """Usage errors of the fitting flags that need more than argparse (--bounds-version with a
+    two-step or segmented fit, --bounds against the model and convention); sets
+    ``args.engine_options``."""
+    from ivim_common import model
+
+    if args.model != "one-step" and args.bounds_version is not None:
+        parser.error(f"--bounds-version applies to -mo one-step only ({args.model} has one set of bounds)")
+    args.engine_options = engines.options_of(parser, args)
+    try:
+        model.check_user_bounds(args.bounds, args.model, args.dstar_convention)
+    except ValueError as err:
+        parser.error(f"argument --bounds: {str(err).removeprefix('bounds: ')}")
 
 
 def fit_to_folder(args, argv):
@@ -200,22 +221,16 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = get_parser()
     args = parser.parse_args(argv)
-    if args.model != "one-step" and args.bounds_version is not None:
-        parser.error(f"--bounds-version applies to -mo one-step only ({args.model} has one set of bounds)")
-    args.engine_options = engines.options_of(parser, args)
+    check_fitting_arguments(parser, args)
     check_inputs(parser, args)
     return cli.run(lambda a: fit_to_folder(a, argv), args, PROG)
 
 
 def check_inputs(parser, args):
-    """Usage errors that need more than argparse: --bounds against the model and convention,
-    --bids with a non-BIDS name, b-values and b-vectors found beside the input."""
-    from ivim_common import io, model
+    """Usage errors of the inputs that need more than argparse: --bids with a non-BIDS name,
+    b-values and b-vectors found beside the input."""
+    from ivim_common import io
 
-    try:
-        model.check_user_bounds(args.bounds, args.model, args.dstar_convention)
-    except ValueError as err:
-        parser.error(f"argument --bounds: {str(err).removeprefix('bounds: ')}")
     if args.bids and io.bids_source(args.input) is None:
         parser.error(f"--bids: the input's name {os.path.basename(args.input)!r} is not BIDS "
                      "(sub-<label>_..._dwi.nii.gz)")

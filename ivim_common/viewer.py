@@ -105,7 +105,8 @@ class FitFolder:
 def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
     """Load a map, the other maps beside it and the inputs named by its sidecar.
 
-    The sidecar ``ivim_fitting.json`` in the map's folder names the other maps, the DWI, the
+    The sidecar ``ivim_fitting.json`` in the map's folder (for a BEP016 map, the fit's sidecar
+    beside it: :func:`ivim_common.io.bids_fit_sidecar`) names the other maps, the DWI, the
     mask and holds the b-values.  Each argument given here overrides what the sidecar says.
 
     Parameters
@@ -127,7 +128,7 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
         A file given here or a map is missing or unreadable, or the images do not match.
     """
     folder = os.path.dirname(os.path.abspath(map_path))
-    sidecar = io.read_sidecar(os.path.join(folder, FIT_SIDECAR))
+    sidecar = io.read_sidecar(io.bids_fit_sidecar(map_path) or os.path.join(folder, FIT_SIDECAR))
     image, data = io.load_on_grid(map_path, "map", 3)
     map_files = (sidecar or {}).get("maps") or MAP_FILES
     name = _map_name(map_path, map_files)
