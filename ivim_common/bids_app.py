@@ -243,8 +243,9 @@ def snr_record(ivim, signal, rmse):
 
     Measured: the median over the voxels of the mean signal at the lowest b, over σ.  σ is the
     pooled scatter of the repeated b-values (:func:`ivim_common.model.repeat_noise_sd`, the root
-    mean of each voxel's variance) where some b-value is repeated, else the fit's residual,
-    the median over voxels of RMSE·sqrt(n/(n - k)) (k the free parameters).  Needed: the
+    mean of each voxel's variance) where some b-value is repeated, else the fit's residuals,
+    the root mean over voxels of RMSE²·n/(n - k) (n b-values, k free parameters: the residual
+    variance made unbiased as for a linear model).  Needed: the
     Cramér-Rao required SNR (:func:`ivim_common.design.required_snr_crlb`: mean |error| of f
     and f·D* within DEFAULT_MAX_ERROR %) over TISSUE_GRID, its median and 90th percentile.
     """
@@ -256,8 +257,8 @@ def snr_record(ivim, signal, rmse):
     else:
         n, k = bvals.size, model.n_free(ivim.approach)
         finite = rmse[np.isfinite(rmse)]
-        sigma = float(np.median(finite) * np.sqrt(n / (n - k))) if finite.size and n > k else None
-        how = "fit residuals, median RMSE*sqrt(n/(n-k)) (no repeated b-value)"
+        sigma = float(np.sqrt(np.mean(finite ** 2) * n / (n - k))) if finite.size and n > k else None
+        how = "fit residuals, sqrt(mean RMSE^2 * n/(n-k)) (no repeated b-value)"
     measured = float(np.median(low) / sigma) if sigma else None
     approach = ivim.approach if ivim.approach in design.APPROACHES else "one-step"
     with np.errstate(all="ignore"):

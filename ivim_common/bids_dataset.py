@@ -234,6 +234,7 @@ def check_output_dir(bids_root, output_dir):
     if os.path.commonpath([out, bids_root]) == out:
         raise InputError(f"output folder {output_dir}: is the BIDS dataset or holds it; write into "
                          f"{derivatives}{os.sep}<name> or outside the dataset")
-    if os.path.commonpath([out, bids_root]) == bids_root and os.path.commonpath([out, derivatives]) != derivatives:
+    inside = os.path.commonpath([out, bids_root]) == bids_root
+    if inside and (out == derivatives or os.path.commonpath([out, derivatives]) != derivatives):
         raise InputError(f"output folder {output_dir}: inside the BIDS dataset but not under its derivatives/ "
                          f"folder; write into {derivatives}{os.sep}<name>")

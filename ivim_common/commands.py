@@ -46,3 +46,7 @@ def ivim_simu_plot():
 
 def ivim_simu_optimize_bvals():
     return _run("ivim_simu_optimize_bvals")
+
+
+def ivim_bids():
+    return _run("ivim_bids")

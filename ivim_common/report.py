@@ -174,34 +174,47 @@ def crop_box(mask, margin=4):
             slice(max(ys.min() - margin, 0), ys.max() + margin + 1))
 
 
+def strip(volume, bx, by, zs):
+    """The slices ``zs`` of a volume cropped to ``bx, by``, side by side (x to the right, y up),
+    one NaN column between them: (rows, columns) for imshow with origin 'lower'."""
+    gap = np.full((by.stop - by.start if by.stop <= volume.shape[1] else volume.shape[1] - by.start, 1), np.nan)
+    parts = []
+    for z in zs:
+        parts += [volume[bx, by, z].T, gap]
+    return np.hstack(parts[:-1])
+
+
 def mosaic(fit, names):
-    """One row per map, one column per slice: the map over the lowest-b image in grey, the
+    """One row per map, the slices side by side: the map over the lowest-b image in grey, the
     colour range fixed per map (the parameter table's), a colour bar per row."""
     zs = region_slices(fit.inside)
     bx, by = crop_box(fit.inside)
-    nx, ny = bx.stop - bx.start, min(by.stop, fit.inside.shape[1]) - by.start
-    aspect = ny * fit.zooms[1] / (nx * fit.zooms[0])
-    cell = 1.6
-    fig = Figure(figsize=(cell * len(zs) + 1.6, cell * aspect * len(names) + 0.3), layout="constrained")
-    axes = fig.subplots(len(names), len(zs), squeeze=False)
-    grey = fit.background[bx, by]
-    glim = np.percentile(grey[np.isfinite(grey)], [1, 99.5]) if np.isfinite(grey).any() else (0, 1)
+    grey = strip(fit.background, bx, by, zs)
+    inside = strip(fit.inside.astype(float), bx, by, zs) > 0
+    rows, columns = grey.shape
+    aspect = fit.zooms[1] / fit.zooms[0]
+    width = min(11.0, 1.6 * len(zs))
+    fig = Figure(figsize=(width + 1.6, width * rows * aspect / columns * len(names) + 0.4), layout="constrained")
+    axes = fig.subplots(len(names), 1, squeeze=False)[:, 0]
+    finite = grey[np.isfinite(grey)]
+    glim = np.percentile(finite, [1, 99.5]) if finite.size else (0, 1)
     table_ = parameters(fit.convention)
-    for row, name in zip(axes, names):
+    for ax, name in zip(axes, names):
         label, cmap, clim = map_display(name, fit.maps[name], fit.fitted, dstar_convention=fit.convention)
-        for ax, z in zip(row, zs):
-            ax.imshow(grey[:, :, z].T, origin="lower", cmap="gray", vmin=glim[0], vmax=glim[1],
-                      aspect=fit.zooms[1] / fit.zooms[0], interpolation="nearest")
-            shown = np.ma.masked_where(~fit.inside[bx, by, z].T, fit.maps[name][bx, by, z].T)
-            image = ax.imshow(shown, origin="lower", cmap=cmap, vmin=clim[0], vmax=clim[1],
-                              aspect=fit.zooms[1] / fit.zooms[0], interpolation="nearest")
-            ax.set(xticks=[], yticks=[])
-            if name == names[0]:
-                ax.set_title(f"z = {z}", fontsize=8)
-        row[0].set_ylabel(table_[name].label if name in table_ else name, fontsize=10)
-        bar = fig.colorbar(image, ax=list(row), shrink=0.9, aspect=8, pad=0.01)
+        ax.set_facecolor("white")
+        ax.imshow(grey, origin="lower", cmap="gray", vmin=glim[0], vmax=glim[1], aspect=aspect,
+                  interpolation="nearest")
+        shown = np.ma.masked_where(~inside, strip(fit.maps[name], bx, by, zs))
+        image = ax.imshow(shown, origin="lower", cmap=cmap, vmin=clim[0], vmax=clim[1], aspect=aspect,
+                          interpolation="nearest")
+        ax.set(xticks=[], yticks=[])
+        ax.set_ylabel(table_[name].label if name in table_ else name, fontsize=10)
+        bar = fig.colorbar(image, ax=ax, shrink=0.9, aspect=8, pad=0.01)
         bar.set_label(label, fontsize=8)
         bar.ax.tick_params(labelsize=7)
+    step = columns / len(zs)
+    axes[0].set_xticks([(k + 0.5) * step - 0.5 for k in range(len(zs))], [f"z = {z}" for z in zs], fontsize=8)
+    axes[0].xaxis.tick_top()
     return fig
 
 
