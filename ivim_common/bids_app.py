@@ -243,9 +243,10 @@ def snr_record(ivim, signal, rmse):
 
     Measured: the median over the voxels of the mean signal at the lowest b, over σ.  σ is the
     pooled scatter of the repeated b-values (:func:`ivim_common.model.repeat_noise_sd`, the root
-    mean of each voxel's variance) where some b-value is repeated, else the fit's residuals,
-    the root mean over voxels of RMSE²·n/(n - k) (n b-values, k free parameters: the residual
-    variance made unbiased as for a linear model).  Needed: the
+    mean of each voxel's variance) where some b-value is repeated, else the fit's residuals:
+    RSS/σ² of a voxel is about χ² with ν = n - k degrees of freedom (n b-values, k free
+    parameters), so σ² is the median over voxels of RMSE²·n/ν divided by the median of χ²_ν/ν,
+    (1 - 2/(9ν))³ (Wilson-Hilferty): robust to the few voxels the model does not fit.  Needed: the
     Cramér-Rao required SNR (:func:`ivim_common.design.required_snr_crlb`: mean |error| of f
     and f·D* within DEFAULT_MAX_ERROR %) over TISSUE_GRID, its median and 90th percentile.
     """
@@ -257,8 +258,10 @@ def snr_record(ivim, signal, rmse):
     else:
         n, k = bvals.size, model.n_free(ivim.approach)
         finite = rmse[np.isfinite(rmse)]
-        sigma = float(np.sqrt(np.mean(finite ** 2) * n / (n - k))) if finite.size and n > k else None
-        how = "fit residuals, sqrt(mean RMSE^2 * n/(n-k)) (no repeated b-value)"
+        nu = n - k
+        sigma = (float(np.sqrt(np.median(finite ** 2) * n / nu / (1 - 2 / (9 * nu)) ** 3))
+                 if finite.size and nu > 0 else None)
+        how = "fit residuals, median of RMSE^2 * n/(n-k) over the median of chi2(n-k)/(n-k) (no repeated b-value)"
     measured = float(np.median(low) / sigma) if sigma else None
     approach = ivim.approach if ivim.approach in design.APPROACHES else "one-step"
     with np.errstate(all="ignore"):
@@ -280,7 +283,9 @@ def group_level(args, labels):
     OUTPUT_DIR; returns the number of rows."""
     tsv, html = (os.path.join(args.output_dir, n) for n in ("group_ivim.tsv", "group_ivim.html"))
     io.check_outputs([tsv, html], args.force)
-    fits = [doc for label in labels for doc in participant_fits(args.output_dir, label)]
+    fits = {label: participant_fits(args.output_dir, label) for label in labels}
+    missing = [f"sub-{label}" for label, docs in fits.items() if not docs]
+    fits = [doc for docs in fits.values() for doc in docs]
     if not fits:
         raise InputError(f"output folder {args.output_dir}: no fit of the chosen participants "
                          "(run the participant level first)")
@@ -299,7 +304,9 @@ def group_level(args, labels):
             f.write("\t".join(columns) + "\n")
             for row in rows:
                 f.write("\t".join(cell(row.get(c)) for c in columns) + "\n")
-        report.write_group_report(tmp[html], rows, columns, values)
+        report.write_group_report(tmp[html], rows, columns, values, missing)
+    if missing:
+        say(args, f"no fit of {len(missing)} participant(s): {', '.join(missing)}")
     return len(rows)
 
 

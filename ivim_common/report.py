@@ -19,7 +19,8 @@ from .constants import BOUND_BITS, parameters
 from .viewer import map_display
 
 MAIN_MAPS = ("S0", "D", "Fivim", "Dstar")
-TRUST_MAPS = ("Fivim_sd", "Dstar_sd", "model_choice", "bounds_hit", "RMSE")
+TRUST_MAPS = ("Fivim_sd", "Dstar_sd", "model_choice", "n_at_bound", "RMSE")
+AT_BOUND_LABEL = "parameters at a bound"
 MAX_SLICES = 8
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;color:#1d2433;background:#f4f5f7}
@@ -27,7 +28,8 @@ header{background:#1d2433;color:#fff;padding:18px 32px}header h1{margin:0;font-s
 header p{margin:4px 0 0;color:#b9c0cf;font-size:14px}main{padding:8px 32px 40px;max-width:1400px}
 section{background:#fff;border-radius:8px;box-shadow:0 1px 3px rgba(0,0,0,.12);padding:6px 24px 18px;margin:20px 0}
 h2{font-size:20px;border-bottom:2px solid #e3e6ec;padding-bottom:6px}h3{font-size:16px;margin:22px 0 8px;color:#34405a}
-table{border-collapse:collapse;font-size:13px;margin:6px 0}td,th{border:1px solid #dde1e8;padding:3px 8px;text-align:left;white-space:nowrap}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}td,th{border:1px solid #dde1e8;padding:3px 8px;text-align:left;vertical-align:top}
+.wide td,.wide th{white-space:nowrap}
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:8px 24px}
 th{background:#eef0f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .cards{display:flex;flex-wrap:wrap;gap:12px;margin:12px 0}
@@ -81,6 +83,9 @@ class FitData:
         self.zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
         self.maps = {name: io.load_on_grid(os.path.join(folder, f), f"{name} map", 3, reference)[1]
                      for name, f in doc["maps"].items()}
+        if "bounds_hit" in self.maps:          # the bit flags as a count, which a colour shows
+            flags = np.nan_to_num(self.maps["bounds_hit"]).astype(np.int64)
+            self.maps["n_at_bound"] = sum((flags & bit > 0) for bit, *_ in BOUND_BITS).astype(float)
         self.inside = np.any([self.maps[n] != 0 for n in MAIN_MAPS], axis=0)
         self.fitted = self.inside & (self.maps["exception"] == 0)
         self.bvals = np.asarray(doc["bvals"], dtype=float)
@@ -146,7 +151,8 @@ def cards(doc):
          "" if ivim is None else "good" if ivim >= 0.5 else "warn"),
         ("n/a" if at_bound is None else f"{100 * at_bound:.0f} %", "voxels with a parameter at a bound",
          "" if at_bound is None else "good" if at_bound < 0.2 else "warn"),
-        (number(trust.get("median_rmse_over_sigma"), ".2f"), "median RMSE / σ (≈ 1 when the model fits)", ""),
+        *([(number(trust["median_rmse_over_sigma"], ".2f"), "median RMSE / σ (≈ 1 when the model fits)", "")]
+          if trust.get("median_rmse_over_sigma") is not None else []),
         (f"{doc.get('run_time_s', 0):.1f} s", f"fit time · engine {doc.get('engine')}", ""),
     ]
     return "<div class='cards'>" + "".join(f"<div class='card {c}'><b>{esc(v)}</b><span>{esc(t)}</span></div>"
@@ -200,7 +206,8 @@ def mosaic(fit, names):
     glim = np.percentile(finite, [1, 99.5]) if finite.size else (0, 1)
     table_ = parameters(fit.convention)
     for ax, name in zip(axes, names):
-        label, cmap, clim = map_display(name, fit.maps[name], fit.fitted, dstar_convention=fit.convention)
+        label, cmap, clim = (map_display(name, fit.maps[name], fit.fitted, dstar_convention=fit.convention)
+                             if name != "n_at_bound" else (AT_BOUND_LABEL, "Reds", (0, 4)))
         ax.set_facecolor("white")
         ax.imshow(grey, origin="lower", cmap="gray", vmin=glim[0], vmax=glim[1], aspect=aspect,
                   interpolation="nearest")
@@ -208,7 +215,7 @@ def mosaic(fit, names):
         image = ax.imshow(shown, origin="lower", cmap=cmap, vmin=clim[0], vmax=clim[1], aspect=aspect,
                           interpolation="nearest")
         ax.set(xticks=[], yticks=[])
-        ax.set_ylabel(table_[name].label if name in table_ else name, fontsize=10)
+        ax.set_ylabel(table_[name].label if name in table_ else "at a bound", fontsize=10)
         bar = fig.colorbar(image, ax=ax, shrink=0.9, aspect=8, pad=0.01)
         bar.set_label(label, fontsize=8)
         bar.ax.tick_params(labelsize=7)
@@ -259,10 +266,10 @@ def curves(fit):
     for ax, (label, ijk) in zip(axes, voxels.items()):
         p = {n: fit.maps[n][ijk] for n in MAIN_MAPS}
         dstar = model.excess_dstar(p["Dstar"], p["D"], fit.convention)
-        ax.semilogy(fit.bvals, np.where(fit.signal[ijk] > 0, fit.signal[ijk], np.nan), "o", ms=4,
-                    color="#1d2433", label="data")
-        ax.semilogy(b_curve, model.ivim_signal(b_curve, p["S0"], p["D"], p["Fivim"], dstar), color="#d9534f",
-                    label="fit")
+        ax.plot(fit.bvals, fit.signal[ijk], "o", ms=4, color="#1d2433", label="data")
+        ax.plot(b_curve, model.ivim_signal(b_curve, p["S0"], p["D"], p["Fivim"], dstar), color="#d9534f",
+                label="fit")
+        ax.set_ylim(bottom=0)
         ax.set_title(f"{label} · voxel {ijk}", fontsize=9)
         ax.text(0.98, 0.96, f"f = {p['Fivim']:.3f}\nD = {p['D']:.2e}\nD* = {p['Dstar']:.2e}",
                 transform=ax.transAxes, ha="right", va="top", fontsize=8, family="monospace")
@@ -365,10 +372,11 @@ def group_figure(labels, values, column, name, flagged, convention):
     return fig
 
 
-def write_group_report(path, rows, columns, values):
-    """Write ``group_ivim.html``: per parameter, its distribution in each DWI's mask side by side
-    (box: quartiles, whiskers 1.5 IQR), DWIs whose median is an outlier (:func:`outliers`) in red
-    and listed; then the group table, outlier cells in red."""
+def write_group_report(path, rows, columns, values, missing=()):
+    """Write ``group_ivim.html``: the participants without a fit (``missing``); per parameter,
+    its distribution in each DWI's mask side by side (box: quartiles, whiskers 1.5 IQR), DWIs
+    whose median is an outlier (:func:`outliers`) in red and listed; then the group table,
+    outlier cells in red."""
     mask_rows = [r for r in rows if r["roi"] == "mask"]
     labels = [" ".join(str(r[c]) if c in ("participant_id", "session_id") else f"{c}-{r[c]}"
                        for c in columns[:columns.index("roi")] if r.get(c) not in (None, "")) for r in mask_rows]
@@ -394,9 +402,11 @@ def write_group_report(path, rows, columns, values):
                 text = esc(text)
             cells.append(f"<td style='background:#fddede'>{text}</td>" if bad else f"<td>{text}</td>")
         lines.append("<tr>" + "".join(cells) + "</tr>")
-    table_html = f"<div style='overflow-x:auto'><table><tr>{head}</tr>{''.join(lines)}</table></div>"
+    table_html = f"<div style='overflow-x:auto'><table class='wide'><tr>{head}</tr>{''.join(lines)}</table></div>"
     n_participants = len({r["participant_id"] for r in rows})
-    page_body = ("<section><h2>Distributions in each DWI's mask</h2><p>Boxes: quartiles of the fitted voxels, "
+    absent = (f"<p class='card bad'>No fit (failed or not run): <b>{esc(', '.join(missing))}</b></p>"
+              if missing else "")
+    page_body = (f"<section><h2>Distributions in each DWI's mask</h2>{absent}<p>Boxes: quartiles of the fitted voxels, "
                  "whiskers 1.5 IQR; in red, a DWI whose median lies farther from the group's median than "
                  f"{OUTLIER_MADS:g} scaled MADs and {100 * OUTLIER_MIN_SHARE:g} %.</p><div class='grid'>"
                  + "".join(body) + "</div></section>"
