@@ -89,6 +89,10 @@ def participant(args, argv, dataset, label, outcome):
             message = " ".join(str(exc).split())
             outcome.failed.setdefault(label, message)
             say(args, f"{dwi.name}: FAILED: {message}")
+        except KeyboardInterrupt:
+            say(args, f"{dwi.name}: interrupted, nothing of it written; the DWIs finished before are "
+                      "complete (a rerun skips them)")
+            raise
     html = os.path.join(args.output_dir, f"sub-{label}.html")
     if docs and (changed or args.force or not os.path.exists(html)):
         start = time.perf_counter()
