@@ -73,7 +73,7 @@ def participant(args, argv, dataset, label, outcome):
     if not dwis:
         raise InputError(f"no DWI (sub-{label}/[ses-*/]dwi/*_dwi.nii[.gz]"
                          f"{' in session(s) ' + ', '.join(args.session_label) if args.session_label else ''})")
-    docs, changed = [], False
+    docs, changed, failures = [], False, []
     for dwi in dwis:
         try:
             done = complete_fits(args.output_dir, dwi)
@@ -88,6 +88,7 @@ def participant(args, argv, dataset, label, outcome):
         except IvimError as exc:
             message = " ".join(str(exc).split())
             outcome.failed.setdefault(label, message)
+            failures.append((dwi.name, message))
             say(args, f"{dwi.name}: FAILED: {message}")
         except KeyboardInterrupt:
             say(args, f"{dwi.name}: interrupted, nothing of it written; the DWIs finished before are "
@@ -97,7 +98,7 @@ def participant(args, argv, dataset, label, outcome):
     if docs and (changed or args.force or not os.path.exists(html)):
         start = time.perf_counter()
         with io.staged_outputs([html]) as tmp:
-            report.write_participant_report(tmp[html], f"sub-{label}", docs)
+            report.write_participant_report(tmp[html], f"sub-{label}", docs, failures)
         say(args, f"sub-{label}: report {html} ({time.perf_counter() - start:.1f} s)")
 
 

@@ -98,11 +98,14 @@ class FitData:
         self.signal = dwi if dwi.shape[3] == self.bvals.size else None
 
 
-def write_participant_report(path, title, docs):
-    """Write the QC report of one participant's fits (``docs``: their sidecars with ``_path``)."""
+def write_participant_report(path, title, docs, failures=()):
+    """Write the QC report of one participant's fits (``docs``: their sidecars with ``_path``),
+    the DWIs that failed first (``failures``: (name, message) pairs)."""
     fits = [FitData(doc) for doc in docs]
     names = [fit_title(f.doc) for f in fits]
     nav = "<nav>" + "".join(f"<a href='#fit{i}'>{esc(n)}</a>" for i, n in enumerate(names)) + "</nav>"
+    if failures:
+        nav += "<section><h2>Failed</h2>" + table(failures, ("DWI", "why")) + "</section>"
     sections = "".join(fit_section(f, i, n) for i, (f, n) in enumerate(zip(fits, names)))
     first = docs[0]
     subtitle = (f"IVIM QC report · {len(docs)} fit(s) · ivim-toolbox {first.get('version', __version__)} · "

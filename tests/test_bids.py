@@ -166,6 +166,7 @@ def test_participant_and_group(tmp_path, capsys):
     files = files_under(out)
     assert not any("sub-03_ses-2" in f for f in files)              # nothing of the broken DWI
     assert "sub-01.html" in files and "sub-03.html" in files       # its other session is reported
+    assert "has 11 volumes but b-value file" in (out / "sub-03.html").read_text()   # with the failure
     assert "sub-01/ses-2/dwi/sub-01_ses-2_acq-ivim_desc-brain_mask.nii.gz" in files
     for param in ("S0", "D", "f", "Dstar", "fDstar", "fSd", "DstarSd", "modelChoice", "boundsHit", "RMSE", "ADC"):
         assert f"sub-02/ses-1/dwi/sub-02_ses-1_acq-ivim_model-ivim_param-{param}_dwimap.nii.gz" in files
