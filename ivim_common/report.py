@@ -38,7 +38,7 @@ th{background:#eef0f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .good{background:#dcf5e3}.warn{background:#fff1cc}.bad{background:#fddede}
 img{max-width:100%;display:block;margin:4px 0}code,pre{font-size:12px;background:#eef0f4;padding:2px 4px;border-radius:3px}
 pre{white-space:pre-wrap;word-break:break-all;padding:8px}nav a{margin-right:14px}.flag td{background:#fddede}
-details{margin:6px 0}summary{cursor:pointer;color:#34405a}
+details{margin:6px 0}.note{font-size:13px;color:#4a5568;margin:2px 0 6px}summary{cursor:pointer;color:#34405a}
 """
 
 
@@ -125,14 +125,22 @@ def fit_title(doc):
 def fit_section(fit, i, name):
     doc = fit.doc
     parts = [f"<section id='fit{i}'><h2>{esc(name)}</h2>", cards(doc),
-             "<h3>Maps</h3>", f"<img alt='maps' src='{png(mosaic(fit, MAIN_MAPS))}'>",
-             "<h3>Distributions in the mask</h3>", f"<img alt='histograms' src='{png(histograms(fit))}'>",
+             "<h3>Maps</h3><p class='note'>The fitted voxels in colour over the lowest-b image in grey; the "
+             "colour ranges are the same in every report (S0: its 1st-99th percentile).</p>",
+             f"<img alt='maps' src='{png(mosaic(fit, MAIN_MAPS))}'>",
+             "<h3>Distributions in the mask</h3><p class='note'>On the maps' ranges: values beyond them are "
+             "counted in the end bins (often a bound of the fit); red: the median.</p>",
+             f"<img alt='histograms' src='{png(histograms(fit))}'>",
              "<h3>How far to trust them</h3>", trust_table(doc)]
     trust = [n for n in TRUST_MAPS if n in fit.maps]
     if trust:
-        parts.append(f"<img alt='trust maps' src='{png(mosaic(fit, trust))}'>")
+        parts.append("<p class='note'>SDs of f and D*; model: red where IVIM beats the mono-exponential, blue "
+                     "where it does not; how many of S0, D, f, D* ended at a bound; the RMSE of the fit.</p>"
+                     f"<img alt='trust maps' src='{png(mosaic(fit, trust))}'>")
     if fit.signal is not None and fit.fitted.any():
-        parts += ["<h3>Voxels: data and fitted curves</h3>", f"<img alt='curves' src='{png(curves(fit))}'>"]
+        parts += ["<h3>Voxels: data and fitted curves</h3><p class='note'>The voxels of median, 90th percentile "
+                  "and largest RMSE relative to S0: the data (dots) and the model at the fitted parameters.</p>",
+                  f"<img alt='curves' src='{png(curves(fit))}'>"]
     parts += ["<h3>Inputs</h3>", inputs_html(doc), "<h3>Provenance</h3>", provenance_html(doc), "</section>"]
     return "".join(parts)
 
@@ -290,8 +298,8 @@ def trust_table(doc):
             ("voxels where IVIM is preferred",
              number(None if trust.get("share_model_choice_ivim") is None
                     else 100 * trust["share_model_choice_ivim"], ".1f") + " %"),
-            ("median RMSE / σ", number(trust.get("median_rmse_over_sigma"), ".2f")),
-            ("σ", trust.get("sigma", "n/a"))]
+            *([("median RMSE / σ", number(trust["median_rmse_over_sigma"], ".2f")), ("σ", trust.get("sigma"))]
+              if trust.get("median_rmse_over_sigma") is not None else [])]
     at = trust.get("share_at_bound") or {}
     rows += [(f"at the {side} bound of {parameters()[name].label}", f"{100 * at.get(f'{name} {side}'):.1f} %")
              for _, name, side in BOUND_BITS if at.get(f"{name} {side}")]
