@@ -13,6 +13,7 @@ import glob
 import os
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -49,7 +50,8 @@ def say(args, text):
 
 def participant_level(args, argv, dataset, labels):
     """Fit every DWI of the participants ``labels``, write their reports; returns an
-    :class:`Outcome` (failures do not stop the others)."""
+    :class:`Outcome`.  A failure does not stop the others; at the end, IvimError names the
+    participants that failed (exit code 1)."""
     write_shared_files(args.output_dir, dataset)
     outcome = Outcome()
     for label in labels:
@@ -111,7 +113,7 @@ def write_shared_files(root, dataset):
                                        **({"Name": dataset.description["Name"]} if "Name" in dataset.description
                                           else {})}]}
     for name, write in (("dataset_description.json", lambda p: io.write_json(p, description)),
-                        (".bidsignore", lambda p: open(p, "w", encoding="utf-8").write(BIDSIGNORE))):
+                        (".bidsignore", lambda p: write_text(p, BIDSIGNORE))):
         path = os.path.join(root, name)
         if os.path.exists(path):
             continue
@@ -120,6 +122,11 @@ def write_shared_files(root, dataset):
                 write(tmp[path])
         except OutputExistsError:
             pass                        # another task wrote it meanwhile
+
+
+def write_text(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def fit_sidecars(root, dwi_folders, dwi_name):
@@ -202,6 +209,7 @@ def fit_set(args, argv, dwi, inputs, records, paths, bvals, data, directions, st
 
 
 def fmt(value):
+    """A number of the log line ('n/a' for None)."""
     return "n/a" if value is None else f"{value:.0f}"
 
 
@@ -230,9 +238,10 @@ def auto_mask(data, bvals):
     """
     from scipy import ndimage
 
-    with np.errstate(invalid="ignore"):
-        image = np.nanmean(np.where(np.isfinite(data[..., bvals == bvals.min()]), data[..., bvals == bvals.min()],
-                                    np.nan), axis=3)
+    lowest = data[..., bvals == bvals.min()]
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)          # a voxel with no finite sample: NaN
+        image = np.nanmean(np.where(np.isfinite(lowest), lowest, np.nan), axis=3)
     finite = np.isfinite(image) & (image > 0)
     if finite.sum() < 2 or np.ptp(image[finite]) == 0:
         raise InputError("auto mask: no contrast in the lowest-b image (give --mask-dir or --mask none)")
