@@ -19,7 +19,7 @@ import numpy as np
 
 from . import bids_dataset, design, io, model, report, voxelpool
 from .api import IvimModel
-from .constants import DEFAULT_MAX_ERROR, MODEL_PARAMETERS
+from .constants import DEFAULT_MAX_ERROR
 from .errors import InputError, IvimError, OutputExistsError
 
 PROG = "ivim_bids.py"
@@ -204,8 +204,7 @@ def fit_set(args, argv, dwi, inputs, records, paths, bvals, data, directions, st
              "snr": snr_record(ivim, data[inputs.selected], fit.RMSE[inputs.selected]),
              "run_time_s": round(time.perf_counter() - start, 3)}
     doc = fit.to_bids(args.output_dir, paths, affine=inputs.image, sidecar=extra)
-    return {**doc, "maps": {n: os.path.basename(p) for n, p in paths.items() if n in fit.maps},
-            "_path": io.bids_fit_sidecar(paths["S0"])}
+    return {**doc, "_path": io.bids_fit_sidecar(paths["S0"])}
 
 
 def fmt(value):
@@ -338,11 +337,7 @@ def participant_fits(root, label):
 
 def load_fit_maps(doc):
     """The maps of a fit (float64, by name) and its fitted voxels (in the mask, not failed)."""
-    folder = os.path.dirname(doc["_path"])
-    reference = io.load_on_grid(os.path.join(folder, doc["maps"]["S0"]), "S0 map", 3)[0]
-    maps = {name: io.load_on_grid(os.path.join(folder, f), f"{name} map", 3, reference)[1]
-            for name, f in doc["maps"].items()}
-    inside = np.any([maps[n] != 0 for n in MODEL_PARAMETERS], axis=0)   # 0 outside the mask
+    maps, inside, _ = bids_dataset.read_fit(doc)
     return maps, inside & (maps["exception"] == 0)
 
 
@@ -351,7 +346,7 @@ def dseg_regions(deriv_root, doc, fitted):
     source = doc["inputs"]["dwi"]["path"]
     dwi = bids_dataset.Dwi(source, bids_dataset.parse_name(source)[0])
     path = bids_dataset.find_derivative(deriv_root, dwi, "dseg", "segmentation")
-    reference = io.load_on_grid(os.path.join(os.path.dirname(doc["_path"]), doc["maps"]["S0"]), "S0 map", 3)[0]
+    reference = io.load_on_grid(bids_dataset.fit_map_path(doc, "S0"), "S0 map", 3)[0]
     labels = np.rint(io.load_on_grid(path, "segmentation", 3, reference, "maps")[1]).astype(int)
     names = bids_dataset.read_dseg_labels(path, deriv_root)
     return {names.get(i, str(i)): fitted & (labels == i) for i in np.unique(labels[labels > 0])}

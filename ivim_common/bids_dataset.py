@@ -20,6 +20,10 @@ import json
 import os
 import re
 
+import numpy as np
+
+from . import io
+from .constants import MODEL_PARAMETERS
 from .errors import InputError
 
 # Entities of a DWI's name, in the order of the BIDS specification (appendix: entity table).
@@ -238,3 +242,25 @@ def check_output_dir(bids_root, output_dir):
     if inside and (out == derivatives or os.path.commonpath([out, derivatives]) != derivatives):
         raise InputError(f"output folder {output_dir}: inside the BIDS dataset but not under its derivatives/ "
                          f"folder; write into {derivatives}{os.sep}<name>")
+
+
+def fit_map_path(doc, name):
+    """The path of map ``name`` of a fit, from its sidecar ``doc`` (with ``_path``, where it was read)."""
+    return os.path.join(os.path.dirname(doc["_path"]), doc["maps"][name])
+
+
+def read_fit(doc):
+    """The maps of a fit in BEP016 names, from its sidecar ``doc`` (with ``_path``).
+
+    Returns
+    -------
+    maps : dict of str -> ndarray (x, y, z)
+        Every map the sidecar lists (float64), checked to be on the S0 map's grid.
+    inside : ndarray of bool (x, y, z)
+        The fitted mask: where a model parameter's map is not 0 (they are 0 outside it).
+    reference : nibabel image
+        The S0 map (grid, affine, voxel size).
+    """
+    reference = io.load_on_grid(fit_map_path(doc, "S0"), "S0 map", 3)[0]
+    maps = {name: io.load_on_grid(fit_map_path(doc, name), f"{name} map", 3, reference)[1] for name in doc["maps"]}
+    return maps, np.any([maps[n] != 0 for n in MODEL_PARAMETERS], axis=0), reference

@@ -932,7 +932,7 @@ def write_bids_maps(root, paths, volumes, reference, doc):
     """Write the BEP016 maps of ``volumes`` with their JSON sidecars, the fit's sidecar ``doc``
     (:func:`bids_fit_sidecar`, its ``maps`` the files written), and ``dataset_description.json``
     at ``root`` if there is none yet, complete or not at all.  The maps of ``paths`` this fit does
-    not write (a replaced run's) are removed."""
+    not write (a replaced run's) are removed.  Returns the fit's sidecar as written."""
     description = os.path.join(root, "dataset_description.json")
     written = {name: path for name, path in paths.items() if name in volumes}
     jsons = {name: path.replace(".nii.gz", ".json") for name, path in written.items()}
@@ -949,6 +949,7 @@ def write_bids_maps(root, paths, volumes, reference, doc):
     for path in (q for name, p in paths.items() if name not in volumes for q in (p, p.replace(".nii.gz", ".json"))):
         if os.path.lexists(path):
             os.remove(path)
+    return doc
 
 
 # --------------------------------------------------------------------------- simulation results

@@ -14,7 +14,7 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import __version__, io, model
+from . import __version__, bids_dataset, io, model
 from .constants import BOUND_BITS, parameters
 from .viewer import map_display
 
@@ -78,15 +78,11 @@ class FitData:
 
     def __init__(self, doc):
         self.doc = doc
-        folder = os.path.dirname(doc["_path"])
-        reference = io.load_on_grid(os.path.join(folder, doc["maps"]["S0"]), "S0 map", 3)[0]
+        self.maps, self.inside, reference = bids_dataset.read_fit(doc)
         self.zooms = tuple(float(z) for z in reference.header.get_zooms()[:3])
-        self.maps = {name: io.load_on_grid(os.path.join(folder, f), f"{name} map", 3, reference)[1]
-                     for name, f in doc["maps"].items()}
         if "bounds_hit" in self.maps:          # the bit flags as a count, which a colour shows
             flags = np.nan_to_num(self.maps["bounds_hit"]).astype(np.int64)
             self.maps["n_at_bound"] = sum((flags & bit > 0) for bit, *_ in BOUND_BITS).astype(float)
-        self.inside = np.any([self.maps[n] != 0 for n in MAIN_MAPS], axis=0)
         self.fitted = self.inside & (self.maps["exception"] == 0)
         self.bvals = np.asarray(doc["bvals"], dtype=float)
         self.convention = doc.get("dstar_convention") or "toolbox"
