@@ -97,12 +97,12 @@ class FitData:
 def write_participant_report(path, title, docs, failures=()):
     """Write the QC report of one participant's fits (``docs``: their sidecars with ``_path``),
     the DWIs that failed first (``failures``: (name, message) pairs)."""
-    fits = [FitData(doc) for doc in docs]
-    names = [fit_title(f.doc) for f in fits]
+    names = [fit_title(doc) for doc in docs]
     nav = "<nav>" + "".join(f"<a href='#fit{i}'>{esc(n)}</a>" for i, n in enumerate(names)) + "</nav>"
     if failures:
         nav += "<section><h2>Failed</h2>" + table(failures, ("DWI", "why")) + "</section>"
-    sections = "".join(fit_section(f, i, n) for i, (f, n) in enumerate(zip(fits, names)))
+    # one fit's data in memory at a time (each holds its DWI)
+    sections = "".join(fit_section(FitData(doc), i, n) for i, (doc, n) in enumerate(zip(docs, names)))
     first = docs[0]
     subtitle = (f"IVIM QC report · {len(docs)} fit(s) · ivim-toolbox {first.get('version', __version__)} · "
                 f"{first.get('date', '')}")

@@ -96,8 +96,8 @@ class FitFolder:
         """'fitted', 'outside mask' or 'failed' for voxel ``ijk``."""
         if not self.region[ijk]:
             return "outside mask"
-        values = self.values(ijk)
-        if values.get("exception", 0) >= 0.5 or any(np.isnan(v) for v in values.values()):
+        values = self.values(ijk)       # an SD map is NaN where its parameter is at a bound: not a failure
+        if values.get("exception", 0) >= 0.5 or any(np.isnan(values[p]) for p in model.PARAM_NAMES if p in values):
             return "failed"
         return "fitted"
 

@@ -271,6 +271,8 @@ def test_viewer_opens_a_bids_map(tmp_path, capsys):
     assert folder.name == "Fivim" and {"S0", "D", "Dstar", "RMSE", "model_choice"} <= set(folder.maps)
     assert folder.dwi.shape == SHAPE + (BVALS.size,) and folder.mask.sum() == 32 and not folder.notes
     assert folder.fit.predict(BVALS)[3, 3, 0] == pytest.approx(folder.dwi[3, 3, 0], rel=0.05)
+    folder.maps["Fivim_sd"][3, 3, 0] = np.nan                  # f at a bound: no SD, still a fitted voxel
+    assert folder.status((3, 3, 0)) == "fitted"
 
 
 @pytest.mark.slow
