@@ -124,16 +124,19 @@ def add_fitting_arguments(parser):
 def check_fitting_arguments(parser, args):
     """Usage errors of the fitting flags that need more than argparse (--bounds-version with a
     two-step or segmented fit, --bounds against the model and convention); sets
-    ``args.engine_options``."""
+    ``args.model_options``, the keywords of IvimModel after its b-values."""
     from ivim_common import model
 
     if args.model != "one-step" and args.bounds_version is not None:
         parser.error(f"--bounds-version applies to -mo one-step only ({args.model} has one set of bounds)")
-    args.engine_options = engines.options_of(parser, args)
+    engine_options = engines.options_of(parser, args)
     try:
         model.check_user_bounds(args.bounds, args.model, args.dstar_convention)
     except ValueError as err:
         parser.error(f"argument --bounds: {str(err).removeprefix('bounds: ')}")
+    args.model_options = dict(approach=args.model, bounds_version=args.bounds_version or "2020", engine=args.engine,
+                              bounds=args.bounds, dstar_convention=args.dstar_convention,
+                              bval_threshold=args.b_threshold, **engine_options)
 
 
 def fit_to_folder(args, argv):
@@ -165,8 +168,7 @@ def _fit_to_folder(args, argv):
                "bval_source": args.bval_source}
     for label, bvals, data, directions in sets:
         try:
-            model = IvimModel(bvals, args.model, args.bounds_version or "2020", args.engine, args.bounds,
-                              args.dstar_convention, args.b_threshold, **args.engine_options)
+            model = IvimModel(bvals, **args.model_options)
         except ValueError as err:              # b-values that cannot give what the approach needs
             raise InputError(f"b-values {args.bval}: {err}") from None
         if args.verbose >= 2:

@@ -191,8 +191,7 @@ def fit_dwi(args, argv, dwi):
 def fit_set(args, argv, dwi, inputs, records, paths, bvals, data, directions, start):
     """Fit one set of volumes of a DWI and write its maps; returns its sidecar (with ``_path``)."""
     try:
-        ivim = IvimModel(bvals, args.model, args.bounds_version or "2020", args.engine, args.bounds,
-                         args.dstar_convention, args.b_threshold, **args.engine_options)
+        ivim = IvimModel(bvals, **args.model_options)
     except ValueError as err:              # b-values that cannot give what the approach needs
         raise InputError(f"b-values {dwi.bval}: {err}") from None
     jobs = 1 if args.mt == 0 else (args.jobs or voxelpool.default_jobs())
@@ -362,11 +361,11 @@ def group_row(doc, roi, maps, region):
            **{k: v for k, v in entities.items() if k not in ("sub", "ses")},
            **({"desc": f"dir{index}"} if index else {}),
            "roi": roi, "n_voxels": int(region.sum())}
-    for column, name in GROUP_MAPS.items():
-        values = maps[name][region] if name in maps else np.empty(0)
-        values = values[np.isfinite(values)]
-        q25, q50, q75 = np.percentile(values, [25, 50, 75]) if values.size else (None,) * 3
-        row[f"{column}_median"], row[f"{column}_iqr"] = q50, None if q25 is None else q75 - q25
+    stats = io.median_iqr({c: maps[name][region] if name in maps else np.empty(0) for c, name in GROUP_MAPS.items()},
+                          slice(None))
+    for column, stat in stats.items():
+        q25, q75 = stat["iqr"]
+        row[f"{column}_median"], row[f"{column}_iqr"] = stat["median"], None if q25 is None else q75 - q25
     for column, name, test in (("share_ivim", "model_choice", lambda v: v >= 0.5),
                                ("share_at_bound", "bounds_hit", lambda v: v > 0)):
         values = maps[name][region] if name in maps else np.empty(0)

@@ -16,7 +16,6 @@ root down, the nearer overriding the keys of the farther.
 """
 import dataclasses
 import glob
-import json
 import os
 import re
 
@@ -48,12 +47,6 @@ def parse_name(filename):
     return entities, match["suffix"], match["ext"]
 
 
-def entity_prefix(entities):
-    """The name's start made of ``entities`` in the specification's order (``sub-01_ses-2``)."""
-    keys = [k for k in DWI_ENTITIES if k in entities] + [k for k in entities if k not in DWI_ENTITIES]
-    return "_".join(f"{k}-{entities[k]}" for k in keys)
-
-
 @dataclasses.dataclass
 class Dwi:
     """One DWI of the dataset and the files that apply to it.
@@ -79,8 +72,9 @@ class Dwi:
 
     @property
     def name(self):
-        """The entities as in the file name, e.g. ``sub-01_ses-2_acq-ivim``."""
-        return entity_prefix(self.entities)
+        """The entities as in the file name, e.g. ``sub-01_ses-2_acq-ivim`` (as its derivatives' names
+        start: :func:`ivim_common.io.bids_source`)."""
+        return io.bids_source(self.path)[1]
 
     @property
     def folders(self):
@@ -219,12 +213,8 @@ def read_tsv(path):
 
 
 def read_json(path):
-    """A JSON file's object; InputError if it is not one."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable JSON file ({exc})") from None
+    """A JSON file's object (:func:`ivim_common.io.read_sidecar`); InputError if it is not one."""
+    doc = io.read_sidecar(path)
     if not isinstance(doc, dict):
         raise InputError(f"{path}: not a JSON object")
     return doc
