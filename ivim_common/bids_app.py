@@ -273,7 +273,8 @@ def snr_record(ivim, signal, rmse):
         nu = n - k
         sigma = (float(np.sqrt(np.median(finite ** 2) * n / nu / (1 - 2 / (9 * nu)) ** 3))
                  if finite.size and nu > 0 else None)
-        how = "fit residuals, median of RMSE^2 * n/(n-k) over the median of chi2(n-k)/(n-k) (no repeated b-value)"
+        how = ("fit residuals, median of RMSE^2 * n/(n-k) over the median of chi2(n-k)/(n-k) (no repeated "
+               "b-value; misfit counts as noise, so the SNR is a lower bound)")
     measured = float(np.median(low) / sigma) if sigma else None
     approach = ivim.approach if ivim.approach in design.APPROACHES else "one-step"
     with np.errstate(all="ignore"):
