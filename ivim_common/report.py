@@ -363,16 +363,32 @@ def outliers(medians):
     return set(np.flatnonzero(np.abs(values - centre) > spread).tolist())
 
 
+MAX_BOXES = 40      # beyond, each DWI is its median and quartiles, and only the outliers are named
+
+
 def group_figure(labels, values, column, name, flagged, convention):
-    """Box plots of one parameter's voxel values per DWI, flagged DWIs in red."""
-    fig = Figure(figsize=(min(max(6.5, 1.2 + 0.45 * len(labels)), 24), 3.6), layout="constrained")
+    """One parameter's voxel values per DWI side by side, flagged DWIs in red: box plots, or
+    beyond MAX_BOXES DWIs the median (dot) and quartiles (line) of each, the outliers named."""
+    many = len(labels) > MAX_BOXES
+    fig = Figure(figsize=(7 if many else min(max(6.5, 1.2 + 0.45 * len(labels)), 24), 3.6), layout="constrained")
     ax = fig.subplots()
     data = [v.get(column, np.empty(0)) for v in values]
-    data = [d[np.isfinite(d)] if d.size else np.array([np.nan]) for d in data]
-    boxes = ax.boxplot(data, showfliers=False, patch_artist=True, widths=0.6)
-    for k, box in enumerate(boxes["boxes"]):
-        box.set(facecolor="#f3a5a5" if k in flagged else "#b7c9e2", edgecolor="#1d2433")
-    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=60, ha="right", fontsize=7)
+    data = [d[np.isfinite(d)] for d in data]
+    data = [d if d.size else np.array([np.nan]) for d in data]
+    colours = ["#d9534f" if k in flagged else "#4a6fa5" for k in range(len(labels))]
+    if many:
+        x = np.arange(1, len(labels) + 1)
+        q25, q50, q75 = np.array([np.percentile(d, [25, 50, 75]) for d in data]).T
+        ax.vlines(x, q25, q75, colors=colours, lw=1)
+        ax.scatter(x, q50, c=colours, s=8, zorder=3)
+        shown = sorted(flagged)
+    else:
+        boxes = ax.boxplot(data, showfliers=False, patch_artist=True, widths=0.6)
+        for k, box in enumerate(boxes["boxes"]):
+            box.set(facecolor="#f3a5a5" if k in flagged else "#b7c9e2", edgecolor="#1d2433")
+        shown = range(len(labels))
+    ax.set_xticks([k + 1 for k in shown], [labels[k] for k in shown], rotation=60, ha="right", fontsize=7)
+    ax.set_xlim(0.5, len(labels) + 0.5)
     ax.set_ylabel(parameters(convention)[name].axis, fontsize=9)
     ax.tick_params(axis="y", labelsize=7)
     ax.grid(axis="y", alpha=0.3)
@@ -413,9 +429,10 @@ def write_group_report(path, rows, columns, values, missing=()):
     n_participants = len({r["participant_id"] for r in rows})
     absent = (f"<p class='card bad'>No fit (failed or not run): <b>{esc(', '.join(missing))}</b></p>"
               if missing else "")
-    page_body = (f"<section><h2>Distributions in each DWI's mask</h2>{absent}<p>Boxes: quartiles of the fitted voxels, "
-                 "whiskers 1.5 IQR; in red, a DWI whose median lies farther from the group's median than "
-                 f"{OUTLIER_MADS:g} scaled MADs and {100 * OUTLIER_MIN_SHARE:g} %.</p><div class='grid'>"
+    page_body = (f"<section><h2>Distributions in each DWI's mask</h2>{absent}<p>Boxes: quartiles of the fitted "
+                 f"voxels, whiskers 1.5 IQR (beyond {MAX_BOXES} DWIs: the median and quartiles); in red, a DWI "
+                 f"whose median lies farther from the group's median than {OUTLIER_MADS:g} scaled MADs and "
+                 f"{100 * OUTLIER_MIN_SHARE:g} %.</p><div class='grid'>"
                  + "".join(body) + "</div></section>"
                  "<section><h2>Group table (group_ivim.tsv)</h2>" + table_html + "</section>")
     with open(path, "w", encoding="utf-8") as f:

@@ -290,3 +290,22 @@ def test_concurrent_participants_share_one_output_dir(tmp_path):
     assert open(os.path.join(out, ".bidsignore")).read() == bids_app.BIDSIGNORE
     assert not [f for f in files_under(out) if ".ivim_" in f or f.endswith(".ivim-lock")]
     assert {"sub-01.html", "sub-02.html"} <= set(os.listdir(out))
+
+
+def test_group_outliers_and_a_large_group(tmp_path):
+    """An outlier is a median beyond 3 scaled MADs and 5 % of the group's; a group of near-identical
+    fits flags nobody; beyond MAX_BOXES DWIs the page still shows every parameter."""
+    from ivim_common import report
+
+    assert report.outliers([0.10, 0.101, 0.099, 0.1005, 0.16, None]) == {4}
+    assert report.outliers([1000.0, 1000.2, 999.9, 1000.1, 1001.0]) == set()
+    rng = np.random.default_rng(0)
+    n = report.MAX_BOXES + 5
+    values = [({}, {"f": rng.normal(0.1 + 0.1 * (k == 7), 0.01, 50), "D": rng.normal(1e-3, 1e-4, 50),
+                    "Dstar": rng.normal(0.02, 0.002, 50), "S0": rng.normal(500, 20, 50)}) for k in range(n)]
+    rows = [{"participant_id": f"sub-{k:02d}", "session_id": None, "roi": "mask",
+             **{f"{c}_median": float(np.median(v[c])) for c in ("f", "D", "Dstar", "S0")}} for k, (_, v) in enumerate(values)]
+    report.write_group_report(str(tmp_path / "g.html"), rows, ["participant_id", "session_id", "roi", "f_median"],
+                              values, ["sub-99"])
+    page = (tmp_path / "g.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 4 and "outliers: <b>sub-07</b>" in page and "sub-99" in page
