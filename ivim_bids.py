@@ -81,8 +81,7 @@ def main(argv=None):
         parser.error(str(err))
     if args.analysis_level == "participant":
         return cli.run(lambda a: bids_app.participant_level(a, argv, dataset, labels), args, PROG)
-    return cli.run(lambda a: print(f"{PROG}: wrote {bids_app.group_level(a, labels)} rows to "
-                                   f"{os.path.join(a.output_dir, 'group_ivim.tsv')}", file=sys.stderr), args, PROG)
+    return cli.run(lambda a: bids_app.group_level(a, labels), args, PROG)
 
 if __name__ == "__main__":
     limit_blas_threads()  # before numpy loads

@@ -320,6 +320,7 @@ def group_level(args, labels):
         report.write_group_report(tmp[html], rows, columns, values, missing)
     if missing:
         say(args, f"no fit of {len(missing)} participant(s): {', '.join(missing)}")
+    say(args, f"wrote {len(rows)} rows to {tsv}, and {html}")
     return len(rows)
 
 
