@@ -5,7 +5,7 @@ import sys
 import textwrap
 import time
 
-from ivim_common import cli, constants, engines
+from ivim_common import cli, constants
 from ivim_common.constants import FIT_SIDECAR, MAP_FILES
 from ivim_common.errors import InputError
 from ivim_common.resources import limit_blas_threads
@@ -52,40 +52,15 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
     parser.add_argument("--bvec", metavar="BVEC",
                         help="gradient directions (FSL: 3 rows, one column per volume), for --directions "
                              "trace/each; default: the .bvec beside the input, if there is one")
-    parser.add_argument("--directions", choices=constants.DIRECTION_MODES, default="all",
-                        help="all: fit every volume together (default); trace: fit the geometric mean over "
-                             "directions at each b-value (the trace-weighted signal); each: one set of maps "
-                             "per direction (in FOLDER/dir1, dir2, ...)")
-    parser.add_argument("--b-tolerance", type=cli.b_tolerance, metavar="TOL",
-                        help="b-values within TOL of each other are one b-value, those within TOL of 0 are "
-                             "b = 0 (s/mm^2, or a percentage such as 2%%; default: 2%% of b, at least 1 s/mm^2); "
-                             "used by --directions trace/each")
     parser.add_argument("-ma", "--mask", metavar="MASK",
                         help="3-D NIfTI mask on the DWI's grid; voxels > 0 are fitted (default: see above)")
-    cli.add_model_arguments(parser, "-mo", "--model")
     cli.add_output_argument(parser, "-o", default="params_map")
-    parser.add_argument("--bounds", type=cli.bounds_spec, metavar="SPEC",
-                        help="override bounds of the preset: name=lower:upper[:start],... with names S0 (a "
-                             "factor of the preset's reference signal), D, f, Dstar (in --dstar-convention), "
-                             "e.g. \"f=0:0.6,Dstar=0.005:0.3,D=0.1e-3:3e-3\"; every result lies inside them")
-    cli.add_engine_argument(parser)
-    parser.add_argument("-mt", type=int, choices=(0, 1), default=1,
-                        help="original flag: 0 = a single process (as -j 1), 1 = use --jobs (default)")
-    parser.add_argument("--chunk-size", type=cli.positive_int, metavar="N",
-                        help="voxels per chunk of work (default: 5000 fast, 20 lmfit); results do not "
-                             "depend on it")
     parser.add_argument("--bids", action="store_true",
                         help="write BIDS derivatives (BEP016 draft) under FOLDER: sub-<label>/[ses-<label>/]dwi/"
                              "<source entities>_model-ivim_param-<name>_dwimap.nii.gz with JSON sidecars, and "
                              "FOLDER/dataset_description.json; the input's name must be BIDS (sub-...)")
-    parser.add_argument("--model-choice", choices=constants.MODEL_CHOICE_CRITERIA, default="aicc",
-                        help="criterion of model_choice_map, IVIM against the mono-exponential fit: aicc "
-                             "(default) or bic; recorded in the sidecar")
-    parser.add_argument("--bootstrap", type=cli.non_negative_int, default=0, metavar="N",
-                        help="residual bootstrap with N refits per voxel (0: off, the default): the *_sd maps "
-                             "then come from it, with *_ci_low/*_ci_high maps (2.5/97.5 %%); seeded per voxel "
-                             "from --seed; with the fast engine about 2-3 ms of CPU per voxel for N = 200")
-    cli.add_run_arguments(parser)
+    cli.add_fitting_arguments(parser, "-mo", "--model")
+    cli.add_force_argument(parser)
     cli.add_common_arguments(parser)
     return parser
 
@@ -119,8 +94,7 @@ def _fit_to_folder(args, argv):
                "bval_source": args.bval_source}
     for label, bvals, data, directions in sets:
         try:
-            model = IvimModel(bvals, args.model, args.bounds_version or "2020", args.engine, args.bounds,
-                              args.dstar_convention, args.b_threshold, **args.engine_options)
+            model = IvimModel(bvals, **args.model_options)
         except ValueError as err:              # b-values that cannot give what the approach needs
             raise InputError(f"b-values {args.bval}: {err}") from None
         if args.verbose >= 2:
@@ -181,21 +155,16 @@ def parse_args(parser, argv):
     """The arguments of ``argv``, every usage check done (through ``parser.error``); the GUI
     checks its fields with it before it runs the script."""
     args = parser.parse_args(argv)
-    cli.check_bounds_version(parser, args, "-mo")
-    args.engine_options = engines.options_of(parser, args)
+    cli.check_fitting_arguments(parser, args, "-mo")
     check_inputs(parser, args)
     return args
 
 
 def check_inputs(parser, args):
-    """Usage errors that need more than argparse: --bounds against the model and convention,
-    --bids with a non-BIDS name, b-values and b-vectors found beside the input."""
-    from ivim_common import io, model
+    """Usage errors of the inputs that need more than argparse: --bids with a non-BIDS name,
+    b-values and b-vectors found beside the input."""
+    from ivim_common import io
 
-    try:
-        model.check_user_bounds(args.bounds, args.model, args.dstar_convention)
-    except ValueError as err:
-        parser.error(f"argument --bounds: {str(err).removeprefix('bounds: ')}")
     if args.bids and io.bids_source(args.input) is None:
         parser.error(f"--bids: the input's name {os.path.basename(args.input)!r} is not BIDS "
                      "(sub-<label>_..._dwi.nii.gz)")

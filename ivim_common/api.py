@@ -473,10 +473,10 @@ class IvimFit:
         """Write the maps as BIDS derivatives (BEP016 names ``paths`` from
         :func:`ivim_common.io.bids_paths`, one JSON sidecar each) under ``root``, with its
         ``dataset_description.json`` if it has none; see :meth:`to_folder` for ``affine`` and
-        ``sidecar``.  Returns the toolbox's sidecar the JSON files are made from."""
+        ``sidecar``.  Returns the toolbox's sidecar of the fit as written beside them
+        (:func:`ivim_common.io.bids_fit_sidecar`)."""
         doc = {**provenance("ivim_common.IvimFit.to_bids", None), **self.sidecar_fields(), **(sidecar or {})}
-        write_bids_maps(root, paths, self._volumes(), np.eye(4) if affine is None else affine, doc)
-        return doc
+        return write_bids_maps(root, paths, self._volumes(), np.eye(4) if affine is None else affine, doc)
 
     def _volumes(self):
         """The maps as 3-D volumes for NIfTI files, 0 outside the mask."""

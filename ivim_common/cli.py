@@ -217,8 +217,8 @@ def add_output_argument(parser, *spellings, required=False, default=None):
                         help="output folder, created if needed" + (" (default: %(default)s)" if default else ""))
 
 
-def add_run_arguments(parser):
-    """--seed, -j/--jobs and --force."""
+def add_run_arguments(parser, force=True):
+    """--seed, -j/--jobs and (unless turned off) --force."""
     parser.add_argument("--seed", type=non_negative_int, default=0,
                         help="seed of every random draw (noise, search starts, the lmfit engine; each voxel's "
                              "from it and the voxel's index); recorded in the outputs (default: %(default)s)")
@@ -226,7 +226,8 @@ def add_run_arguments(parser):
                         help="worker processes (default: the CPUs this process may use, i.e. its CPU affinity and "
                              "cgroup quota, as SLURM sets them); recorded in the outputs, the results do not depend "
                              "on it")
-    add_force_argument(parser)
+    if force:
+        add_force_argument(parser)
 
 
 def add_force_argument(parser):
@@ -235,6 +236,60 @@ def add_force_argument(parser):
                         help="replace outputs that exist: only the files the toolbox writes (in a fit folder, the "
                              "maps of the replaced run that this run does not write are removed too; nothing else "
                              "is touched)")
+
+
+def add_fitting_arguments(parser, *spellings):
+    """The flags of a fit itself, as ivim_fitting.py and ivim_bids.py take them: --directions,
+    --b-tolerance, the model's flags (``spellings`` of the approach, e.g. '-mo', '--model'),
+    --bounds, the engine and its options, -mt, --chunk-size, --model-choice, --bootstrap, --seed
+    and -j/--jobs.  :func:`check_fitting_arguments` completes them after parsing."""
+    from . import constants
+
+    parser.add_argument("--directions", choices=constants.DIRECTION_MODES, default="all",
+                        help="all: fit every volume together (default); trace: fit the geometric mean over "
+                             "directions at each b-value (the trace-weighted signal); each: one set of maps "
+                             "per direction (in FOLDER/dir1, dir2, ...)")
+    parser.add_argument("--b-tolerance", type=b_tolerance, metavar="TOL",
+                        help="b-values within TOL of each other are one b-value, those within TOL of 0 are "
+                             "b = 0 (s/mm^2, or a percentage such as 2%%; default: 2%% of b, at least 1 s/mm^2); "
+                             "used by --directions trace/each")
+    add_model_arguments(parser, *spellings)
+    parser.add_argument("--bounds", type=bounds_spec, metavar="SPEC",
+                        help="override bounds of the preset: name=lower:upper[:start],... with names S0 (a "
+                             "factor of the preset's reference signal), D, f, Dstar (in --dstar-convention), "
+                             "e.g. \"f=0:0.6,Dstar=0.005:0.3,D=0.1e-3:3e-3\"; every result lies inside them")
+    add_engine_argument(parser)
+    parser.add_argument("-mt", type=int, choices=(0, 1), default=1,
+                        help="original flag: 0 = a single process (as -j 1), 1 = use --jobs (default)")
+    parser.add_argument("--chunk-size", type=positive_int, metavar="N",
+                        help="voxels per chunk of work (default: 5000 fast, 20 lmfit); results do not "
+                             "depend on it")
+    parser.add_argument("--model-choice", choices=constants.MODEL_CHOICE_CRITERIA, default="aicc",
+                        help="criterion of model_choice_map, IVIM against the mono-exponential fit: aicc "
+                             "(default) or bic; recorded in the sidecar")
+    parser.add_argument("--bootstrap", type=non_negative_int, default=0, metavar="N",
+                        help="residual bootstrap with N refits per voxel (0: off, the default): the *_sd maps "
+                             "then come from it, with *_ci_low/*_ci_high maps (2.5/97.5 %%); seeded per voxel "
+                             "from --seed; with the fast engine about 2-3 ms of CPU per voxel for N = 200")
+    add_run_arguments(parser, force=False)
+
+
+def check_fitting_arguments(parser, args, spelling):
+    """Usage errors of :func:`add_fitting_arguments`' flags that need more than argparse
+    (--bounds-version with another approach than one-step, --bounds against the approach and
+    convention, the engine's options); sets ``args.engine_options`` and ``args.model_options``,
+    the keywords of IvimModel after its b-values."""
+    from . import engines, model
+
+    check_bounds_version(parser, args, spelling)
+    args.engine_options = engines.options_of(parser, args)
+    try:
+        model.check_user_bounds(args.bounds, args.model, args.dstar_convention)
+    except ValueError as err:
+        parser.error(f"argument --bounds: {str(err).removeprefix('bounds: ')}")
+    args.model_options = dict(approach=args.model, bounds_version=args.bounds_version or "2020", engine=args.engine,
+                              bounds=args.bounds, dstar_convention=args.dstar_convention,
+                              bval_threshold=args.b_threshold, **args.engine_options)
 
 
 def add_common_arguments(parser):

@@ -50,3 +50,7 @@ def ivim_simu_optimize_bvals():
 
 def ivim_toolbox():
     return _run("ivim_toolbox")
+
+
+def ivim_bids():
+    return _run("ivim_bids")

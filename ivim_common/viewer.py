@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from . import model
+from .io.bids import bids_fit_sidecar
 from .io.inputs import load_on_grid, read_bvals
 from .io.results import read_sidecar
 from .constants import BOUND_BITS, CORE_MAPS, FIT_SIDECAR, MAP_FILES, UNCERTAINTY, parameters
@@ -98,8 +99,8 @@ class FitFolder:
         """'fitted', 'outside mask' or 'failed' for voxel ``ijk``."""
         if not self.region[ijk]:
             return "outside mask"
-        values = self.values(ijk)
-        if values.get("exception", 0) >= 0.5 or any(np.isnan(v) for v in values.values()):
+        values = self.values(ijk)       # an SD map is NaN where its parameter is at a bound: not a failure
+        if values.get("exception", 0) >= 0.5 or any(np.isnan(values[p]) for p in model.PARAM_NAMES if p in values):
             return "failed"
         return "fitted"
 
@@ -107,7 +108,8 @@ class FitFolder:
 def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
     """Load a map, the other maps beside it and the inputs named by its sidecar.
 
-    The sidecar ``ivim_fitting.json`` in the map's folder names the other maps, the DWI, the
+    The sidecar ``ivim_fitting.json`` in the map's folder (for a BEP016 map, the fit's sidecar
+    beside it: :func:`ivim_common.io.bids_fit_sidecar`) names the other maps, the DWI, the
     mask and holds the b-values.  Each argument given here overrides what the sidecar says.
 
     Parameters
@@ -129,7 +131,7 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
         A file given here or a map is missing or unreadable, or the images do not match.
     """
     folder = os.path.dirname(os.path.abspath(map_path))
-    sidecar = read_sidecar(os.path.join(folder, FIT_SIDECAR))
+    sidecar = read_sidecar(bids_fit_sidecar(map_path) or os.path.join(folder, FIT_SIDECAR))
     image, data = load_on_grid(map_path, "map", 3)
     map_files = (sidecar or {}).get("maps") or MAP_FILES
     name = _map_name(map_path, map_files)

@@ -22,7 +22,8 @@ from .outputs import check_output_folder, check_outputs, staged_outputs, LOCK_SU
 from .directions import (  # noqa: F401
     SAME_DIRECTION_COS, UNIT_NORM_TOLERANCE, find_beside, b_shells, read_bvecs, direction_labels, direction_sets)
 from .bids import (  # noqa: F401
-    BIDS_PARAM, BIDS_VERSION, CODE_URL, MODEL_URL, bids_source, bids_paths, bids_sidecar, dataset_description,
+    BIDS_PARAM, BIDS_VERSION, CODE_URL, MODEL_URL, bids_source, bids_param, bids_paths, bids_fit_sidecar,
+    bids_sidecar, dataset_description,
     check_bids_outputs, write_bids_maps)
 from .results import (  # noqa: F401
     write_map, median_iqr, read_sidecar, write_fit_folder, read_fit_folder, load_results, save_results)

@@ -3,7 +3,7 @@ sidecars and the dataset's ``dataset_description.json``."""
 import os
 import re
 
-from ..constants import PARAMETERS
+from ..constants import MAP_FILES, PARAMETERS
 from ..version import __version__
 from .outputs import check_outputs, staged_outputs
 from .provenance import write_json
@@ -31,12 +31,27 @@ def bids_source(dwi_path):
     return folders, "_".join(entities)
 
 
+def bids_param(name):
+    """The ``param-`` label of a map: BIDS_PARAM's, or for the trust maps the base map's label
+    with the rest in camel case (``Fivim_sd`` -> ``fSd``, ``model_choice`` -> ``modelChoice``)."""
+    base, _, rest = name.partition("_")
+    return BIDS_PARAM.get(base, base) + "".join(part.capitalize() for part in rest.split("_"))
+
+
 def bids_paths(root, dwi_path, desc=None):
-    """``{map name: path}`` of the BEP016 maps of a DWI under ``root`` (``.nii.gz``; the JSON
-    sidecar of each is beside it, same name)."""
+    """``{map name: path}`` of every BEP016 map a fit of a DWI may write under ``root``
+    (``.nii.gz``; the JSON sidecar of each is beside it, same name)."""
     folders, entities = bids_source(dwi_path)
     base = os.path.join(root, *folders, f"{entities}_model-ivim" + (f"_desc-{desc}" if desc else ""))
-    return {name: f"{base}_param-{param}_dwimap.nii.gz" for name, param in BIDS_PARAM.items()}
+    return {name: f"{base}_param-{bids_param(name)}_dwimap.nii.gz" for name in MAP_FILES}
+
+
+def bids_fit_sidecar(map_path):
+    """The toolbox's sidecar of the fit (as ``ivim_fitting.json``) beside a BEP016 map: the map's
+    name without its ``param-`` entity, ``.json`` (BIDS inheritance applies it to every map of the
+    fit); None when ``map_path`` is not a BEP016 map's name."""
+    path, n = re.subn(r"_param-[A-Za-z0-9]+_dwimap\.(nii(\.gz)?|json)$", "_dwimap.json", str(map_path))
+    return path if n else None
 
 
 def bids_sidecar(name, doc):
@@ -67,19 +82,31 @@ def dataset_description():
 def check_bids_outputs(root, paths, force):
     """Refuse, before any work, BEP016 maps (or sidecars) that exist, without ``force``; the
     derivative root itself may exist (other subjects' maps are left alone)."""
-    check_outputs([q for path in paths for q in (path, path.replace(".nii.gz", ".json"))], force)
+    paths = list(paths)
+    fit_json = [bids_fit_sidecar(paths[0])] if paths else []
+    check_outputs([q for path in paths for q in (path, path.replace(".nii.gz", ".json"))] + fit_json, force)
     check_outputs([os.path.join(root, "dataset_description.json")], True)
 
 
 def write_bids_maps(root, paths, volumes, reference, doc):
-    """Write BEP016 maps with their JSON sidecars, and ``dataset_description.json`` at ``root``
-    if there is none yet, complete or not at all."""
+    """Write the BEP016 maps of ``volumes`` with their JSON sidecars, the fit's sidecar ``doc``
+    (:func:`bids_fit_sidecar`, its ``maps`` the files written), and ``dataset_description.json``
+    at ``root`` if there is none yet, complete or not at all.  The maps of ``paths`` this fit does
+    not write (a replaced run's) are removed.  Returns the fit's sidecar as written."""
     description = os.path.join(root, "dataset_description.json")
-    jsons = {name: path.replace(".nii.gz", ".json") for name, path in paths.items()}
-    outputs = [*paths.values(), *jsons.values()] + ([] if os.path.exists(description) else [description])
+    written = {name: path for name, path in paths.items() if name in volumes}
+    jsons = {name: path.replace(".nii.gz", ".json") for name, path in written.items()}
+    fit_json = bids_fit_sidecar(paths["S0"])
+    doc = {**doc, "maps": {name: os.path.basename(path) for name, path in written.items()}}
+    outputs = [*written.values(), *jsons.values(), fit_json] + ([] if os.path.exists(description) else [description])
     with staged_outputs(outputs) as tmp:
-        for name, path in paths.items():
+        for name, path in written.items():
             write_map(tmp[path], volumes[name], reference)
             write_json(tmp[jsons[name]], bids_sidecar(name, doc))
+        write_json(tmp[fit_json], doc)
         if description in tmp:
             write_json(tmp[description], dataset_description())
+    for path in (q for name, p in paths.items() if name not in volumes for q in (p, p.replace(".nii.gz", ".json"))):
+        if os.path.lexists(path):
+            os.remove(path)
+    return doc
