@@ -71,7 +71,8 @@ def main(argv=None):
     for flag, folder in (("--mask-dir", args.mask_dir), ("--dseg-dir", args.dseg_dir)):
         if folder and not os.path.isdir(folder):
             parser.error(f"{flag} {folder}: no such folder")
-    from ivim_common import bids_app, bids_dataset
+    from ivim_common import bids_app
+    from ivim_common.io import bids_dataset
 
     try:
         dataset = bids_dataset.BidsDataset(args.bids_dir)

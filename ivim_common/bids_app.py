@@ -1,7 +1,7 @@
 """The BIDS App's two levels (ivim_bids.py): fit every DWI of the chosen participants, then
 summarise every fit of the derivatives in a group table.
 
-participant: for each DWI (:mod:`ivim_common.bids_dataset`), a mask (auto, none, or from a
+participant: for each DWI (:mod:`ivim_common.io.bids_dataset`), a mask (auto, none, or from a
 derivatives dataset), the fit of :class:`ivim_common.IvimModel`, its maps in BEP016 names
 (:func:`ivim_common.io.bids_paths`), the SNR at the lowest b measured and the SNR the protocol
 needs, then one HTML report per participant (:mod:`ivim_common.report`).  A DWI whose outputs
@@ -17,7 +17,8 @@ import warnings
 
 import numpy as np
 
-from . import bids_dataset, design, io, model, report, voxelpool
+from . import design, io, model, report, voxelpool
+from .io import bids_dataset
 from .api import IvimModel
 from .constants import DEFAULT_MAX_ERROR
 from .errors import InputError, IvimError, OutputExistsError

@@ -14,7 +14,9 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import __version__, bids_dataset, io, model
+from . import io, model
+from .io import bids_dataset
+from .version import __version__
 from .constants import BOUND_BITS, parameters
 from .viewer import map_display
 

@@ -12,7 +12,8 @@ import pytest
 
 import ivim_bids
 from conftest import REPO
-from ivim_common import IvimModel, bids_app, bids_dataset, model, viewer
+from ivim_common import IvimModel, bids_app, model, viewer
+from ivim_common.io import bids_dataset
 from ivim_common.errors import InputError
 
 BVALS = np.array([0, 0, 0, 10, 20, 40, 80, 150, 300, 500, 800], dtype=float)

@@ -23,6 +23,8 @@ LAYERS = (
     ("simulation",),
     ("design",),
     ("viewer", "plotting"),
+    ("report",),
+    ("bids_app",),
     ("cli",),
     ("simu_cli", "commands"),
     ("gui",),            # drives the scripts' own parsers and main() (see its docstring)

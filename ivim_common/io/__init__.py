@@ -7,7 +7,8 @@
 - :mod:`~ivim_common.io.provenance`: the sidecars' provenance (sha256 of the inputs, command,
   version, model) and the JSON writer;
 - :mod:`~ivim_common.io.results`: a fit folder's maps and sidecar, a simulation's .npz and JSON;
-- :mod:`~ivim_common.io.bids`: BIDS derivatives.
+- :mod:`~ivim_common.io.bids`: BIDS derivatives;
+- :mod:`~ivim_common.io.bids_dataset`: reading a BIDS dataset (entities, inheritance, derivatives).
 
 Every user mistake raises :class:`ivim_common.errors.IvimError` (or a subclass) with one line
 that names the file and the problem.  The names are re-exported here, so ``from ivim_common

@@ -21,9 +21,11 @@ import re
 
 import numpy as np
 
-from . import io
-from .constants import MODEL_PARAMETERS
-from .errors import InputError
+from ..constants import MODEL_PARAMETERS
+from ..errors import InputError
+from .bids import bids_source
+from .inputs import load_on_grid
+from .results import read_sidecar
 
 # Entities of a DWI's name, in the order of the BIDS specification (appendix: entity table).
 DWI_ENTITIES = ("sub", "ses", "acq", "rec", "dir", "run", "part", "chunk")
@@ -74,7 +76,7 @@ class Dwi:
     def name(self):
         """The entities as in the file name, e.g. ``sub-01_ses-2_acq-ivim`` (as its derivatives' names
         start: :func:`ivim_common.io.bids_source`)."""
-        return io.bids_source(self.path)[1]
+        return bids_source(self.path)[1]
 
     @property
     def folders(self):
@@ -214,7 +216,7 @@ def read_tsv(path):
 
 def read_json(path):
     """A JSON file's object (:func:`ivim_common.io.read_sidecar`); InputError if it is not one."""
-    doc = io.read_sidecar(path)
+    doc = read_sidecar(path)
     if not isinstance(doc, dict):
         raise InputError(f"{path}: not a JSON object")
     return doc
@@ -251,6 +253,6 @@ def read_fit(doc):
     reference : nibabel image
         The S0 map (grid, affine, voxel size).
     """
-    reference = io.load_on_grid(fit_map_path(doc, "S0"), "S0 map", 3)[0]
-    maps = {name: io.load_on_grid(fit_map_path(doc, name), f"{name} map", 3, reference)[1] for name in doc["maps"]}
+    reference = load_on_grid(fit_map_path(doc, "S0"), "S0 map", 3)[0]
+    maps = {name: load_on_grid(fit_map_path(doc, name), f"{name} map", 3, reference)[1] for name in doc["maps"]}
     return maps, np.any([maps[n] != 0 for n in MODEL_PARAMETERS], axis=0), reference
