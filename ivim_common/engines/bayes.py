@@ -34,7 +34,7 @@ import math
 
 import numpy as np
 
-from .. import model
+from .. import model, spatial
 from .fast import compile_kernel
 
 CHUNK_SIZE = 2000             # voxels per chunk of the voxel pool (about 0.1 s each)
@@ -52,6 +52,12 @@ TABLE_SIZE = 256              # points of a prior density table
 TABLE_RANGE = ((math.log(1e-5), math.log(1e-1)), (0.0, 1.0), (math.log(1e-5), math.log(1.0)))
 BISECT_ITER = 40              # bisection steps of a D* quantile
 ESTIMATES = {"mean": 0, "median": 4, "mode": 5}   # point estimates: their rows of the summaries
+# The scale of D*ₚ in the broad prior of a --prior choice (image_options) where the box is a
+# toolbox preset (2020, 2019: the cord's physiological range, as the original designed them)
+# and where it is the user's (the osipi preset, --bounds: a limit, not a belief).  auto and
+# spatial: AUTO_SCALE.
+DSTAR_SCALE = {"uniform": ("linear", "linear"), "log": ("log", "log")}
+AUTO_SCALE = ("linear", "log")
 
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}   # vectorise reductions, keep NaN/inf rules
 
@@ -535,7 +541,7 @@ def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=G
     return out
 
 
-def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None, estimate=None):
+def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None, estimate=None, neighbours=None):
     """Posterior of (S0, D, f, D*) per voxel; the engine draws nothing (seeds are unused).
 
     Parameters
@@ -559,10 +565,13 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None, estim
     estimate : {'mean', 'median', 'mode'}, optional
         The point estimate (params) of D, f and D*ₚ (D* is D*ₚ's less D's); default the
         prior's (see :func:`uniform_prior`).
+    neighbours : ndarray of int (n, 6), optional
+        The rows' neighbours (:func:`ivim_common.spatial.neighbours`): the posterior under the
+        spatial prior (:mod:`ivim_common.spatial`) on top of ``prior``.
 
     Returns
     -------
-    dict of ndarray (n, 4): params (posterior means), sd (posterior SD), ci_low, ci_high
+    dict of ndarray (n, 4): params (the point estimates), sd (posterior SD), ci_low, ci_high
     (2.5 and 97.5 % posterior quantiles; NaN for a held parameter); NaN rows where a voxel
     failed; pool (n, 3): the SD and quantiles of D*ₚ = D + D*; lo, hi (n, 4): the box the
     posterior lives in (S0 unbounded).
@@ -579,7 +588,15 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None, estim
         pool = limits["pool"][:2]
     if np.asarray(bvals).size < 4:
         raise ValueError("the Bayesian engine needs at least 4 b-values")
-    summaries = posterior_summaries(bvals, signal, lo, hi, prior, pool=pool)
+    signal = np.atleast_2d(signal)
+
+    def voxelwise(rows_signal, gauss):
+        return posterior_summaries(bvals, rows_signal, lo, hi, prior, pool=pool, gauss=gauss)
+
+    if neighbours is None:
+        summaries = voxelwise(signal, None)
+    else:
+        summaries = spatial.posterior(signal, voxelwise, neighbours)
     summaries[:, 1:4, :4][:, :, fixed] = np.nan     # a held parameter has no uncertainty
     out = summaries[:, :, :4]
     params = out[:, ESTIMATES[estimate or prior["estimate"]]].copy()
@@ -611,18 +628,21 @@ def prepare(announce=True):
     _ready = True
 
 
-def image_options(ivim_model, signal, jobs, prior="uniform"):
-    """The prior of a fit (see :mod:`ivim_common.engines`): ``uniform`` (:func:`uniform_prior`)
-    or ``empirical``, from a first least-squares pass of the fast engine over the voxels
-    (:func:`empirical_prior`).  Returns the options of every chunk and the sidecar's record."""
+def image_options(ivim_model, signal, jobs, volume=None, prior="auto"):
+    """The prior of a fit (see :mod:`ivim_common.engines` and its OPTIONS): ``auto``, ``uniform``
+    or ``log`` (:func:`uniform_prior`, D*ₚ's scale from :data:`DSTAR_SCALE`), ``empirical``, from a
+    first least-squares pass of the fast engine over the voxels (:func:`empirical_prior`), or
+    ``spatial``, auto's times the spatial prior (:mod:`ivim_common.spatial`).
+
+    ``volume`` = (shape, flat indices of the rows of ``signal``) where the voxels are those of
+    a volume (IvimModel.fit), else None.  Returns the options of every chunk (with
+    ``neighbours`` the fit is one chunk) and the sidecar's record."""
     from . import OPTIONS
 
     choices = OPTIONS["bayes"]["prior"][0]
     if prior not in choices:
         raise ValueError(f"unknown prior {prior!r} (choose from {', '.join(choices)})")
-    if prior == "uniform":
-        table = uniform_prior()
-    else:
+    if prior == "empirical":
         from ..api import IvimModel
 
         conv = ivim_model.dstar_convention
@@ -634,4 +654,18 @@ def image_options(ivim_model, signal, jobs, prior="uniform"):
         _, lo, hi, _ = model.voxel_bounds(ivim_model.bvals, signal[ok], ivim_model.approach,
                                           ivim_model.bounds_version, ivim_model.bounds, conv, ivim_model.bval_threshold)
         table = empirical_prior(params[ok], lo, hi)
-    return {"prior": table}, {"prior": prior, "prior_description": table["name"]}
+    else:
+        users_box = model.refinement_limits(ivim_model.approach, ivim_model.bounds_version, ivim_model.bounds,
+                                            ivim_model.dstar_convention) is not None
+        table = uniform_prior(DSTAR_SCALE.get(prior, AUTO_SCALE)[users_box])
+    options = {"prior": table}
+    record = {"prior": prior, "prior_description": table["name"], "point_estimate": table["estimate"]}
+    if prior == "spatial":
+        shape, ids = volume if volume is not None else (None, ())
+        spatial.check_volume(shape, len(ids))
+        options["neighbours"] = spatial.neighbours(shape, ids)
+        record["prior_description"] += (
+            f"; times the spatial prior (ivim_common.spatial): a Gaussian mixture of tissues estimated from the "
+            f"image and an edge-preserving Markov random field on the 6-neighbourhood (coupling {spatial.COUPLING:g}, "
+            f"{spatial.POOL_STEPS} rounds of pooled neighbours, {spatial.SWEEPS} conditional update(s))")
+    return options, record
