@@ -16,7 +16,7 @@ import time
 import traceback
 
 from . import __version__
-from .errors import IvimError
+from .errors import IvimError, UsageError
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -263,7 +263,7 @@ def run(body, args, prog):
     Returns
     -------
     int
-        0, 1 (IvimError), or 128 + the signal's number when stopped by SIGINT (130),
+        0, 1 (IvimError), 2 (UsageError), or 128 + the signal's number when stopped by SIGINT (130),
         SIGHUP (129) or SIGTERM (143).
     """
     try:
@@ -274,7 +274,7 @@ def run(body, args, prog):
             traceback.print_exc()
         message = " ".join(str(exc).split())  # one line, even if a library's message had several
         print(f"{prog}: error: {message}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt as exc:
         for signum in STOP_SIGNALS:      # exiting: a second signal changes nothing
             signal.signal(signum, signal.SIG_IGN)

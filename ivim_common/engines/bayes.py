@@ -52,12 +52,14 @@ TABLE_SIZE = 256              # points of a prior density table
 TABLE_RANGE = ((math.log(1e-5), math.log(1e-1)), (0.0, 1.0), (math.log(1e-5), math.log(1.0)))
 BISECT_ITER = 40              # bisection steps of a D* quantile
 ESTIMATES = {"mean": 0, "median": 4, "mode": 5}   # point estimates: their rows of the summaries
-# The scale of D*ₚ in the broad prior of a --prior choice (image_options) where the box is a
-# toolbox preset (2020, 2019: the cord's physiological range, as the original designed them)
-# and where it is the user's (the osipi preset, --bounds: a limit, not a belief).  auto and
-# spatial: AUTO_SCALE.
-DSTAR_SCALE = {"uniform": ("linear", "linear"), "log": ("log", "log")}
-AUTO_SCALE = ("linear", "log")
+# The broad prior of a --prior choice (image_options), uniform_prior's keywords, where the box
+# is a toolbox preset (2020, 2019: the cord's physiological range, as the original designed
+# them) and where it is the user's (the osipi preset, --bounds: a limit, not a belief).  auto
+# and spatial: AUTO.
+UNIFORM = {"dstar": "linear"}
+SCALE_FREE = {"dstar": "log", "f": "falling"}
+BROAD = {"uniform": (UNIFORM, UNIFORM), "log": (SCALE_FREE, SCALE_FREE)}
+AUTO = (UNIFORM, SCALE_FREE)
 
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}   # vectorise reductions, keep NaN/inf rules
 
@@ -81,13 +83,16 @@ def _tables(logdens_funcs):
 _IDENTITY = lambda x: x          # noqa: E731  (over log x, uniform in x is a density ∝ x)
 _FLAT = np.zeros_like
 _SCALES = {"linear": _IDENTITY, "log": _FLAT}
+_F_DENSITY = {"flat": _FLAT, "falling": lambda f: np.log(np.clip(1.0 - f, 1e-6, None))}
 
 
-def uniform_prior(dstar="linear", d="linear", d_bounds=PRIOR_D_BOUNDS):
-    """Broad prior: uniform in f, in D (``d='linear'``) or log D (``'log'``), and in D*ₚ
-    (``dstar='linear'``, for fixed D the same as uniform in D*) or in log D*ₚ (``'log'``),
-    within each voxel's bounds, D within ``d_bounds`` (mm²/s) where D varies (None: the
-    voxel's nominal bounds of D).
+def uniform_prior(dstar="linear", d="linear", f="flat", d_bounds=PRIOR_D_BOUNDS):
+    """Broad prior within each voxel's bounds: uniform in D (``d='linear'``) or log D
+    (``'log'``); in D*ₚ (``dstar='linear'``, for fixed D the same as uniform in D*) or in
+    log D*ₚ (``'log'``); in f (``f='flat'``) or with a density falling linearly from f = 0
+    to f = 1, ∝ 1 − f (``'falling'``, Beta(1, 2): a voxel of blood is not as likely as one of
+    tissue); D within ``d_bounds`` (mm²/s) where D varies (None: the voxel's nominal bounds
+    of D).
 
     The toolbox's one-step bounds put D in [0.15e-3, 1.2·Dinit], Dinit from the voxel's own
     high-b signal: a least-squares device, not a prior; with noise, 1.2·Dinit is below the
@@ -105,9 +110,12 @@ def uniform_prior(dstar="linear", d="linear", d_bounds=PRIOR_D_BOUNDS):
     for name, scale in (("dstar", dstar), ("d", d)):
         if scale not in _SCALES:
             raise ValueError(f"{name} must be 'linear' or 'log', not {scale!r}")
-    prior = _tables((_SCALES[d], _FLAT, _SCALES[dstar]))
-    prior["name"] = (f"uniform in {'D' if d == 'linear' else 'log D'}, f and "
-                     f"{'D*p' if dstar == 'linear' else 'log D*p'} within the bounds"
+    if f not in _F_DENSITY:
+        raise ValueError(f"f must be 'flat' or 'falling', not {f!r}")
+    prior = _tables((_SCALES[d], _F_DENSITY[f], _SCALES[dstar]))
+    prior["name"] = (f"uniform in {'D' if d == 'linear' else 'log D'}"
+                     + (", f" if f == "flat" else ", f's density falling as 1 - f,")
+                     + f" and {'D*p' if dstar == 'linear' else 'log D*p'} within the bounds"
                      + (f", D in [{d_bounds[0]:g}, {d_bounds[1]:g}]" if d_bounds is not None else ""))
     prior["d_bounds"] = d_bounds
     prior["estimate"] = "mean" if dstar == "linear" else "median"
@@ -630,7 +638,7 @@ def prepare(announce=True):
 
 def image_options(ivim_model, signal, jobs, volume=None, prior="auto"):
     """The prior of a fit (see :mod:`ivim_common.engines` and its OPTIONS): ``auto``, ``uniform``
-    or ``log`` (:func:`uniform_prior`, D*ₚ's scale from :data:`DSTAR_SCALE`), ``empirical``, from a
+    or ``log`` (:func:`uniform_prior`, its keywords from :data:`BROAD`), ``empirical``, from a
     first least-squares pass of the fast engine over the voxels (:func:`empirical_prior`), or
     ``spatial``, auto's times the spatial prior (:mod:`ivim_common.spatial`).
 
@@ -657,7 +665,7 @@ def image_options(ivim_model, signal, jobs, volume=None, prior="auto"):
     else:
         users_box = model.refinement_limits(ivim_model.approach, ivim_model.bounds_version, ivim_model.bounds,
                                             ivim_model.dstar_convention) is not None
-        table = uniform_prior(DSTAR_SCALE.get(prior, AUTO_SCALE)[users_box])
+        table = uniform_prior(**BROAD.get(prior, AUTO)[users_box])
     options = {"prior": table}
     record = {"prior": prior, "prior_description": table["name"], "point_estimate": table["estimate"]}
     if prior == "spatial":
