@@ -62,8 +62,10 @@ def ivim_mri(ph, spatial, python, seed):
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
         np.savez(src, signal=ph["signal"], mask=ph["mask"], bvals=ph["bvals"], spatial=spatial, seed=seed)
-        subprocess.run([python, os.path.join(HERE, "ivim_mri_anchor.py"), src, dst], check=True,
-                       stdout=subprocess.DEVNULL)
+        done = subprocess.run([python, os.path.join(HERE, "ivim_mri_anchor.py"), src, dst],
+                              capture_output=True, text=True)      # its overflow warnings: not ours
+        if done.returncode:
+            raise RuntimeError(f"ivim-mri failed: {done.stderr.strip()}")
         out = np.load(dst, allow_pickle=False)
         return np.stack([out["D"], out["f"], out["Dstar_p"]], axis=-1), float(out["cpu_s"])
 
