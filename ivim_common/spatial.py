@@ -169,13 +169,18 @@ def pool_signals(signal, nbr, w, steps=POOL_STEPS):
     return out
 
 
-def conditional_prior(field, nbr, w, resp, mu, spread, pair_var):
+def conditional_prior(field, field_sd, nbr, w, resp, mu, spread, pair_var):
     """Each voxel's Gaussian factors given its tissues and its neighbours' values ``field``
-    (n, 3), merged: (mean, precision), each (n, 3); precision 0 where a voxel has neither (a
-    failed voxel).  ``pair_var`` (3,) is τ², the field's variance for a fully coupled pair."""
+    (n, 3), known to within ``field_sd`` (n, 3), merged: (mean, precision), each (n, 3);
+    precision 0 where a voxel has neither (a failed voxel).  ``pair_var`` (3,) is τ², the
+    field's variance for a fully coupled pair: neighbour j's factor has the variance
+    τ²/w_ij + field_sd_j²."""
     j = np.where(nbr >= 0, nbr, 0)
-    prec = resp @ (1.0 / spread) + w.sum(axis=1)[:, None] / pair_var
-    num = resp @ (mu / spread) + np.einsum("ij,ijk->ik", w, np.nan_to_num(field[j])) / pair_var
+    with np.errstate(divide="ignore"):
+        pull = np.where(w[:, :, None] > 0, 1.0 / (pair_var / w[:, :, None] + field_sd[j] ** 2), 0.0)
+    pull = np.nan_to_num(pull, nan=0.0)
+    prec = resp @ (1.0 / spread) + pull.sum(axis=1)
+    num = resp @ (mu / spread) + (pull * np.nan_to_num(field[j])).sum(axis=1)
     mean = np.divide(num, prec, out=np.zeros_like(num), where=prec > 0)
     return mean, prec
 
@@ -199,8 +204,8 @@ def posterior(signal, fit, nbr, sweeps=SWEEPS):
     pair_var = np.nanmedian(scale, axis=0) ** 2 / COUPLING
     s0 = summaries[:, 0, 0]
     s0 = np.where(np.isfinite(s0) & (s0 > 0), s0, 1.0)[:, None]
-    field = locations(fit(pool_signals(signal / s0, nbr, w) * s0, None))[0]
+    field, field_sd = locations(fit(pool_signals(signal / s0, nbr, w) * s0, None))
     for _ in range(sweeps):
-        summaries = fit(signal, conditional_prior(field, nbr, w, resp, mu, spread, pair_var))
-        field = locations(summaries)[0]
+        summaries = fit(signal, conditional_prior(field, field_sd, nbr, w, resp, mu, spread, pair_var))
+        field, field_sd = locations(summaries)
     return summaries
