@@ -50,11 +50,17 @@ ANCHOR_METHODS = ("bayes log = auto here (voxel-wise)", "**bayes spatial**")
 
 
 def ours(ph, kwargs):
-    """Maps (D, f, D*ₚ) and CPU seconds of one of our methods."""
+    """Maps (D, f, D*ₚ; with intervals (2, ...) where the engine gives them) and CPU seconds of
+    one of our methods."""
     mdl = IvimModel(ph["bvals"], "one-step", "osipi", dstar_convention="osipi", **kwargs)
     t0 = time.process_time()
     fit = mdl.fit(ph["signal"], ph["mask"])
-    return np.stack([fit.D, fit.f, fit.Dstar], axis=-1), time.process_time() - t0
+    seconds = time.process_time() - t0
+    names = ("D", "Fivim", "Dstar")
+    ci = None
+    if "Fivim_ci_low" in fit.maps:
+        ci = np.stack([np.stack([fit.maps[f"{n}_ci_{side}"] for n in names], axis=-1) for side in ("low", "high")])
+    return np.stack([fit.maps[n] for n in names], axis=-1), seconds, ci
 
 
 def ivim_mri(ph, spatial, python, seed):
@@ -67,22 +73,26 @@ def ivim_mri(ph, spatial, python, seed):
         if done.returncode:
             raise RuntimeError(f"ivim-mri failed: {done.stderr.strip()}")
         out = np.load(dst, allow_pickle=False)
-        return np.stack([out["D"], out["f"], out["Dstar_p"]], axis=-1), float(out["cpu_s"])
+        return np.stack([out["D"], out["f"], out["Dstar_p"]], axis=-1), float(out["cpu_s"]), None
 
 
-def scores(ph, est):
-    """Median |rel err| (D, f, D*ₚ) inside and at edges, and f's rank correlation in tissue 1."""
+def scores(ph, est, ci):
+    """Median |rel err| (D, f, D*ₚ) inside and at edges, f's rank correlation in tissue 1, and
+    the coverage (D, f, D*ₚ) of the 95 % intervals inside (None without intervals)."""
     rel = np.abs(est - ph["truth"]) / ph["truth"]
     inside, edge = ph["mask"] & ~ph["edge"], ph["edge"]
     main = inside & (ph["tissue"] == 1)
     rho = spearmanr(est[..., 1][main], ph["truth"][..., 1][main]).correlation
-    return np.nanmedian(rel[inside], axis=0), np.nanmedian(rel[edge], axis=0), rho
+    cov = None if ci is None else ((ci[0] <= ph["truth"]) & (ph["truth"] <= ci[1]))[inside].mean(axis=0)
+    return np.nanmedian(rel[inside], axis=0), np.nanmedian(rel[edge], axis=0), rho, cov
 
 
-def row(case, snr, label, ph, est, seconds, base_seconds):
-    inside, edge, rho = scores(ph, est)
+def row(case, snr, label, ph, run, base_seconds):
+    est, seconds, ci = run
+    inside, edge, rho, cov = scores(ph, est, ci)
     cells = [" / ".join(f"{x:.3f}" for x in v[[1, 0, 2]]) for v in (inside, edge)]
-    print(f"| {case} | {snr} | {label} | {cells[0]} | {cells[1]} | {rho:.2f} | {seconds:.2f} | "
+    cells.append("" if cov is None else " / ".join(f"{x:.2f}" for x in cov[[1, 0, 2]]))
+    print(f"| {case} | {snr:g} | {label} | {cells[0]} | {cells[1]} | {rho:.2f} | {cells[2]} | {seconds:.2f} | "
           f"{seconds / base_seconds:.1f} |", flush=True)
     return inside, rho
 
@@ -100,16 +110,18 @@ def main(argv=None):
     for kwargs in METHODS.values():
         ours(warm, kwargs)                  # compiled or loaded, not timed
     print(f"seed {args.seed}; median |relative error| f / D / D*p inside tissues and at edges; rho: Spearman "
-          "of f in the largest tissue; CPU s in one process, and x the voxel-wise posterior's (log)\n")
-    print("| case | SNR | method | inside f / D / D*p | edges f / D / D*p | rho f | CPU s | x voxel-wise |")
-    print("|---|---|---|---|---|---|---|---|")
+          "of f in the largest tissue; coverage of the truth by the 95 % intervals inside tissues; CPU s in one "
+          "process, and x the voxel-wise posterior's (log)\n")
+    print("| case | SNR | method | inside f / D / D*p | edges f / D / D*p | rho f | coverage f / D / D*p | CPU s "
+          "| x voxel-wise |")
+    print("|---|---|---|---|---|---|---|---|---|")
     targets = []
     for case in args.cases:
         for snr in args.snr:
             ph = phantom(case, snr, args.seed + int(snr))
             runs = {label: ours(ph, kwargs) for label, kwargs in METHODS.items()}
             base = runs["bayes log = auto here (voxel-wise)"][1]
-            res = {label: row(case, snr, label, ph, est, sec, base) for label, (est, sec) in runs.items()}
+            res = {label: row(case, snr, label, ph, run, base) for label, run in runs.items()}
             if case == "brain" and snr == 30:
                 (vw, _), (sp, rho) = res["bayes log = auto here (voxel-wise)"], res["**bayes spatial**"]
                 targets.append((sp[1] / vw[1], sp[2] / vw[2], sp[0] / vw[0], rho,
@@ -122,8 +134,8 @@ def main(argv=None):
                 small_runs[f"ivim-mri bayes{' spatial_prior' if spatial else ''}, 32x32x1"] = ivim_mri(
                     small, spatial, args.anchor_python, args.seed)
             small_base = small_runs[f"{ANCHOR_METHODS[0]}, 32x32x1"][1]
-            for label, (est, sec) in small_runs.items():
-                row(case, snr, label, small, est, sec, small_base)
+            for label, run in small_runs.items():
+                row(case, snr, label, small, run, small_base)
     if not anchor:
         print("\nivim-mri: skipped (--no-anchor, or no", args.anchor_python, ")")
     for f_ratio, p_ratio, d_ratio, rho, t_ratio in targets:
