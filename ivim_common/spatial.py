@@ -3,14 +3,15 @@
 Each voxel's prior on the grid coordinates x = (log D, f, log D*ₚ) of
 :mod:`ivim_common.engines.bayes` becomes its broad prior times one Gaussian factor per coordinate,
 
-    p(x_i | rest) ∝ Π_k N(x_i; μ_k, V_k)^r_ik · Π_j N(x_i; z_j, τ² / w_ij),
+    p(x_i | rest) ∝ Π_k N(x_i; μ_k, V_k)^r_ik · Π_j N(x_i; z_j, τ²/w_ij + s_j²),
 
 a population (hierarchical) term, the voxel's tissues k of a Gaussian mixture fitted to the
 image's voxel-wise posteriors (means μ_k, spreads V_k, responsibilities r_ik), times a Gaussian
-Markov random field on the 3-D 6-neighbourhood that pulls x_i towards its neighbours' values z_j.
-The factors are Gaussian in x, so their product is one Gaussian per coordinate and the grid
-posterior of a voxel keeps its cost; the credible intervals are those of each voxel's posterior
-given its tissue and its neighbours.
+Markov random field on the 3-D 6-neighbourhood that pulls x_i towards its neighbours' values z_j
+(known to within s_j).  The factors are Gaussian in x, so their product is one Gaussian per
+coordinate and the grid posterior of a voxel keeps its cost; the credible intervals are those of
+each voxel's posterior given its tissue and its neighbours' values (narrower than the joint
+posterior's marginals would be).
 
 Edges stay sharp: w_ij = (Σ_k r_ik·r_jk) · exp(−δ_ij²/2), so neighbours of different tissues, or
 whose voxel-wise posteriors differ by much more than their spread (δ_ij: the difference of their
@@ -20,14 +21,14 @@ onto the tissue's mean, and the tissue's spread V_k is that of the voxel-wise me
 than the tissue's own), so the population term stays weak.  τ² is the median voxel-wise posterior
 variance over COUPLING: a fully coupled neighbour weighs COUPLING times a typical voxel's data.
 
-The neighbours' values z_j: the posterior medians of the voxels' signals pooled with their
-neighbours' (POOL_STEPS rounds of the same edge-weighted local mean, each signal normalised
-by its voxel-wise S0), which is what a field of similar neighbours would say, with the evidence of
-all of them (the posterior median of a voxel alone, at clinical SNR, mostly reflects the broad
-prior: averaging those would average their bias).  Then SWEEPS conditional updates: each voxel's
-grid posterior given its tissue and its neighbours' current values (one was measured to be enough,
-see bench/bench_spatial.py).  No sampling: the cost is a few voxel-wise passes.  This module
-computes only (numpy): the engine gives it the grid posterior.
+The neighbours' values z_j, s_j: the posterior medians and SDs of the voxels' signals pooled with
+their neighbours' (POOL_STEPS rounds of the same edge-weighted local mean, each signal normalised
+by its voxel-wise S0), which is what a field of similar neighbours says, with the evidence of all
+of them (the posterior median of a voxel alone, at clinical SNR, mostly reflects the broad prior:
+averaging those would average their bias).  Then SWEEPS conditional updates (iterated conditional
+modes): each voxel's grid posterior given its tissue and its neighbours' current values; more than
+one measured no better (docs/accuracy_priors.md).  No sampling: the cost is three voxel-wise
+passes.  This module computes only (numpy): the engine gives it the grid posterior.
 """
 import numpy as np
 
