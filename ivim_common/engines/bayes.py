@@ -15,14 +15,16 @@ over f costs a handful of flops and no exponential; the power of RSS is taken by
 squaring (no log or exp per grid point).
 
 The grid spans (log D, f, log D*ₚ), cell-centred; the prior is a product of three 1-D
-densities in those coordinates (:func:`uniform_prior`, :func:`empirical_prior`) times the
+densities in those coordinates (:func:`uniform_prior`, :func:`empirical_prior`), times, with
+the spatial prior (:mod:`ivim_common.spatial`), one Gaussian per coordinate and voxel, times the
 voxel's box lo <= (D, f, D*) <= hi (D* = D*ₚ − D; D's box from the prior, see
 :func:`uniform_prior`).  A coarse grid over the whole box locates the posterior; a finer one
 over its mean ± ZOOM_SD posterior SD gives the estimates, zoomed again while a posterior SD
-is under RESOLVED_SD cells (high SNR).  Point estimates are posterior means: on issue 18's
-phantom (SNR 30, 50; Gaussian and Rician; measured in the nominal D box) the mean's median
-|relative error| was lower than the median's for f (0.26 vs 0.30 at SNR 30) and D*ₚ (0.28 vs
-0.30), within 0.003 for D (0.098 vs 0.095 at SNR 30, equal at 50).  SD and the
+is under RESOLVED_SD cells (high SNR).  Point estimates are the prior's (:data:`ESTIMATES`):
+posterior means with the uniform prior (on issue 18's phantom, SNR 30, 50, the mean's median
+|relative error| was lower than the median's for f, 0.26 vs 0.30 at SNR 30, and D*ₚ, 0.28 vs
+0.30, within 0.003 for D), medians with the prior uniform in log D*ₚ (docs/accuracy_priors.md:
+bench/bench_priors.py measures mean, median and mode in every box).  SD and the
 2.5/97.5 % quantiles are those of the grid posterior, each cell's mass spread evenly over the
 cell; D*'s quantiles by bisection of its CDF over the joint of (D, D*ₚ).
 
