@@ -145,3 +145,20 @@ def test_cli_spatial_prior_bad_inputs_exit_2(tmp_path, capsys):
         assert not (tmp_path / "out").exists()
     assert ivim_fitting.main([str(a) for a in base + ["--engine", "bayes"]]) == 0
     assert nib.load(tmp_path / "out" / "Fivim_map.nii.gz").shape == (4, 4, 1)
+
+
+def test_point_estimates_are_rows_of_the_posterior():
+    """Median and mode lie inside the 95 % interval; fit's estimate picks them (D* as D*p's
+    less D's, so that the osipi map is D*p's own median)."""
+    from ivim_common.engines import bayes
+
+    truth, signal = wide_box_voxels(40, seed=7, snr=50)
+    init, lo, hi, vary = model.voxel_bounds(BVALS, signal, "one-step", "2020")
+    lo_b, hi_b = bayes.prior_box(lo, hi, bayes.uniform_prior())
+    summ = bayes.posterior_summaries(BVALS, signal, lo_b, hi_b, bayes.uniform_prior())
+    for row in (4, 5):
+        assert ((summ[:, 2, 1:] <= summ[:, row, 1:] + 1e-12) & (summ[:, row, 1:] <= summ[:, 3, 1:] + 1e-12))[:, [0, 1, 3]].all()
+    np.testing.assert_allclose(summ[:, 4, 3], summ[:, 4, 4] - summ[:, 4, 1])
+    for estimate, row in bayes.ESTIMATES.items():
+        p = bayes.fit(BVALS, signal, init, lo, hi, vary, None, estimate=estimate)["params"]
+        np.testing.assert_array_equal(p[:, :3], summ[:, row, :3])
