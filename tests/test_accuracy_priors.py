@@ -157,7 +157,8 @@ def test_point_estimates_are_rows_of_the_posterior():
     lo_b, hi_b = bayes.prior_box(lo, hi, bayes.uniform_prior())
     summ = bayes.posterior_summaries(BVALS, signal, lo_b, hi_b, bayes.uniform_prior())
     for row in (4, 5):
-        assert ((summ[:, 2, 1:] <= summ[:, row, 1:] + 1e-12) & (summ[:, row, 1:] <= summ[:, 3, 1:] + 1e-12))[:, [0, 1, 3]].all()
+        inside = (summ[:, 2, 1:] <= summ[:, row, 1:] + 1e-12) & (summ[:, row, 1:] <= summ[:, 3, 1:] + 1e-12)
+        assert inside[:, [0, 1, 3]].all()             # D, f, D*p
     np.testing.assert_allclose(summ[:, 4, 3], summ[:, 4, 4] - summ[:, 4, 1])
     for estimate, row in bayes.ESTIMATES.items():
         p = bayes.fit(BVALS, signal, init, lo, hi, vary, None, estimate=estimate)["params"]

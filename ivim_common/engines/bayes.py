@@ -547,7 +547,8 @@ def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=G
     if pool is not None:
         p_lo, p_hi = np.maximum(p_lo, pool[0]), np.minimum(p_hi, pool[1])
     _fit_kernel(b, signal, lo, hi, np.ascontiguousarray(p_lo), np.ascontiguousarray(p_hi), coarse, fine, prior["start"], prior["step"], prior["logdens"],
-                np.ascontiguousarray(mu, dtype=float), np.ascontiguousarray(prec, dtype=float), PROB, _scratch(b.size, coarse, fine), out)
+                np.ascontiguousarray(mu, dtype=float), np.ascontiguousarray(prec, dtype=float), PROB,
+                _scratch(b.size, coarse, fine), out)
     return out
 
 
