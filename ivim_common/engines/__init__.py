@@ -53,8 +53,8 @@ OPTIONS = {
                         "prior of --engine bayes (docs/accuracy_priors.md): uniform = uniform in D, f and "
                         "D*p = D+D* within the bounds (D within the toolbox's Dinit range, 0.15e-3 to 4.5e-3 "
                         "mm^2/s), posterior mean; log = uniform in D and log D*p, f's density falling as 1-f, "
-                        "posterior median; auto = "
-                        "uniform in the 2020/2019 presets, log with the osipi preset or --bounds (wide boxes); "
+                        "posterior median; auto = uniform in the 2020/2019 presets, log with the osipi preset "
+                        "or --bounds (wide boxes); "
                         "empirical = from a first least-squares pass over the voxels; spatial = auto's times "
                         "a prior tying each voxel to its tissue and its neighbours (a volume fit, one "
                         "process) (default: %(default)s)")},
