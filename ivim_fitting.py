@@ -5,9 +5,10 @@ import sys
 import textwrap
 import time
 
-from ivim_common import cli, constants, engines, limit_blas_threads
+from ivim_common import cli, constants, engines
 from ivim_common.constants import FIT_SIDECAR, MAP_FILES
 from ivim_common.errors import InputError, UsageError
+from ivim_common.resources import limit_blas_threads
 
 PROG = "ivim_fitting.py"
 
@@ -53,7 +54,7 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
     parser.add_argument("--bvec", metavar="BVEC",
                         help="gradient directions (FSL: 3 rows, one column per volume), for --directions "
                              "trace/each; default: the .bvec beside the input, if there is one")
-    parser.add_argument("--directions", choices=("all", "trace", "each"), default="all",
+    parser.add_argument("--directions", choices=constants.DIRECTION_MODES, default="all",
                         help="all: fit every volume together (default); trace: fit the geometric mean over "
                              "directions at each b-value (the trace-weighted signal); each: one set of maps "
                              "per direction (in FOLDER/dir1, dir2, ...)")
@@ -63,36 +64,13 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                              "used by --directions trace/each")
     parser.add_argument("-ma", "--mask", metavar="MASK",
                         help="3-D NIfTI mask on the DWI's grid; voxels > 0 are fitted (default: see above)")
-    parser.add_argument("-mo", "--model", default="one-step", choices=constants.APPROACHES,
-                        help="one-step: S0, D, f, D* free (default); two-step: D fixed at Dinit; segmented: D "
-                             "from the line on b >= --b-threshold, f from its intercept and the signal at the "
-                             "lowest b, then D* alone")
-    parser.add_argument("--b-threshold", type=cli.non_negative_float, metavar="B",
-                        help="b (s/mm^2) from which the initialisation's line of ln S is fitted (default: "
-                             "400 one-step 2020, 500 one-step 2019 and two-step, 200 segmented and osipi)")
-    parser.add_argument("-o", "--ofolder", default="params_map", metavar="FOLDER",
-                        help="output folder (default: %(default)s)")
-    parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
-                        help="one-step bounds: 2020 (default; b >= 400 for Dinit, f in [0, 0.20], "
-                             "D* in [2*Dinit, 50e-3]), 2019 (the published maps; b >= 500, f in [0, 0.35], "
-                             "D* in [0.8*Dinit, 35.5e-3]) or osipi (the OSIPI code collection's: S0 in "
-                             "[0.7, 1.3]*S(lowest b), f in [0, 1], D in [0, 5e-3], D*p = D + D* in [5e-3, 0.2]; "
-                             "every result inside them)")
+    cli.add_model_arguments(parser, "-mo", "--model")
+    cli.add_output_argument(parser, "-o", default="params_map")
     parser.add_argument("--bounds", type=cli.bounds_spec, metavar="SPEC",
                         help="override bounds of the preset: name=lower:upper[:start],... with names S0 (a "
                              "factor of the preset's reference signal), D, f, Dstar (in --dstar-convention), "
                              "e.g. \"f=0:0.6,Dstar=0.005:0.3,D=0.1e-3:3e-3\"; every result lies inside them")
-    parser.add_argument("--dstar-convention", choices=constants.DSTAR_CONVENTIONS, default="toolbox",
-                        help="what Dstar_map (and FivimXDstar_map) hold, and how --bounds reads Dstar: "
-                             "toolbox, D* in excess of D (default); osipi, the perfusing pool's own "
-                             "D*p = D + D* (dipy, osipy, OSIPI)")
     cli.add_engine_argument(parser)
-    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
-                        help="seed of the lmfit engine; each voxel's seed derives from it and the voxel's "
-                             "index (default: %(default)s)")
-    parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
-                        help="worker processes (default: the CPUs this process may use, i.e. its CPU affinity "
-                             "and cgroup quota, as SLURM sets them; recorded in the sidecar)")
     parser.add_argument("-mt", type=int, choices=(0, 1), default=1,
                         help="original flag: 0 = a single process (as -j 1), 1 = use --jobs (default)")
     parser.add_argument("--chunk-size", type=cli.positive_int, metavar="N",
@@ -109,10 +87,7 @@ fitted.  A voxel with a NaN, Inf or non-positive sample is marked failed and the
                         help="residual bootstrap with N refits per voxel (0: off, the default): the *_sd maps "
                              "then come from it, with *_ci_low/*_ci_high maps (2.5/97.5 %%); seeded per voxel "
                              "from --seed; with the fast engine about 2-3 ms of CPU per voxel for N = 200")
-    parser.add_argument("--force", action="store_true",
-                        help="write into an existing output folder, replacing only the toolbox's maps and the "
-                             "sidecar (a replaced run's maps this run does not write are removed; nothing else "
-                             "in it is touched)")
+    cli.add_run_arguments(parser)
     cli.add_common_arguments(parser)
     return parser
 
@@ -132,8 +107,8 @@ def _fit_to_folder(args, argv):
     from ivim_common import IvimModel, io, model as ivim_model, voxelpool
 
     start = time.perf_counter()
-    sets_out = _outputs(args)                  # 'each': known once the b-vectors are read
-    _check_outputs(args, sets_out)
+    sets_out = output_sets(args)               # 'each': known once the b-vectors are read
+    check_outputs(args, sets_out)
     inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
     if args.engine_options.get("prior") == "spatial":
         from ivim_common import spatial
@@ -146,8 +121,8 @@ def _fit_to_folder(args, argv):
     sets = io.direction_sets(inputs.data, inputs.bvals, bvecs, args.directions, args.b_tolerance,
                              ivim_model.n_free(args.model), args.bvec)
     if args.directions == "each":
-        sets_out = _outputs(args, [label for label, *_ in sets])
-        _check_outputs(args, sets_out)
+        sets_out = output_sets(args, [label for label, *_ in sets])
+        check_outputs(args, sets_out)
     jobs = 1 if args.mt == 0 else (args.jobs or voxelpool.default_jobs())
     records = {**inputs.records, "bvec": io.input_record(args.bvec) if bvecs is not None else None,
                "bval_source": args.bval_source}
@@ -176,7 +151,7 @@ def _fit_to_folder(args, argv):
                   f"{args.engine}, {jobs} job(s)); maps in {folder}{os.sep}")
 
 
-def _check_outputs(args, sets_out):
+def check_outputs(args, sets_out):
     """Refuse, before any work, outputs that exist (without --force) or cannot be written."""
     from ivim_common import io
 
@@ -187,7 +162,7 @@ def _check_outputs(args, sets_out):
             io.check_output_folder(folder, args.force, [*MAP_FILES.values(), FIT_SIDECAR])
 
 
-def _outputs(args, labels=None):
+def output_sets(args, labels=None):
     """``{set label: (folder, {map: path} for --bids)}`` of the outputs: one set (label None, or
     'trace'), or one per direction ('dir1', ...; before the b-vectors are read, none)."""
     from ivim_common import io
@@ -207,13 +182,18 @@ def _outputs(args, labels=None):
 def main(argv=None):
     """Run the command line; returns the exit code (0, 1, 2, or 128 + signal: 130, 143, 129)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = get_parser()
+    args = parse_args(get_parser(), argv)
+    return cli.run(lambda a: fit_to_folder(a, argv), args, PROG)
+
+
+def parse_args(parser, argv):
+    """The arguments of ``argv``, every usage check done (through ``parser.error``); the GUI
+    checks its fields with it before it runs the script."""
     args = parser.parse_args(argv)
-    if args.model != "one-step" and args.bounds_version is not None:
-        parser.error(f"--bounds-version applies to -mo one-step only ({args.model} has one set of bounds)")
+    cli.check_bounds_version(parser, args, "-mo")
     args.engine_options = engines.options_of(parser, args)
     check_inputs(parser, args)
-    return cli.run(lambda a: fit_to_folder(a, argv), args, PROG)
+    return args
 
 
 def check_inputs(parser, args):

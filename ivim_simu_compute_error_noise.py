@@ -8,7 +8,8 @@ mean SD the fits predict, the empirical SD of the estimates and the coverage of 
 """
 import sys
 
-from ivim_common import limit_blas_threads, simu_cli
+from ivim_common import simu_cli
+from ivim_common.resources import limit_blas_threads
 
 EXAMPLE = """\
 example (the original toolbox's README example, two-step at SNR 180; about 10 s on 2 cores):

@@ -5,7 +5,8 @@ Each noise-free signal (S0 = 600) is fitted once; the error of f, D*, D and f·D
 """
 import sys
 
-from ivim_common import limit_blas_threads, simu_cli
+from ivim_common import simu_cli
+from ivim_common.resources import limit_blas_threads
 
 EXAMPLE = """\
 example (the original's grid: 10 f x 10 D* x 10 D; a few seconds with the fast engine):

@@ -10,7 +10,8 @@ random numbers).  A cell that still fails at SNR 1e5 is reported as NaN (not rea
 """
 import sys
 
-from ivim_common import limit_blas_threads, simu_cli
+from ivim_common import simu_cli
+from ivim_common.resources import limit_blas_threads
 
 EXAMPLE = """\
 example (the original toolbox's README example, 26.5 h on 40 CPUs there; about 6 minutes on 2 cores here):

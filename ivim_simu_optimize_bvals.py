@@ -16,8 +16,9 @@ parameter (all) or one of f, Dstar, D within --max-error (mean |error|, %) over 
 """
 import sys
 
-from ivim_common import cli, constants, engines, limit_blas_threads, simu_cli
+from ivim_common import cli, constants, engines, simu_cli
 from ivim_common.errors import InputError
+from ivim_common.resources import limit_blas_threads
 
 CONDITIONS = (*constants.CONDITIONS, "f", "Dstar", "D")
 OUTPUT_NAMES = ("optimized.bval", "optimize_bvals.json", "optimize_bvals.png")
@@ -37,9 +38,9 @@ required-SNR maps of both protocols).
 
 def get_parser():
     parser = cli.ArgumentParser(prog="ivim_simu_optimize_bvals.py", description=__doc__, epilog=EXAMPLE)
-    parser.add_argument("-model", required=True, choices=("one-step", "two-step"),
-                        help="fitting approach (as ivim_fitting.py; the bound is modelled for these two)")
-    parser.add_argument("-ofolder", required=True, help="output folder (created if needed)")
+    cli.add_model_arguments(parser, "-model", required=True, approaches=("one-step", "two-step"), b_threshold=False,
+                            dstar_convention=False)
+    cli.add_output_argument(parser, "-ofolder", required=True)
     parser.add_argument("-n", type=cli.positive_int, required=True, dest="n_volumes",
                         help="volumes in all (b-values with repeats)")
     parser.add_argument("--bmin", type=float, default=0.0, help="smallest b-value, s/mm² (default: %(default)g)")
@@ -65,22 +66,15 @@ def get_parser():
     parser.add_argument("-D", type=cli.value_list, default=constants.SIMULATION_KINDS["required_snr"].default_D,
                         help=f"true D values in mm²/s: {simu_cli.RANGE_HELP} (default: %(default)s)")
     cli.add_engine_argument(parser)
-    parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
-                        help="one-step bounds: 2020 (default), 2019 or osipi; not for two-step")
-
     parser.add_argument("--noise", choices=constants.NOISE_MODELS, default="gaussian",
                         help="noise of the Monte Carlo (default: %(default)s)")
     parser.add_argument("--n-draws", type=cli.positive_int, default=constants.DEFAULT_N_DRAWS,
                         help="noise draws per grid cell (default: %(default)s)")
-    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
-                        help="seed of the search's starts and of the noise draws (default: %(default)s)")
     parser.add_argument("--starts", type=cli.positive_int, default=24,
                         help="starts of the bound-based search (default: %(default)s)")
     parser.add_argument("--top-k", type=cli.positive_int, default=4,
                         help="candidates scored by Monte Carlo (default: %(default)s)")
-    parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
-                        help="worker processes for the fits (default: the CPUs this process may use)")
-    parser.add_argument("--force", action="store_true", help="replace outputs that already exist")
+    cli.add_run_arguments(parser)
     cli.add_common_arguments(parser)
     return parser
 
@@ -96,8 +90,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     parser = get_parser()
     args = parser.parse_args(argv)
-    if args.model != "one-step" and args.bounds_version is not None:
-        parser.error(f"--bounds-version applies to -model one-step only ({args.model} has one set of bounds)")
+    cli.check_bounds_version(parser, args, "-model")
     args.bounds_version = args.bounds_version or "2020"
     args.engine_options = engines.options_of(parser, args)
     try:

@@ -8,7 +8,8 @@ true D (index i): <oname>_sim_D{i} (mean |error|), <oname>_sim_STD_D{i} (its SD,
 """
 import sys
 
-from ivim_common import limit_blas_threads, simu_cli
+from ivim_common import simu_cli
+from ivim_common.resources import limit_blas_threads
 
 EXAMPLE = """\
 examples:

@@ -3,8 +3,9 @@
 import argparse
 import sys
 
-from ivim_common import cli, limit_blas_threads
+from ivim_common import cli
 from ivim_common.errors import InputError, IvimError
+from ivim_common.resources import limit_blas_threads
 
 PROG = "ivim_view_fits.py"
 EPILOG = r"""
@@ -95,7 +96,7 @@ def get_parser():
                           help="write the figure of --voxel to FIG.png instead of opening a window")
     headless.add_argument("--montage", metavar="PAGE.png",
                           help="write every slice of every map, with colour bars, to PAGE.png")
-    headless.add_argument("--force", action="store_true", help="replace existing output images")
+    cli.add_force_argument(headless)
     cli.add_common_arguments(parser)
     return parser
 

@@ -25,9 +25,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import ivim_common  # noqa: E402
+import ivim_common.resources  # noqa: E402
 
-ivim_common.limit_blas_threads()  # one BLAS thread, as the scripts: before numpy loads
+ivim_common.resources.limit_blas_threads()  # one BLAS thread, as the scripts: before numpy loads
 from ivim_common import api, model  # noqa: E402
 from ivim_common.engines import bayes  # noqa: E402
 

@@ -31,9 +31,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
-import ivim_common  # noqa: E402
+import ivim_common.resources  # noqa: E402
 
-ivim_common.limit_blas_threads()  # one BLAS thread, as the scripts: before numpy loads
+ivim_common.resources.limit_blas_threads()  # one BLAS thread, as the scripts: before numpy loads
 from ivim_common import IvimModel  # noqa: E402
 from spatial_phantom import phantom  # noqa: E402
 

@@ -12,9 +12,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import ivim_common  # noqa: E402
+import ivim_common.resources  # noqa: E402
 
-ivim_common.limit_blas_threads()
+ivim_common.resources.limit_blas_threads()
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402

@@ -3,12 +3,15 @@
 
 Every fit of the toolbox goes through here: the scripts, the simulations and the viewer.
 """
+import functools
 import time
-import warnings
 
 import numpy as np
 
-from . import engines, io, model, voxelpool
+from . import engines, model, trust, voxelpool
+from .io.bids import write_bids_maps
+from .io.provenance import model_record, provenance
+from .io.results import median_iqr, read_fit_folder, write_fit_folder
 from .constants import BOUND_BITS, CORE_MAPS, MAP_FILES, MODEL_CHOICE_CRITERIA, UNCERTAINTY
 
 
@@ -54,7 +57,7 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     model_choice : {'aicc', 'bic'}
         Criterion of ``model_choice`` (IVIM against the mono-exponential).
     bootstrap : int
-        Residual-bootstrap refits per voxel (0: none); see :func:`bootstrap_uncertainty`.
+        Residual-bootstrap refits per voxel (0: none); see :func:`ivim_common.trust.bootstrap_uncertainty`.
     quality : bool
         Compute the uncertainty, model-choice and quality maps (False: NaN, as the
         bootstrap's refits need).
@@ -105,120 +108,21 @@ def fit_voxels(bvals, signal, approach="one-step", bounds_version="2020", engine
     out["exception"] = np.where(fitted, 0.0, 1.0)
     if quality:
         box_lo, box_hi = result.get("lo", lo)[finite], result.get("hi", hi)[finite]   # the engine's box
-        trust = trust_maps(bvals, signal[fitted], params, rss, box_lo, box_hi, vary, model.n_free(approach),
-                           model_choice, with_sd="sd" not in result,
-                           pool=(limits or {}).get("pool"))
+        maps = trust.trust_maps(bvals, signal[fitted], params, rss, box_lo, box_hi, vary, model.n_free(approach),
+                                model_choice, with_sd="sd" not in result,
+                                pool=(limits or {}).get("pool"))
         if bootstrap:
-            trust.update(bootstrap_uncertainty(
+            refit = functools.partial(fit_voxels, bvals, seed=seed, quality=False, approach=approach,
+                                      bounds_version=bounds_version, engine=engine, bounds=bounds,
+                                      dstar_convention=dstar_convention, engine_options=engine_options,
+                                      bval_threshold=bval_threshold)
+            maps.update(trust.bootstrap_uncertainty(
                 bvals, signal[fitted], params, voxel_ids[fitted], bootstrap, seed, model.n_free(approach),
-                dict(approach=approach, bounds_version=bounds_version, engine=engine, bounds=bounds,
-                     dstar_convention=dstar_convention, engine_options=engine_options,
-                     bval_threshold=bval_threshold)))
-        for name, values in trust.items():
+                refit, dstar_convention))
+        for name, values in maps.items():
             out[name] = np.full(n, np.nan)
             out[name][fitted] = values
     return model.to_dstar_convention(out, dstar_convention)
-
-
-def trust_maps(bvals, signal, params, rss, lo, hi, vary, k, criterion="aicc", with_sd=True, pool=None):
-    """How far to trust each fit: the maps of the fitted voxels (the rows of ``signal``).
-
-    ``<param>_sd`` (with ``with_sd``) from :func:`ivim_common.model.fisher_sd`, with the
-    parameters at a bound of their nominal box, and D* where f is at 0, held (NaN);
-    ``bounds_hit`` (:func:`ivim_common.model.bounds_hit`); ``ADC`` and ``AICc_mono`` of the
-    mono-exponential fit of the same signal, ``AICc`` of the IVIM fit and ``model_choice`` (1
-    where IVIM has the lower ``criterion``, 'aicc' or 'bic', 0 where the mono-exponential
-    has; NaN where a criterion is undefined); ``RMSE`` = sqrt(RSS/n_b).
-
-    Parameters
-    ----------
-    bvals : ndarray (n_b,)
-    signal, params : ndarray (n, n_b), (n, 4)
-    rss : ndarray (n,)
-        Residual sum of squares of params.
-    lo, hi : ndarray (n, 4)
-        The nominal (step-2) bounds.
-    vary : ndarray of bool (4,)
-    k : int
-        Parameters estimated from the data (:func:`ivim_common.model.n_free`).
-    pool : (float, float), optional
-        Bounds of D*p = D + D* where D*'s are set on it (see :func:`ivim_common.model.bounds_hit`).
-    """
-    n_b = signal.shape[1]
-    flags, at_lo, at_hi = model.bounds_hit(params, lo, hi, vary, pool)
-    out = {"bounds_hit": flags.astype(float), "RMSE": np.sqrt(rss / n_b)}
-    if with_sd:
-        free = vary & ~at_lo & ~at_hi
-        free[:, 3] &= ~at_lo[:, 2]               # f at 0: the signal does not depend on D*
-        sd, out["Dstar_pool_sd"] = model.fisher_sd(bvals, params, rss, free, k)
-        for name, values in zip(model.PARAM_NAMES, sd.T):
-            out[f"{name}_sd"] = values
-    _, out["ADC"], rss_mono = model.fit_mono(bvals, signal)
-    out["AICc"], bic = model.information_criteria(rss, n_b, k)
-    out["AICc_mono"], bic_mono = model.information_criteria(rss_mono, n_b, 2)
-    ivim, mono = (out["AICc"], out["AICc_mono"]) if criterion == "aicc" else (bic, bic_mono)
-    out["model_choice"] = np.where(np.isnan(ivim) | np.isnan(mono), np.nan, (ivim < mono).astype(float))
-    return out
-
-
-BOOTSTRAP_BATCH = 100_000     # refits per batch (memory: a batch's signal is this x n_b floats)
-
-
-def bootstrap_uncertainty(bvals, signal, params, voxel_ids, n_boot, seed, n_varied, fit_options):
-    """Residual bootstrap: SD and 2.5/97.5 % percentiles of each parameter over ``n_boot`` refits.
-
-    Each refit fits, with the same engine and steps (:func:`fit_voxels`), the fitted signal
-    plus the voxel's residuals, centred and scaled by sqrt(n_b/(n_b − k)), drawn with
-    replacement.  The draws of a voxel come from ``SeedSequence([seed, voxel_id, 1])``, so
-    they do not depend on chunks or workers; so do the refits' own seeds (for engines that
-    draw).  Refits that fail are left out; fewer than half left gives NaN.
-
-    Returns
-    -------
-    dict of ndarray (n,): ``<param>_sd``, ``<param>_ci_low``, ``<param>_ci_high``
-    """
-    n, n_b = signal.shape
-    fitted = model.ivim_signal(bvals, *params.T)
-    resid = signal - fitted
-    resid = (resid - resid.mean(axis=1, keepdims=True)) * np.sqrt(n_b / max(n_b - n_varied, 1))
-    estimates = np.empty((n, n_boot, 4))
-    per_batch = max(1, BOOTSTRAP_BATCH // n_boot)
-    for start in range(0, n, per_batch):
-        rows = np.arange(start, min(start + per_batch, n))
-        draws, ids = [], []
-        for i in rows:
-            rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(voxel_ids[i]), 1]))
-            draws.append(rng.integers(0, n_b, (n_boot, n_b)))
-            ids.append(rng.integers(0, 2 ** 62, n_boot))
-        draws = np.array(draws)                                                  # (rows, n_boot, n_b)
-        samples = fitted[rows, None, :] + np.take_along_axis(resid[rows, None, :], draws, axis=2)
-        maps = fit_voxels(bvals, samples.reshape(-1, n_b), seed=seed, voxel_ids=np.concatenate(ids),
-                          quality=False, **fit_options)
-        maps["Dstar"] = model.excess_dstar(maps["Dstar"], maps["D"], fit_options.get("dstar_convention", "toolbox"))
-        estimates[rows] = np.stack([maps[p] for p in model.PARAM_NAMES], axis=-1).reshape(len(rows), n_boot, 4)
-    enough = np.isfinite(estimates).all(axis=2).sum(axis=1) >= 0.5 * n_boot
-    estimates = np.concatenate([estimates, estimates[:, :, 1:2] + estimates[:, :, 3:4]], axis=2)   # D*p too
-    out = {}
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)                          # all-NaN voxels
-        sd = np.nanstd(estimates, axis=1, ddof=1)
-        low, high = np.nanpercentile(estimates, [2.5, 97.5], axis=1)
-    for j, name in enumerate(model.PARAM_NAMES + ("Dstar_pool",)):
-        for kind, values in (("sd", sd), ("ci_low", low), ("ci_high", high)):
-            out[f"{name}_{kind}"] = np.where(enough, values[:, j], np.nan)
-    return out
-
-
-UNCERTAINTY_METHODS = {
-    "fisher": ("SD from the Fisher information at the fitted point, sqrt(diag(sigma^2 (J'J)^-1)) with "
-               "sigma^2 = RSS/(n - k) (lmfit's stderr), J the model's Jacobian; NaN for a parameter within 0.1 % "
-               "of a bound of its nominal box (bounds_hit_map), for D* where f is at 0, and for a fixed D"),
-    "posterior": "posterior SD and 2.5/97.5 % posterior quantiles of the Bayesian engine",
-    "bootstrap": ("residual bootstrap: refits, with the same engine and steps, of the fitted signal plus the "
-                  "voxel's residuals (centred, scaled by sqrt(n/(n - k))) drawn with replacement, seeded per "
-                  "voxel from the seed; SD (ddof 1) and 2.5/97.5 % percentiles of the refits (NaN when fewer "
-                  "than half of them succeed)"),
-}
 
 
 class IvimModel:
@@ -308,16 +212,20 @@ class IvimModel:
 
         ``voxel_ids`` are the voxels' seed keys (default: their row numbers), and their flat
         indices in a volume of ``shape`` where given (the spatial prior needs it); the results
-        do not depend on ``jobs`` or ``chunk_size``.  ``model_choice`` and ``bootstrap`` as in
+        do not depend on ``jobs`` or ``chunk_size``.  Without ``chunk_size`` and ``pool``, a job of
+        at most the engine's ``IN_PROCESS_VOXELS`` voxel fits (bootstrap refits included) stays
+        in this process.  ``model_choice`` and ``bootstrap`` as in
         :meth:`fit`.  Returns the dict of :func:`fit_voxels`.
         """
         if model_choice not in MODEL_CHOICE_CRITERIA:
             raise ValueError(f"unknown model choice {model_choice!r} (choose from {', '.join(MODEL_CHOICE_CRITERIA)})")
         fitter = engines.get(self.engine)
         fitter.prepare(announce=progress)        # once here, so workers load it rather than compile
-        from . import kernels                    # the trust maps' kernels, likewise
-        kernels.prepare(announce=progress)
+        trust.prepare(announce=progress)         # the trust maps' kernels, likewise
         signal = np.asarray(signal, dtype=float).reshape(-1, self.bvals.size)
+        small = len(signal) * (1 + bootstrap) <= getattr(fitter, "IN_PROCESS_VOXELS", 0)
+        if small and chunk_size is None and pool is None:
+            jobs = 1                             # starting workers would cost more than the work
         if not len(signal):
             return {name: np.empty(0) for name in CORE_MAPS}
         voxel_ids = np.arange(len(signal)) if voxel_ids is None else np.asarray(voxel_ids)
@@ -490,7 +398,7 @@ class IvimFit:
         """What the sidecar of a fit folder says of this fit (without provenance and inputs)."""
         mdl = self.model
         fitted = self.exception[self.mask] == 0
-        record = io.model_record(mdl.approach, mdl.bounds_version, mdl.bounds, mdl.dstar_convention, mdl.bval_threshold)
+        record = model_record(mdl.approach, mdl.bounds_version, mdl.bounds, mdl.dstar_convention, mdl.bval_threshold)
         for key in ("units", "descriptions"):          # of the maps written
             record["model"][key] = {k: v for k, v in record["model"][key].items() if k in self._maps}
         return {
@@ -504,7 +412,7 @@ class IvimFit:
             "maps": {name: MAP_FILES[name] for name in self._maps},
             "counts": {"mask_voxels": fitted.size, "fitted": int(fitted.sum()),
                        "failed": int((~fitted).sum())},
-            "summary": io.median_iqr({k: v[self.mask] for k, v in self._maps.items() if k != "exception"},
+            "summary": median_iqr({k: v[self.mask] for k, v in self._maps.items() if k != "exception"},
                                      fitted),
             **self.trust_fields(fitted),
             "run_time_s": None if self.run_time_s is None else round(self.run_time_s, 3),
@@ -528,7 +436,7 @@ class IvimFit:
             ratio = float(np.median(r)) if r.size else None
         return {
             "uncertainty": {"method": method, "bootstrap": int(self.bootstrap),
-                            "definition": UNCERTAINTY_METHODS[method]},
+                            "definition": trust.UNCERTAINTY_METHODS[method]},
             "model_choice": {"criterion": self.choice_criterion,
                              "definition": ("model_choice = 1 where the IVIM fit has the lower "
                                             f"{self.choice_criterion.upper()}, 0 where the mono-exponential "
@@ -565,8 +473,8 @@ class IvimFit:
         dict
             The sidecar written.
         """
-        doc = {**io.provenance("ivim_common.IvimFit.to_folder", None), **self.sidecar_fields(), **(sidecar or {})}
-        io.write_fit_folder(folder, self._volumes(), np.eye(4) if affine is None else affine, doc, force)
+        doc = {**provenance("ivim_common.IvimFit.to_folder", None), **self.sidecar_fields(), **(sidecar or {})}
+        write_fit_folder(folder, self._volumes(), np.eye(4) if affine is None else affine, doc, force)
         return doc
 
     def to_bids(self, root, paths, affine=None, sidecar=None):
@@ -574,8 +482,8 @@ class IvimFit:
         :func:`ivim_common.io.bids_paths`, one JSON sidecar each) under ``root``, with its
         ``dataset_description.json`` if it has none; see :meth:`to_folder` for ``affine`` and
         ``sidecar``.  Returns the toolbox's sidecar the JSON files are made from."""
-        doc = {**io.provenance("ivim_common.IvimFit.to_bids", None), **self.sidecar_fields(), **(sidecar or {})}
-        io.write_bids_maps(root, paths, self._volumes(), np.eye(4) if affine is None else affine, doc)
+        doc = {**provenance("ivim_common.IvimFit.to_bids", None), **self.sidecar_fields(), **(sidecar or {})}
+        write_bids_maps(root, paths, self._volumes(), np.eye(4) if affine is None else affine, doc)
         return doc
 
     def _volumes(self):
@@ -592,7 +500,7 @@ class IvimFit:
         The voxels outside the mask (0 in every map) become NaN; with a sidecar, ``model`` is
         the :class:`IvimModel` it describes, else None (e.g. the original toolbox's maps).
         """
-        volumes, sidecar = io.read_fit_folder(folder)
+        volumes, sidecar = read_fit_folder(folder)
         mask = np.any([v != 0 for v in volumes.values()], axis=0)    # 0 in every map: outside (NaN != 0)
         maps = {name: np.full(mask.shape, np.nan) for name in CORE_MAPS}      # absent: NaN
         maps.update({name: np.where(mask, v, np.nan) for name, v in volumes.items()})

@@ -9,14 +9,12 @@ Tracebacks are shown only with ``-v 2``.  Only the standard library is imported 
 import argparse
 import contextlib
 import math
-import os
 import signal
 import sys
-import time
 import traceback
 
-from . import __version__
 from .errors import IvimError, UsageError
+from .version import __version__
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -170,6 +168,75 @@ def add_engine_argument(parser):
     add_option_arguments(parser)
 
 
+# The flags the scripts share, each declared once below.  The first spellings are the original
+# toolbox's where it had the flag (-mo in ivim_fitting.py, -model and -ofolder in the simulation
+# scripts): each script passes its own; the long form is the same in every script.
+APPROACH_HELP = ("fitting approach: one-step, S0, D, f, D* free; two-step, D fixed at the log-linear "
+                 "estimate on the high b-values (Dinit); segmented, D from the line on b >= --b-threshold, "
+                 "f from its intercept and the signal at the lowest b, then D* alone")
+
+
+def add_model_arguments(parser, *spellings, required=False, approaches=None, b_threshold=True,
+                        dstar_convention=True):
+    """The model's flags: the approach (``spellings``, e.g. '-mo', then --approach; stored as
+    ``args.model``, default one-step unless ``required``; ``approaches`` limits the choices),
+    --bounds-version and, unless turned off, --b-threshold and --dstar-convention."""
+    from . import constants
+
+    parser.add_argument(*spellings, "--approach", dest="model", required=required,
+                        default=None if required else "one-step",
+                        choices=approaches or constants.APPROACHES,
+                        help=APPROACH_HELP + ("" if required else " (default: %(default)s)"))
+    parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
+                        help="one-step bounds: 2020 (default; the original's code since Dec 2020: b >= 400 for "
+                             "Dinit, f in [0, 0.20], D* in [2*Dinit, 50e-3]), 2019 (the code behind the published "
+                             "maps; b >= 500, f in [0, 0.35], D* in [0.8*Dinit, 35.5e-3]) or osipi (the OSIPI code "
+                             "collection's: S0 in [0.7, 1.3]*S(lowest b), f in [0, 1], D in [0, 5e-3], "
+                             "D*p = D + D* in [5e-3, 0.2]; every result inside them); one-step only")
+    if b_threshold:
+        parser.add_argument("--b-threshold", type=non_negative_float, metavar="B",
+                            help="b (s/mm^2) from which the initialisation's line of ln S is fitted (default: "
+                                 "400 one-step 2020, 500 one-step 2019 and two-step, 200 segmented and osipi)")
+    if dstar_convention:
+        parser.add_argument("--dstar-convention", choices=constants.DSTAR_CONVENTIONS, default="toolbox",
+                            help="what D* means in the maps, the flags (--bounds, -Dstar) and the errors: toolbox, "
+                                 "D* in excess of D (default); osipi, the perfusing pool's own D*p = D + D* "
+                                 "(dipy, osipy, OSIPI)")
+
+
+def check_bounds_version(parser, args, spelling):
+    """A usage error for --bounds-version with an approach other than one-step (``spelling``:
+    the script's flag of the approach, for the message)."""
+    if args.model != "one-step" and args.bounds_version is not None:
+        parser.error(f"--bounds-version applies to {spelling} one-step only ({args.model} has one set of bounds)")
+
+
+def add_output_argument(parser, *spellings, required=False, default=None):
+    """The output folder: ``spellings`` (e.g. '-o'), then --ofolder; stored as ``args.ofolder``."""
+    parser.add_argument(*spellings, "--ofolder", required=required, default=default, metavar="FOLDER",
+                        help="output folder, created if needed" + (" (default: %(default)s)" if default else ""))
+
+
+def add_run_arguments(parser):
+    """--seed, -j/--jobs and --force."""
+    parser.add_argument("--seed", type=non_negative_int, default=0,
+                        help="seed of every random draw (noise, search starts, the lmfit engine; each voxel's "
+                             "from it and the voxel's index); recorded in the outputs (default: %(default)s)")
+    parser.add_argument("-j", "--jobs", type=positive_int, metavar="N",
+                        help="worker processes (default: the CPUs this process may use, i.e. its CPU affinity and "
+                             "cgroup quota, as SLURM sets them); recorded in the outputs, the results do not depend "
+                             "on it")
+    add_force_argument(parser)
+
+
+def add_force_argument(parser):
+    """--force."""
+    parser.add_argument("--force", action="store_true",
+                        help="replace outputs that exist: only the files the toolbox writes (in a fit folder, the "
+                             "maps of the replaced run that this run does not write are removed too; nothing else "
+                             "is touched)")
+
+
 def add_common_arguments(parser):
     """Add ``-v 0|1|2`` and ``--version``."""
     parser.add_argument("-v", dest="verbose", type=int, choices=(0, 1, 2), default=1,
@@ -210,42 +277,6 @@ def signals_as_interrupt():
 def exit_code_of(interrupt):
     """128 + the signal's number (130 for a plain KeyboardInterrupt, i.e. SIGINT)."""
     return 128 + getattr(interrupt, "signum", signal.SIGINT)
-
-
-class Progress:
-    """Progress on stderr: a tqdm bar on a terminal; in a batch log (stderr not a terminal) a
-    line every LOG_INTERVAL_S seconds; nothing when not ``enabled``.  Used as a context manager
-    with ``update(n)``, as tqdm."""
-
-    LOG_INTERVAL_S = 30.0
-
-    def __init__(self, total, unit, enabled=True, prog=None):
-        self.total, self.unit, self.done = total, unit, 0
-        self.prog = prog or os.path.basename(sys.argv[0])
-        self.bar = None
-        self.log = enabled and not sys.stderr.isatty()
-        if enabled and not self.log:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, dynamic_ncols=True)
-        self.start = self.last = time.monotonic()
-
-    def update(self, n=1):
-        self.done += n
-        if self.bar is not None:
-            self.bar.update(n)
-        elif self.log and time.monotonic() - self.last >= self.LOG_INTERVAL_S:
-            self.last = time.monotonic()
-            percent = 100.0 * self.done / max(self.total, 1)
-            print(f"{self.prog}: {self.done}/{self.total} {self.unit}s ({percent:.0f} %) after "
-                  f"{self.last - self.start:.0f} s", file=sys.stderr, flush=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
 
 
 def run(body, args, prog):

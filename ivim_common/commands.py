@@ -4,13 +4,13 @@ pip installs each command as a launcher ``<venv>/bin/ivim_xxx.py``.  Python puts
 folder first on ``sys.path``, so ``from ivim_xxx import main`` there would import the launcher
 itself instead of the top-level module ``ivim_xxx``.  These functions drop that folder from
 ``sys.path`` before importing the module and calling its ``main()``, and limit the BLAS threads
-first (see :func:`ivim_common.limit_blas_threads`).
+first (see :func:`ivim_common.resources.limit_blas_threads`).
 """
 import importlib
 import os
 import sys
 
-from . import limit_blas_threads
+from .resources import limit_blas_threads
 
 
 def _run(module):
@@ -46,3 +46,7 @@ def ivim_simu_plot():
 
 def ivim_simu_optimize_bvals():
     return _run("ivim_simu_optimize_bvals")
+
+
+def ivim_toolbox():
+    return _run("ivim_toolbox")

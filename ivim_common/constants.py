@@ -14,6 +14,7 @@ CONVERSION = (
 )
 APPROACHES = ("one-step", "two-step", "segmented")
 BOUNDS_VERSIONS = ("2020", "2019", "osipi")
+DIRECTION_MODES = ("all", "trace", "each")    # ivim_fitting.py --directions
 # How a written Dstar map is defined: 'toolbox' D* in excess of D (the model's), 'osipi' the
 # perfusing pool's own pseudo-diffusion coefficient D*p = D + D* (dipy, osipy, OSIPI).
 DSTAR_CONVENTIONS = ("toolbox", "osipi")
@@ -147,6 +148,7 @@ FIT_SIDECAR = "ivim_fitting.json"
 S0_TRUE = 600.0             # the true signal at b = 0; SNR = S0_TRUE / sigma
 NOISE_MODELS = ("gaussian", "rician")
 CONDITIONS = ("FDstar", "all")
+REQUIRED_SNR_METHODS = ("montecarlo", "crlb")
 DEFAULT_N_DRAWS = 1000
 DEFAULT_MAX_ERROR = 10.0    # % (mean |error|)
 DEFAULT_SNR_START = 1500.0

@@ -485,10 +485,10 @@ def run_required_snr_crlb(sim, condition="FDstar", max_error=DEFAULT_MAX_ERROR, 
                        sim.approach, sim.bounds_version)
     snr = snr_from_relative_sd(rsd1, condition, max_error)
     snr = np.where(np.isfinite(snr), snr, np.nan)
-    arrays = simu._grid_arrays(sim, "required_snr", shard)
-    arrays["min_snr"] = simu._to_grid(sim, cells, snr, np.nan)
-    arrays["mean_err_at_min_snr"] = simu._to_grid(sim, cells, 100.0 * GAUSS_MEAN_ABS * rsd1 / snr[:, None], np.nan)
+    arrays = simu.grid_arrays(sim, "required_snr", shard)
+    arrays["min_snr"] = simu.to_grid(sim, cells, snr, np.nan)
+    arrays["mean_err_at_min_snr"] = simu.to_grid(sim, cells, 100.0 * GAUSS_MEAN_ABS * rsd1 / snr[:, None], np.nan)
     arrays["n_noise_draws"] = np.array(0)
-    arrays["settings"] = np.array(simu._settings(sim, condition=condition, max_error=float(max_error),
+    arrays["settings"] = np.array(simu.settings_text(sim, condition=condition, max_error=float(max_error),
                                                  snr_start=None, method="crlb"))
     return arrays

@@ -20,3 +20,8 @@ class OutputExistsError(IvimError):
 
 class WorkerDiedError(IvimError):
     """A worker process died (killed, out of memory, crashed): the run stops, nothing is written."""
+
+
+class WorkerStartError(WorkerDiedError):
+    """Worker processes could not start: each re-runs the main module (the ``spawn`` start
+    method), which a script read from standard input, or one that fits at import, does not allow."""

@@ -1,19 +1,19 @@
-"""The compiled loops of the trust maps: :func:`ivim_common.model.fisher_sd` and
-:func:`ivim_common.model.fit_mono`, one voxel per iteration.
+"""The compiled loops of the trust maps: :func:`ivim_common.trust.fisher_sd` and
+:func:`ivim_common.trust.fit_mono`, one voxel per iteration.
 
 As numpy whole-array passes they cost about a fifth of the fit (a batch of 4 x 4 inverses, and
 a Levenberg-Marquardt loop of masked passes over the voxels still iterating); compiled as the
-fast engine's kernels (its ``_kernel``: cached, no reference counting, nothing allocated
-inside, the callers hand over the scratch) and with its ``_exp``, some 6 %.  model.py imports
-this module on first use, so that its light users (the viewer) do not import numba.
+fast engine's kernels (:func:`ivim_common.compiled.kernel`: cached, no reference counting,
+nothing allocated inside, the callers hand over the scratch) and with
+:func:`ivim_common.compiled.exp`, some 6 %.  Only :mod:`ivim_common.trust` imports this module,
+so that the light users of the model (the viewer) do not import numba.
 """
 import numpy as np
 
-from . import model
-from .engines.fast import _exp, _kernel, _notice_if_slow
+from .compiled import exp, kernel
 
 
-@_kernel
+@kernel
 def _invert(m, inv):
     """inv = m⁻¹ of a 4 x 4 matrix by Gauss-Jordan elimination with partial pivoting (m is
     overwritten); returns False, leaving inv undefined, where a pivot is exactly 0."""
@@ -43,9 +43,9 @@ def _invert(m, inv):
     return True
 
 
-@_kernel
+@kernel
 def fisher_sd(b, params, rss, free, n_varied, max_inflation, sd, sd_pool, u, e, info, inv, scale, held):
-    """:func:`ivim_common.model.fisher_sd` voxel by voxel into sd (n, 4) and sd_pool (n,).
+    """:func:`ivim_common.trust.fisher_sd` voxel by voxel into sd (n, 4) and sd_pool (n,).
     Scratch: u, e (n_b,), info, inv (4, 4), scale (4,), held (4,) of bool.  The columns of the
     Jacobian are :func:`ivim_common.model.ivim_jacobian`'s, in the same operations."""
     nb = b.size
@@ -53,8 +53,8 @@ def fisher_sd(b, params, rss, free, n_varied, max_inflation, sd, sd_pool, u, e, 
         p = params[v]
         s0, fiv = p[0], p[2]
         for k in range(nb):                  # alone, this loop runs several exps at once
-            u[k] = _exp(-b[k] * p[1])
-            e[k] = _exp(-b[k] * p[3])
+            u[k] = exp(-b[k] * p[1])
+            e[k] = exp(-b[k] * p[3])
         i00 = i01 = i02 = i03 = i11 = i12 = i13 = i22 = i23 = i33 = 0.0    # in registers
         for k in range(nb):
             bk, e_d, e_p = b[k], u[k], e[k]
@@ -102,12 +102,12 @@ def fisher_sd(b, params, rss, free, n_varied, max_inflation, sd, sd_pool, u, e, 
                 sd[v, i] = np.nan
 
 
-@_kernel
+@kernel
 def _profile(b, y, d, e):
     """e = exp(-b·d) and the best S0 for the ADC d; returns S0, the RSS and the component of
     the RSS's derivative over d along e (S0 adjusts along e), for the step from d."""
     for k in range(b.size):                  # alone, this loop runs several exps at once
-        e[k] = _exp(-b[k] * d)
+        e[k] = exp(-b[k] * d)
     ye = ee = 0.0
     for k in range(b.size):
         ye += y[k] * e[k]
@@ -121,9 +121,9 @@ def _profile(b, y, d, e):
     return s0, rss, jd_e / ee
 
 
-@_kernel
+@kernel
 def fit_mono(b, signal, max_iter, rtol, s0, adc, rss, e, e_trial):
-    """:func:`ivim_common.model.fit_mono` voxel by voxel into s0, adc, rss (n,); e, e_trial
+    """:func:`ivim_common.trust.fit_mono` voxel by voxel into s0, adc, rss (n,); e, e_trial
     (n_b,) are scratch."""
     nb = b.size
     for v in range(signal.shape[0]):
@@ -165,21 +165,3 @@ def fit_mono(b, signal, max_iter, rtol, s0, adc, rss, e, e_trial):
             if (better and gain < rtol) or lam > 1e8:
                 break
         s0[v], adc[v], rss[v] = s, d, r
-
-
-_ready = False      # compiled or loaded in this process
-
-
-def prepare(announce=True):
-    """Compile the kernels (the first run of an installation, some 2 s) or load them from
-    numba's cache, once per process: :class:`ivim_common.IvimModel` calls it, as the engine's
-    ``prepare``, before its workers start."""
-    global _ready
-    if _ready:
-        return
-    b = np.array([0.0, 400.0, 800.0])
-    params = np.array([[1000.0, 1e-3, 0.1, 20e-3]])
-    with _notice_if_slow(announce):
-        model.fit_mono(b, model.ivim_signal(b, *params.T))
-        model.fisher_sd(b, params, np.ones(1), np.ones((1, 4), dtype=bool), 2)
-    _ready = True

@@ -468,10 +468,10 @@ def bounds_description(approach, bounds_version, user=None, dstar_convention="to
 
 
 # ----------------------------------------------------------------------------------------------
-# How far to trust a fit: its uncertainty, the bounds it reached, the mono-exponential rival
+# How far to trust a fit: the model's side (its Jacobian, the bounds reached, the criteria);
+# the Fisher SD, the mono-exponential fit and the bootstrap are in trust.py
 
 BOUND_TOLERANCE = 1e-3   # a parameter within 0.1 % of its box's width of a bound is "at" it
-MAX_VARIANCE_INFLATION = 1e12   # beyond, the free parameters are taken as not identifiable (NaN SD)
 
 
 def ivim_jacobian(bvals, S0, D, Fivim, Dstar):
@@ -546,78 +546,6 @@ def bounds_hit(params, lo, hi, vary, pool=None):
         at_hi = vary & (params >= hi - margin) & ~at_lo
     weights = 2 ** np.arange(0, 2 * len(PARAM_NAMES), 2)
     return at_lo @ weights + at_hi @ (2 * weights), at_lo, at_hi
-
-
-def fisher_sd(bvals, params, rss, free, n_varied):
-    """Standard deviations of the parameters from the Fisher information at the fitted point.
-
-    cov = σ̂²·(JᵀJ)⁻¹ over the parameters in ``free``, with J = :func:`ivim_jacobian` at
-    ``params`` and σ̂² = RSS/(n_b − n_varied): the asymptotic standard errors that lmfit reports
-    (``stderr``) for an unconstrained least-squares fit.  Parameters not in ``free`` (fixed, at
-    a bound, or undetermined, as D* where f is at 0) are held at their value: their SD is NaN,
-    and the others' SD is conditional on them.  Where the free parameters are not identifiable
-    (a variance inflation factor, diagonal of the inverse of JᵀJ scaled to a unit diagonal,
-    above 1e12, or JᵀJ exactly singular) or n_b <= n_varied, every SD is NaN.  Compiled,
-    voxel by voxel (:mod:`ivim_common.kernels`).
-
-    Parameters
-    ----------
-    bvals : array_like, shape (n_b,)
-    params : ndarray, shape (n_voxels, 4)
-    rss : ndarray, shape (n_voxels,)
-    free : ndarray of bool, shape (n_voxels, 4)
-    n_varied : int
-        Free parameters of the fit (the k of σ̂²'s n − k, as lmfit's nfree).
-
-    Returns
-    -------
-    sd : ndarray, shape (n_voxels, 4), in the units of the parameters.
-    sd_pool : ndarray, shape (n_voxels,)
-        SD of D*p = D + D* (mm²/s), from the covariance of D and D* (D* alone where D is held);
-        NaN where D* is not free.
-    """
-    from . import kernels        # numba, imported where the maps are computed (not by the viewer)
-
-    b, params, rss = (np.ascontiguousarray(a, dtype=float) for a in (np.atleast_1d(bvals), params, rss))
-    free = np.ascontiguousarray(free, dtype=np.bool_)
-    sd, sd_pool = np.empty((len(params), 4)), np.empty(len(params))
-    kernels.fisher_sd(b, params, rss, free, n_varied, MAX_VARIANCE_INFLATION, sd, sd_pool,
-                      np.empty(b.size), np.empty(b.size), np.empty((4, 4)), np.empty((4, 4)),
-                      np.empty(4), np.empty(4, dtype=np.bool_))
-    return sd, sd_pool
-
-
-def fit_mono(bvals, signal, max_iter=50, rtol=1e-10):
-    """Least-squares fit of the mono-exponential S0·exp(−b·ADC), voxel by voxel (compiled:
-    :mod:`ivim_common.kernels`).
-
-    Start: the log-linear line weighted by S² (close to the least-squares one); then
-    Levenberg-Marquardt steps on (S0, ADC), ADC >= 0, until the RSS changes by less than
-    ``rtol`` (relative) in every voxel.
-
-    Parameters
-    ----------
-    bvals : array_like, shape (n_b,)
-    signal : ndarray, shape (n_voxels, n_b), finite and positive
-
-    Returns
-    -------
-    s0, adc, rss : ndarray, shape (n_voxels,)  (ADC in mm²/s)
-
-    Examples
-    --------
-    >>> b = np.array([0, 50, 200, 400, 800])
-    >>> s0, adc, rss = fit_mono(b, 700 * np.exp(-b * 1.1e-3)[None] + [[1, -1, 1, -1, 1]])
-    >>> print(f"{s0[0]:.1f} {adc[0]:.4e}")
-    700.1 1.0990e-03
-    """
-    from . import kernels        # numba, imported where the maps are computed (not by the viewer)
-
-    b = np.ascontiguousarray(bvals, dtype=float)
-    y = np.ascontiguousarray(np.atleast_2d(signal), dtype=float)
-    s0, adc, rss = (np.empty(len(y)) for _ in range(3))
-    kernels.fit_mono(b, y, max_iter, rtol, s0, adc, rss, np.empty(b.size), np.empty(b.size))
-    return s0, adc, rss
 
 
 def information_criteria(rss, n_b, k):

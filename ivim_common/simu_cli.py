@@ -11,6 +11,7 @@ import sys
 from . import cli, constants
 from .constants import SIMULATION_KINDS
 from .errors import InputError
+from .progress import Progress
 
 DEFAULT_BVALS = "5,10,15,20,30,50,75,100,125,150,200,250,600,700,800"
 DEFAULT_F = "0.01:10:0.30"
@@ -18,24 +19,13 @@ DEFAULT_DSTAR = "3.0e-3:10:35e-3"
 RANGE_HELP = "start:NUM:stop (NUM values, as numpy.linspace) or a comma list"
 
 
-def _common_arguments(parser):
-    parser.add_argument("--force", action="store_true",
-                        help="replace outputs that already exist (only the files this run writes)")
-    cli.add_common_arguments(parser)
-
-
 def compute_parser(kind, prog, description, example):
     """Parser of a compute script; kind a key of :data:`ivim_common.constants.SIMULATION_KINDS`."""
     parser = cli.ArgumentParser(prog=prog, description=description, epilog=example)
     snr_kind = SIMULATION_KINDS[kind].snr
     noisy = snr_kind is not None
-    parser.add_argument("-model", required=True, choices=constants.APPROACHES,
-                        help="fitting approach (as ivim_fitting.py)")
-    parser.add_argument("--b-threshold", type=cli.non_negative_float, metavar="B",
-                        help="b (s/mm^2) from which the initialisation's line of ln S is fitted (default: the "
-                             "approach's, as ivim_fitting.py)")
-    parser.add_argument("-ofolder", required=True,
-                        help="output folder (created if needed) for sim_results_<yymmddHHMMSS>.npz and .json")
+    cli.add_model_arguments(parser, "-model", required=True)
+    cli.add_output_argument(parser, "-ofolder", required=True)
     parser.add_argument("-bval", type=cli.bval_list, default=DEFAULT_BVALS,
                         help="comma-separated b-values in s/mm², at least 4 distinct (default: %(default)s)")
     if snr_kind == "fixed":
@@ -49,7 +39,7 @@ def compute_parser(kind, prog, description, example):
                                  "and f·D* all <= --max-error (default: %(default)s)")
         parser.add_argument("--max-error", type=cli.positive_float, default=constants.DEFAULT_MAX_ERROR,
                             help="largest acceptable mean |error| in %% (default: %(default)g)")
-        parser.add_argument("--method", choices=("montecarlo", "crlb"), default="montecarlo",
+        parser.add_argument("--method", choices=constants.REQUIRED_SNR_METHODS, default="montecarlo",
                             help="montecarlo: noisy fits with the toolbox's fitter (default); crlb: from the "
                                  "Cramér-Rao bound of the model in seconds, the asymptotic answer of an "
                                  "unbiased estimator (mean |error| = sqrt(2/π)·SD), optimistic where the "
@@ -61,26 +51,12 @@ def compute_parser(kind, prog, description, example):
     parser.add_argument("-D", type=cli.value_list, default=SIMULATION_KINDS[kind].default_D,
                         help=f"true D values in mm²/s: {RANGE_HELP} (default: %(default)s)")
     cli.add_engine_argument(parser)
-    parser.add_argument("--bounds-version", choices=constants.BOUNDS_VERSIONS,
-                        help="one-step bounds: 2020 (the original's code since Dec 2020, default), "
-                             "2019 (the code behind the published results) or osipi (the OSIPI code "
-                             "collection's); one-step only")
-    parser.add_argument("--dstar-convention", choices=constants.DSTAR_CONVENTIONS, default="toolbox",
-                        help="what -Dstar and the D* errors are of: toolbox, D* in excess of D (default); "
-                             "osipi, the perfusing pool's D*p = D + D* (every -Dstar must exceed every -D)")
-    parser.add_argument("--seed", type=cli.non_negative_int, default=0,
-                        help=("seed of the noise draws and of the lmfit engine" if noisy else
-                              "seed of the lmfit engine (the fast engine draws nothing)")
-                        + " (default: %(default)s)")
     if noisy:
         parser.add_argument("--n-draws", type=cli.positive_int, default=constants.DEFAULT_N_DRAWS,
                             help="noise draws per grid cell (default: %(default)s)")
         parser.add_argument("--noise", choices=constants.NOISE_MODELS, default="gaussian",
                             help="gaussian: S + N(0,σ), as the original (default); "
                                  "rician: |S + N(0,σ) + i·N(0,σ)|, magnitude data with its noise floor")
-    parser.add_argument("-j", "--jobs", type=cli.positive_int, metavar="N",
-                        help="worker processes for the fits (default: the CPUs this process may use, i.e. "
-                             "its CPU affinity and cgroup quota, as SLURM sets them)")
     parser.add_argument("--shard", metavar="K/N", type=cli.shard_spec, default=(1, 1),
                         help="compute only shard K of N of the grid (K = 1..N, N <= grid cells), e.g. for "
                              "a job array; merge the shard files with ivim_simu_plot.py")
@@ -88,7 +64,8 @@ def compute_parser(kind, prog, description, example):
                         help="id of the run, in the file names (sim_results_<date>_run<ID>...): the shards of "
                              "one run share it, and a rerun into the same folder gets another "
                              "(default: $SLURM_ARRAY_JOB_ID, else $SLURM_JOB_ID, else none)")
-    _common_arguments(parser)
+    cli.add_run_arguments(parser)
+    cli.add_common_arguments(parser)
     return parser
 
 
@@ -113,16 +90,23 @@ def plot_parser(prog, description, example):
     parser.add_argument("--format", choices=("png", "pdf"), default="png",
                         help="figure format (default: %(default)s)")
     parser.add_argument("--merged", metavar="OUT.npz", help="also write the merged result (and its .json)")
-    _common_arguments(parser)
+    cli.add_force_argument(parser)
+    cli.add_common_arguments(parser)
     return parser
 
 
 def run_compute(kind, parser, argv=None):
     """Parse argv and run a compute script; returns the exit code."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args = parse_compute(parser, argv)
+    return cli.run(lambda a: _compute(kind, a, parser.prog, argv), args, parser.prog)
+
+
+def parse_compute(parser, argv):
+    """The arguments of a compute script's ``argv``, every usage check done (through
+    ``parser.error``); the GUI checks its fields with it before it runs the script."""
     args = parser.parse_args(argv)
-    if args.model != "one-step" and args.bounds_version is not None:
-        parser.error(f"--bounds-version applies to -model one-step only ({args.model} has one set of bounds)")
+    cli.check_bounds_version(parser, args, "-model")
     args.bounds_version = args.bounds_version or "2020"
     from .engines import options_of
 
@@ -143,7 +127,7 @@ def run_compute(kind, parser, argv=None):
         parser.error("argument -Dstar: with --dstar-convention osipi, every D*p = D + D* must exceed every -D")
     if args.shard[1] > n_cells:
         parser.error(f"argument --shard: {args.shard[1]} shards but the grid has only {n_cells} cells")
-    return cli.run(lambda a: _compute(kind, a, parser.prog, argv), args, parser.prog)
+    return args
 
 
 def _compute(kind, args, prog, argv):
@@ -173,7 +157,7 @@ def _compute(kind, args, prog, argv):
     snr_kind = SIMULATION_KINDS[kind].snr
     crlb = snr_kind == "start" and args.method == "crlb"
     with voxelpool.WorkerPool(sim.jobs, hint="fewer workers (-j)") as pool, \
-            cli.Progress(n_cells, "cell", enabled=args.verbose >= 1, prog=prog) as bar:
+            Progress(n_cells, "cell", enabled=args.verbose >= 1, prog=prog) as bar:
         sim = dataclasses.replace(sim, pool=pool)   # one pool for the whole run
         if crlb:
             arrays = design.run_required_snr_crlb(sim, args.condition, args.max_error, shard)

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import engines, io, model
+from . import engines, model
+from .io.provenance import model_record
 from .api import IvimModel
 from .constants import (CONDITIONS, DEFAULT_MAX_ERROR, DEFAULT_N_DRAWS, DEFAULT_SNR_START, ERROR_PARAMETERS,
                         NOISE_MODELS, S0_TRUE, SIMULATION_CELL_ARRAYS as CELL_ARRAYS, SIMULATION_KINDS, SNR_CAP)
@@ -412,13 +413,15 @@ def required_snr(sim, cells, condition="FDstar", max_error=DEFAULT_MAX_ERROR,
 # ----------------------------------------------------------------------------------------------
 # Result arrays: building, merging, saving, loading
 
-def _grid_arrays(sim, kind, shard):
+def grid_arrays(sim, kind, shard):
+    """The arrays every result file of a grid holds: its kind, the grid, the b-values, the
+    order of the errors and the shard."""
     return dict(kind=np.array(kind), F_range=sim.F_range, Dstar_range=sim.Dstar_range,
                 D_range=sim.D_range, bvals=sim.bvals, err_order=np.array(ERR_ORDER),
                 shard=np.array(shard, dtype=np.int64))
 
 
-def _to_grid(sim, cells, values, fill):
+def to_grid(sim, cells, values, fill):
     """Per-cell values (n_cells, *lead) -> grid array (*lead, nF, nDstar, nD), fill elsewhere."""
     values = np.moveaxis(np.asarray(values), 0, -1)
     full = np.full(values.shape[:-1] + (sim.n_cells,), fill, dtype=values.dtype)
@@ -431,19 +434,19 @@ def run_errors(sim, snr=None, shard=(1, 1), progress=None):
     cells = shard_cells(sim.n_cells, *shard)
     stats = compute_errors(sim, cells, snr, progress)
     kind = "error_nonoise" if snr is None else "error_noise"
-    arrays = _grid_arrays(sim, kind, shard)
-    arrays["mean_abs_err"] = _to_grid(sim, cells, stats["mean_abs_err"], np.nan)
+    arrays = grid_arrays(sim, kind, shard)
+    arrays["mean_abs_err"] = to_grid(sim, cells, stats["mean_abs_err"], np.nan)
     if snr is not None:
-        arrays["sd_abs_err"] = _to_grid(sim, cells, stats["sd_abs_err"], np.nan)
-        arrays["mean_signed_err"] = _to_grid(sim, cells, stats["mean_signed_err"], np.nan)
-        arrays["pct_signed_err"] = _to_grid(sim, cells, np.moveaxis(stats["pct_signed_err"], 1, 0), np.nan)
-        arrays["n_failed"] = _to_grid(sim, cells, stats["n_failed"].astype(np.int64), -1)
+        arrays["sd_abs_err"] = to_grid(sim, cells, stats["sd_abs_err"], np.nan)
+        arrays["mean_signed_err"] = to_grid(sim, cells, stats["mean_signed_err"], np.nan)
+        arrays["pct_signed_err"] = to_grid(sim, cells, np.moveaxis(stats["pct_signed_err"], 1, 0), np.nan)
+        arrays["n_failed"] = to_grid(sim, cells, stats["n_failed"].astype(np.int64), -1)
         for name in SD_ARRAYS:
             values = stats[name].astype(np.int64) if name == "n_with_sd" else stats[name]
-            arrays[name] = _to_grid(sim, cells, values, -1 if name == "n_with_sd" else np.nan)
+            arrays[name] = to_grid(sim, cells, values, -1 if name == "n_with_sd" else np.nan)
         arrays["n_noise_draws"] = np.array(sim.n_draws)
         arrays["snr"] = np.array(float(snr))
-    arrays["settings"] = np.array(_settings(sim, snr=snr))
+    arrays["settings"] = np.array(settings_text(sim, snr=snr))
     return arrays
 
 
@@ -452,16 +455,17 @@ def run_required_snr(sim, condition="FDstar", max_error=DEFAULT_MAX_ERROR,
     """Required-SNR arrays of the grid (shard K/N of it), kind 'required_snr'."""
     cells = shard_cells(sim.n_cells, *shard)
     res = required_snr(sim, cells, condition, max_error, snr_start, progress)
-    arrays = _grid_arrays(sim, "required_snr", shard)
-    arrays["min_snr"] = _to_grid(sim, cells, res["min_snr"], np.nan)
-    arrays["mean_err_at_min_snr"] = _to_grid(sim, cells, res["mean_err_at_min_snr"], np.nan)
+    arrays = grid_arrays(sim, "required_snr", shard)
+    arrays["min_snr"] = to_grid(sim, cells, res["min_snr"], np.nan)
+    arrays["mean_err_at_min_snr"] = to_grid(sim, cells, res["mean_err_at_min_snr"], np.nan)
     arrays["n_noise_draws"] = np.array(sim.n_draws)
-    arrays["settings"] = np.array(_settings(sim, condition=condition, max_error=float(max_error),
+    arrays["settings"] = np.array(settings_text(sim, condition=condition, max_error=float(max_error),
                                             snr_start=float(snr_start)))
     return arrays
 
 
-def _settings(sim, **extra):
+def settings_text(sim, **extra):
+    """The settings of ``sim`` and ``extra`` as the JSON text a result file stores."""
     settings = json.loads(sim.settings_json())
     settings.update(extra)
     return json.dumps(settings, sort_keys=True)
@@ -556,7 +560,7 @@ def sidecar(arrays, provenance, sim=None, run_time_s=None, extra=None):
     doc = {
         **provenance,
         "kind": str(arrays["kind"]),
-        **io.model_record(settings["approach"], settings["bounds_version"], None, settings.get("dstar_convention", "toolbox"),
+        **model_record(settings["approach"], settings["bounds_version"], None, settings.get("dstar_convention", "toolbox"),
                           settings.get("bval_threshold")),
         "engine": settings["engine"],
         "seed": settings["seed"],

@@ -13,7 +13,9 @@ import os
 import numpy as np
 from matplotlib.figure import Figure
 
-from . import io, model
+from . import model
+from .io.inputs import load_on_grid, read_bvals
+from .io.results import read_sidecar
 from .constants import BOUND_BITS, CORE_MAPS, FIT_SIDECAR, MAP_FILES, UNCERTAINTY, parameters
 from .errors import InputError
 
@@ -127,13 +129,13 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
         A file given here or a map is missing or unreadable, or the images do not match.
     """
     folder = os.path.dirname(os.path.abspath(map_path))
-    sidecar = io.read_sidecar(os.path.join(folder, FIT_SIDECAR))
-    image, data = io.load_on_grid(map_path, "map", 3)
+    sidecar = read_sidecar(os.path.join(folder, FIT_SIDECAR))
+    image, data = load_on_grid(map_path, "map", 3)
     map_files = (sidecar or {}).get("maps") or MAP_FILES
     name = _map_name(map_path, map_files)
     paths = {n: os.path.join(maps_dir or folder, f) for n, f in map_files.items()}
     paths[name] = map_path  # the opened map, wherever the others are
-    maps = {n: data if n == name else io.load_on_grid(p, f"{n} map", 3, image)[1]
+    maps = {n: data if n == name else load_on_grid(p, f"{n} map", 3, image)[1]
             for n, p in paths.items() if n == name or os.path.isfile(p)}
     out = FitFolder(name=name, path=map_path, maps=maps, sidecar=sidecar,
                     zooms=tuple(float(z) for z in image.header.get_zooms()[:3]))
@@ -141,19 +143,19 @@ def load_fit_folder(map_path, dwi=None, bvals=None, mask=None, maps_dir=None):
     dwi_path = dwi or _sidecar_input(sidecar, "dwi", out.notes)
     mask_path = mask or _sidecar_input(sidecar, "mask", out.notes)
     if bvals:
-        out.bvals = io.read_bvals(bvals)
+        out.bvals = read_bvals(bvals)
     elif sidecar and sidecar.get("bvals"):
         out.bvals = np.asarray(sidecar["bvals"], dtype=float)
     if dwi_path:
         if out.bvals is None:
             raise InputError(f"DWI {dwi_path}: no b-values for it (no {FIT_SIDECAR} in {folder}; "
                              "give the b-value file)")
-        out.dwi = io.load_on_grid(dwi_path, "DWI", 4, image)[1]
+        out.dwi = load_on_grid(dwi_path, "DWI", 4, image)[1]
         if out.dwi.shape[3] != len(out.bvals):
             raise InputError(f"DWI {dwi_path}: {out.dwi.shape[3]} volumes but {len(out.bvals)} "
                              f"b-values (from {bvals or FIT_SIDECAR})")
     if mask_path:
-        out.mask = io.load_on_grid(mask_path, "mask", 3, image)[1] > 0
+        out.mask = load_on_grid(mask_path, "mask", 3, image)[1] > 0
     return out
 
 

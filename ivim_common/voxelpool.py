@@ -14,13 +14,15 @@ import concurrent.futures
 import concurrent.futures.process
 import contextlib
 import multiprocessing
+import os
 import signal as signal_module
 import sys
 
 import numpy as np
 
-from . import blas_threads_limited, cli, resources
-from .errors import WorkerDiedError
+from . import resources
+from .progress import Progress
+from .errors import WorkerDiedError, WorkerStartError
 
 
 def _worker_init():
@@ -50,6 +52,26 @@ def _first_cause(exitcodes):
     SIGTERM to the others and :meth:`WorkerPool.stop` SIGKILL, so any other code comes first."""
     return min((code for code in exitcodes if code), default=None,
                key=lambda code: (code == -signal_module.SIGTERM, code == -signal_module.SIGKILL))
+
+
+MAIN_GUARD = 'if __name__ == "__main__":'
+
+
+def _main_path():
+    """The file of the main module, which every worker runs again as it starts (None: a
+    session or ``python -c``, which the workers do not re-run)."""
+    return getattr(sys.modules.get("__main__"), "__file__", None)
+
+
+def _check_main_can_rerun():
+    """WorkerStartError where the workers could not re-run the main module: a script read
+    from standard input (``python - <<EOF``) has no file to re-run."""
+    path = _main_path()
+    if path is not None and not os.path.isfile(path):
+        raise WorkerStartError(
+            f"worker processes cannot start: each runs the main module again, and {path} (a script read "
+            f"from standard input) cannot be run again; save the script to a file with its work under "
+            f"'{MAIN_GUARD}', or use one job (jobs=1)")
 
 
 def _describe_exit(exitcode):
@@ -85,6 +107,7 @@ class WorkerPool:
         self.jobs, self.hint = max(1, int(jobs)), hint
         self._executor = None
         self._workers = {}          # pid: Process, every worker started
+        self._results = 0           # chunks the workers have returned
 
     def __enter__(self):
         return self
@@ -97,6 +120,7 @@ class WorkerPool:
 
     def _start(self):
         if self._executor is None:
+            _check_main_can_rerun()
             self._executor = concurrent.futures.ProcessPoolExecutor(
                 max_workers=self.jobs, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_init)
@@ -107,15 +131,23 @@ class WorkerPool:
         the workers; ``on_result(key, result)`` as each finishes (in any order)."""
         executor = self._start()
         try:
-            with blas_threads_limited():  # the workers start on submit and inherit the environment
+            with resources.blas_threads_limited():  # the workers start on submit and inherit the environment
                 futures = {executor.submit(func, *args, **kwargs): key for key, func, args, kwargs in calls}
             self._workers.update(executor._processes)   # the pool forgets a broken pool's workers
             for future in concurrent.futures.as_completed(futures):
                 on_result(futures[future], future.result())
+                self._results += 1
         except concurrent.futures.process.BrokenProcessPool as exc:
             self.stop()
-            what = _describe_exit(_first_cause([p.exitcode for p in self._workers.values()]))
-            raise WorkerDiedError(f"{what}; the run stopped and nothing was written; try {self.hint}") from exc
+            code = _first_cause([p.exitcode for p in self._workers.values()])
+            if code == 1 and not self._results and _main_path() is not None:
+                # exit code 1 before any chunk came back: a worker failed as it re-ran the main module
+                raise WorkerStartError(
+                    f"a worker process died as it started (exit code 1): each worker runs the main module "
+                    f"({_main_path()}) again, so a fit must not run when it is imported; put the script's work "
+                    f"under '{MAIN_GUARD}', or use one job (jobs=1); nothing was written") from exc
+            raise WorkerDiedError(f"{_describe_exit(code)}; the run stopped and nothing was written; "
+                                  f"try {self.hint}") from exc
         except MemoryError as exc:
             self.stop()
             raise WorkerDiedError(f"a worker process ran out of memory; the run stopped and nothing was "
@@ -169,7 +201,7 @@ def map_chunks(func, signal, voxel_ids, jobs=None, chunk_size=5000, progress=Tru
         Voxels per chunk.
     progress : bool
         Progress over voxels on stderr (a bar on a terminal, a line now and then in a batch log,
-        see :class:`ivim_common.cli.Progress`).
+        see :class:`ivim_common.progress.Progress`).
     pool : WorkerPool, optional
         The run's worker processes, reused from call to call (default: a pool for this call).
 
@@ -198,7 +230,7 @@ def map_chunks(func, signal, voxel_ids, jobs=None, chunk_size=5000, progress=Tru
         return dict(signal=signal[start:start + chunk_size], voxel_ids=voxel_ids[start:start + chunk_size],
                     **kwargs)
 
-    with cli.Progress(n_voxels, "voxel", enabled=progress) as bar:
+    with Progress(n_voxels, "voxel", enabled=progress) as bar:
         own_pool = pool is None
         pool = pool or WorkerPool(jobs or default_jobs())
         if pool.jobs <= 1 or len(starts) <= 1:

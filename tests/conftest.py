@@ -3,9 +3,9 @@ import os
 import subprocess
 import sys
 
-import ivim_common
+import ivim_common.resources
 
-ivim_common.limit_blas_threads()  # as the scripts do, before numpy loads
+ivim_common.resources.limit_blas_threads()  # as the scripts do, before numpy loads
 
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402

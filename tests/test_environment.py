@@ -6,7 +6,8 @@ import sys
 import numpy as np
 import pytest
 
-from ivim_common import BLAS_THREAD_VARIABLES, voxelpool
+from ivim_common import voxelpool
+from ivim_common.resources import BLAS_THREAD_VARIABLES
 
 # Not from conftest, which sets the variables: the worker processes import this module.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,6 +1,6 @@
 """Faults and hostile inputs, tried as a batch user meets them: signals, dying workers, odd and
-huge images, concurrent runs into one folder, batch defaults.  The README's "Reliability" table
-names these tests; test_readme_reliability_table_names_existing_tests keeps the two together."""
+huge images, concurrent runs into one folder, batch defaults.  The "Reliability" table of
+docs/reliability.md names these tests; test_reliability_table_names_existing_tests keeps the two together."""
 import concurrent.futures
 import glob
 import json
@@ -20,7 +20,8 @@ import pytest
 import ivim_fitting
 import ivim_view_fits
 from conftest import AFFINE, BVALS, REPO, run_script, true_params, write_dataset
-from ivim_common import cli, io, model, resources, simu_cli, voxelpool
+from ivim_common import io, model, resources, simu_cli, voxelpool
+from ivim_common.progress import Progress
 from ivim_common.constants import CORE_MAPS
 from ivim_common.engines import fast
 from ivim_common.errors import OutputExistsError, WorkerDiedError
@@ -611,7 +612,7 @@ def test_one_worker_pool_per_simulation_run(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("verbose, lines", [(1, True), (0, False)])
 def test_batch_log_gets_progress_lines_not_a_bar(verbose, lines, dataset, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli.Progress, "LOG_INTERVAL_S", 0.0)
+    monkeypatch.setattr(Progress, "LOG_INTERVAL_S", 0.0)
     code, err = call_main(base_args(dataset, tmp_path / "out") + ["--chunk-size", 2, "-v", verbose], capsys)
     assert code == 0
     progress = [line for line in err.splitlines() if re.fullmatch(r"[\w.]+: \d+/6 voxels \(\d+ %\) "
@@ -621,10 +622,9 @@ def test_batch_log_gets_progress_lines_not_a_bar(verbose, lines, dataset, tmp_pa
         assert progress[-1].split(": ", 1)[1].startswith("6/6 voxels (100 %)")
 
 
-def test_readme_job_scripts_pass_jobs_from_slurm():
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    scripts = re.findall(r"```bash\n(#!/bin/bash\n.*?)```", readme, re.S)
+def test_docs_job_scripts_pass_jobs_from_slurm():
+    pages = "".join(open(p, encoding="utf-8").read() for p in glob.glob(os.path.join(REPO, "docs", "*.md")))
+    scripts = re.findall(r"```bash\n(#!/bin/bash\n.*?)```", pages, re.S)
     commands = [line for script in scripts for line in script.replace("\\\n", " ").splitlines()
                 if line.startswith("ivim_")]
     assert commands
@@ -632,10 +632,10 @@ def test_readme_job_scripts_pass_jobs_from_slurm():
         assert '-j "${SLURM_CPUS_PER_TASK:-1}"' in command, command
 
 
-# --------------------------------------------------------------------------- the README's table
+# --------------------------------------------------------------------------- the docs' table
 
-def test_readme_reliability_table_names_existing_tests():
-    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+def test_reliability_table_names_existing_tests():
+    with open(os.path.join(REPO, "docs", "reliability.md"), encoding="utf-8") as f:
         section = f.read().split("## Reliability", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| case")]
     named = [re.findall(r"`(test_\w+)`", row) for row in rows if not set(row) <= set("|- ")]

@@ -7,7 +7,7 @@ import pytest
 
 import ivim_fitting
 from conftest import BVALS, write_dataset
-from ivim_common import IvimFit, IvimModel, api, model
+from ivim_common import IvimFit, IvimModel, api, model, trust
 from ivim_common import simulation as simu
 
 TRUTH = np.array([1000.0, 1e-3, 0.12, 25e-3])        # S0, D, f, D*
@@ -61,7 +61,7 @@ def test_fisher_sd_kernel_is_that_of_the_model_jacobian():
     rss = rng.uniform(100, 1000, 6)
     free = np.ones((6, 4), dtype=bool)
     free[1, 1] = free[2, 0] = free[3, 2] = False
-    sd, sd_pool = model.fisher_sd(BVALS, params, rss, free, 4)
+    sd, sd_pool = trust.fisher_sd(BVALS, params, rss, free, 4)
     for v in range(6):
         jac = model.ivim_jacobian(BVALS, *params[v])[:, free[v]]
         cov = rss[v] / (len(BVALS) - 4) * np.linalg.inv(jac.T @ jac)
@@ -76,13 +76,13 @@ def test_fit_mono_is_the_least_squares_fit():
     """At the mono-exponential fit the RSS's derivative over ADC (S0 at its best) is 0, and the
     compiled kernel gives each voxel the result it gives that voxel alone."""
     signal = gaussian(TRUTH, 200, 50, seed=7)
-    s0, adc, rss = model.fit_mono(BVALS, signal)
+    s0, adc, rss = trust.fit_mono(BVALS, signal)
     for step in (1e-9, -1e-9):
         e = np.exp(-BVALS * (adc + step)[:, None])
         s0_near = np.einsum("vb,vb->v", signal, e) / np.einsum("vb,vb->v", e, e)
         assert (((signal - s0_near[:, None] * e) ** 2).sum(axis=1) >= rss * (1 - 1e-12)).all()
     np.testing.assert_allclose(model.ivim_signal(BVALS, s0, adc, 0.0, 0.0), signal, rtol=0.2)
-    alone = model.fit_mono(BVALS, signal[17:18])
+    alone = trust.fit_mono(BVALS, signal[17:18])
     assert (alone[1][0], alone[2][0]) == (adc[17], rss[17])
 
 

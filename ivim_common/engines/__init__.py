@@ -23,6 +23,10 @@ Every engine module has the same three names:
 
 and may have
 
+``IN_PROCESS_VOXELS``
+    Voxel fits (bootstrap refits included) up to which a job runs in the calling process,
+    whatever the jobs asked: starting worker processes (each imports the package and loads the
+    compiled code) would cost more than the work.  Default 0.
 ``image_options(model, signal, jobs, volume, **user_options)``
     Called once per fit with every voxel's signal, before the chunks (``volume``: the
     volume's shape and the voxels' flat indices in it, or None): returns the ``options``

@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from .. import model, spatial
-from .fast import compile_kernel
+from ..compiled import compile_kernel, notice_if_slow
 
 CHUNK_SIZE = 2000             # voxels per chunk of the voxel pool (about 0.1 s each)
 GRID_COARSE = (10, 10, 14)    # points over (log D, f, log D*ₚ) in the voxel's whole box
@@ -67,7 +67,7 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}   # vectorise reductions, kee
 
 
 def _kernel(func):
-    """Compiled with the fast-math flags above, cached (see :func:`ivim_common.engines.fast.compile_kernel`)."""
+    """Compiled with the fast-math flags above, cached (see :func:`ivim_common.compiled.compile_kernel`)."""
     return compile_kernel(func, fastmath=_FASTMATH)
 
 
@@ -629,12 +629,10 @@ def prepare(announce=True):
     global _ready
     if _ready:
         return
-    from .fast import _notice_if_slow
-
     b = np.array([0.0, 50.0, 400.0, 800.0])
     y = 1000.0 * np.exp(-b * 1e-3)[None]
     lo, hi = np.array([[500.0, 0.2e-3, 0.0, 2e-3]]), np.array([[1500.0, 3e-3, 0.3, 50e-3]])
-    with _notice_if_slow(announce, COMPILE_NOTICE):
+    with notice_if_slow(announce, COMPILE_NOTICE):
         fit(b, y, 0.5 * (lo + hi), lo, hi, np.ones(4, bool), np.zeros((1, 2), np.uint32))
     _ready = True
 
@@ -654,11 +652,9 @@ def image_options(ivim_model, signal, jobs, volume=None, prior="auto"):
     if prior not in choices:
         raise ValueError(f"unknown prior {prior!r} (choose from {', '.join(choices)})")
     if prior == "empirical":
-        from ..api import IvimModel
-
-        conv = ivim_model.dstar_convention
-        ls = IvimModel(ivim_model.bvals, ivim_model.approach, ivim_model.bounds_version, "fast",
-                       ivim_model.bounds, conv, ivim_model.bval_threshold).fit_voxels(signal, jobs=jobs)
+        conv = ivim_model.dstar_convention      # the same model (its class: the API is above the engines)
+        ls = type(ivim_model)(ivim_model.bvals, ivim_model.approach, ivim_model.bounds_version, "fast",
+                              ivim_model.bounds, conv, ivim_model.bval_threshold).fit_voxels(signal, jobs=jobs)
         ls["Dstar"] = model.excess_dstar(ls["Dstar"], ls["D"], conv)
         params = np.column_stack([ls[name] for name in model.PARAM_NAMES])
         ok = np.isfinite(params).all(axis=1)

@@ -9,19 +9,16 @@ nominal box; the lowest result is refined in its ±5 % box.
 
 The engine is compiled by numba, voxel by voxel: a voxel's work is branchy (grid minima,
 active bounds, a few candidates, each converging at its own pace), which numpy could only run
-as masked whole-array passes (bench/bench_engines.py measures it).  The compiled code is cached (see _kernel): only the first run of an installation compiles it.
+as masked whole-array passes (bench/bench_engines.py measures it).  The compiled code is cached
+(see :func:`ivim_common.compiled.compile_kernel`): only the first run of an installation compiles it.
 """
-import contextlib
-import math
-import sys
-import threading
-
-import numba
 import numpy as np
 
 from .. import model
+from ..compiled import exp, kernel, notice_if_slow
 
 CHUNK_SIZE = 5000    # voxels: well under a second of work
+IN_PROCESS_VOXELS = 40_000   # a job this small costs less than starting workers (bench/bench_small_job.py)
 
 GRID_D = 12          # points over D in each voxel's box (one-step)
 GRID_DSTAR = 20      # points over D* in each voxel's box
@@ -29,29 +26,11 @@ STEP2_TIE = 1e-6     # step-2 candidates this close (relative RSS) to the lowest
 MAX_ITER = 100       # Newton iterations per start
 RTOL = 1e-11         # Newton stops when an undamped step changes the RSS by less (relative)
 
-# numba's option for code without its reference counting (its runtime, NRT), with which numba
-# compiles its own hot helpers; should a numba lack it, the kernels compile with counting.
-_NO_NRT = {"_nrt": False} if hasattr(numba.core.options.DefaultOptions, "_nrt") else {}
+# The kernels below allocate nothing (fit_fast hands them their scratch, see _scratch): they are
+# compiled without reference counting (compiled.kernel).
 
 
-def compile_kernel(func, **options):
-    """``numba.njit(func, error_model="numpy", **options)``, cached on disk where numba finds a
-    writable place (beside the package, else its user cache); without one, compiled again in
-    each process."""
-    try:
-        return numba.njit(cache=True, error_model="numpy", **options)(func)
-    except RuntimeError:              # numba: "cannot cache ... as it uses ... no locator available"
-        return numba.njit(error_model="numpy", **options)(func)
-
-
-def _kernel(func):
-    """Compile without reference counting: the kernels below allocate nothing (fit_fast hands
-    them their scratch, see :func:`_scratch`), and the atomic count updates that their array
-    arguments and views would cost dominate such short kernels."""
-    return compile_kernel(func, **_NO_NRT)
-
-
-@_kernel
+@kernel
 def _clip(x, lo, hi):
     """x clipped to [lo, hi] (NaN stays NaN, as numpy.clip)."""
     if x < lo:
@@ -61,7 +40,7 @@ def _clip(x, lo, hi):
     return x
 
 
-@_kernel
+@kernel
 def _amplitudes(g11, g12, g22, h1, h2, yy, s_lo, s_hi, f_lo, f_hi):
     """Exact best (S0, f) for y ≈ S0·f·x1 + S0·(1-f)·x2, S0 in [s_lo, s_hi], f in [f_lo, f_hi].
 
@@ -103,7 +82,7 @@ def _amplitudes(g11, g12, g22, h1, h2, yy, s_lo, s_hi, f_lo, f_hi):
     return best_s, best_f, best, face
 
 
-@_kernel
+@kernel
 def _grid_row(g11, g12, g22, h1, h2, yy, s_lo, s_hi, f_lo, f_hi, rss, face):
     """:func:`_amplitudes`' minimum RSS and face RSS along one row of the grid, written without
     branches so that the compiler runs several grid points at once (SIMD)."""
@@ -132,30 +111,7 @@ def _grid_row(g11, g12, g22, h1, h2, yy, s_lo, s_hi, f_lo, f_hi, rss, face):
         rss[j] = min(best, yy - a * b1 - (s_free - a) * h2 if inside else np.inf)
 
 
-_LOG2E = 1.4426950408889634
-_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10   # ln 2 = hi + lo
-_ROUND = 6755399441055744.0     # 1.5·2^52: adding it rounds to an integer, kept in the low bits
-_C = tuple(1.0 / math.factorial(i) for i in range(14))    # Taylor coefficients of exp
-
-
-@_kernel
-def _exp(x):
-    """exp(x), within 1 ulp of numpy.exp for |x| <= 708 (x is clamped there, so exp(-inf) is
-    3.3e-308, not 0; NaN stays NaN),
-    in a form that the compiler vectorises (np.exp is a call per element).  exp(x) = 2^n·exp(r), n = round(x / ln 2), |r| <= ln(2)/2, exp(r) by its Taylor
-    polynomial of degree 13 (remainder below 1e-17)."""
-    t = -708.0 if x < -708.0 else (708.0 if x > 708.0 else x)
-    shifted = t * _LOG2E + _ROUND            # n in the low bits of its float64
-    n = shifted - _ROUND
-    r = (t - n * _LN2_HI) - n * _LN2_LO
-    c = _C
-    q = ((((((c[13] * r + c[12]) * r + c[11]) * r + c[10]) * r + c[9]) * r + c[8]) * r
-         + c[7]) * r + c[6]
-    q = (((((q * r + c[5]) * r + c[4]) * r + c[3]) * r + c[2]) * r + c[1]) * r + c[0]
-    return q * np.int64((np.float64(shifted).view(np.int64) + 1023) << 52).view(np.float64)
-
-
-@_kernel
+@kernel
 def _local_min(rss, i, j):
     """True where no value among the 8 neighbours of rss[i, j] is lower (nor NaN)."""
     r = rss[i, j]
@@ -166,7 +122,7 @@ def _local_min(rss, i, j):
     return True
 
 
-@_kernel
+@kernel
 def _grid(b, y, lo, hi, t_d, t_s, starts, ws):
     """(D, D*) of four starting points from a geometric (D, D*) grid over the box, amplitudes
     solved exactly: the two lowest local minima of the grid (the same point twice where it has
@@ -184,12 +140,12 @@ def _grid(b, y, lo, hi, t_d, t_s, starts, ws):
     g11, g12, h1 = sums[0], sums[1], sums[2]
     ld, ls = np.log(hi[1] / lo[1]), np.log(hi[3] / lo[3])
     for i in range(nd):
-        pos[i] = lo[1] * _exp(t_d[i] * ld)
+        pos[i] = lo[1] * exp(t_d[i] * ld)
     for j in range(ns):
-        pos[nd + j] = lo[3] * _exp(t_s[j] * ls)
+        pos[nd + j] = lo[3] * exp(t_s[j] * ls)
     for k in range(nb):
         for i in range(m):
-            e[k, i] = _exp(-b[k] * pos[i])
+            e[k, i] = exp(-b[k] * pos[i])
     yy = 0.0
     for k in range(nb):
         yy += y[k] * y[k]
@@ -232,16 +188,16 @@ def _grid(b, y, lo, hi, t_d, t_s, starts, ws):
         starts[c, 0], starts[c, 1] = pos[g // ns], pos[nd + g % ns]
 
 
-@_kernel
+@kernel
 def _exps(b, p, u, e):
     """u = exp(-b·D) and e = exp(-b·D*) at p = (S0, D, f, D*); alone, this loop runs several
     exps at once."""
     for k in range(b.size):
-        u[k] = _exp(-b[k] * p[1])
-        e[k] = _exp(-b[k] * p[3])
+        u[k] = exp(-b[k] * p[1])
+        e[k] = exp(-b[k] * p[3])
 
 
-@_kernel
+@kernel
 def _signal_terms(b, y, p, u, w, sig):
     """The model signal at p = (S0, D, f, D*) into sig, with u = exp(-b·D) and w = exp(-b·D*) - 1
     into u and w (the terms that the derivatives reuse); returns the RSS against y."""
@@ -252,7 +208,7 @@ def _signal_terms(b, y, p, u, w, sig):
     return _signal_rss(p, u, w, y, sig)
 
 
-@_kernel
+@kernel
 def _signal_rss(p, u, w, y, sig):
     """sig = S0·u·(1 + f·w), :func:`ivim_common.model.ivim_signal` in the terms of
     :func:`_signal_terms`; returns the RSS against y."""
@@ -263,7 +219,7 @@ def _signal_rss(p, u, w, y, sig):
     return rss
 
 
-@_kernel
+@kernel
 def _project(b, y, p, lo, hi, u, w, sig):
     """Replace S0 and f of p by their exact best values in the box for its (D, D*) (variable
     projection); fill u, w, sig as :func:`_signal_terms`; return the RSS."""
@@ -283,7 +239,7 @@ def _project(b, y, p, lo, hi, u, w, sig):
     return _signal_rss(p, u, w, y, sig)
 
 
-@_kernel
+@kernel
 def _newton_terms(b, y, p, u, w, sig, grad, jj, hess):
     """Gradient, Gauss-Newton matrix and exact Hessian of ½·RSS at p, into grad (4), jj, hess
     (4, 4, upper triangles), from u, w, sig of :func:`_signal_terms` at p.
@@ -343,7 +299,7 @@ def _newton_terms(b, y, p, u, w, sig, grad, jj, hess):
     hess[3, 3] += S0 * f * (Ru[2] + Rv[2])
 
 
-@_kernel
+@kernel
 def _damped_step(h, jj, held, lam, grad, low, step):
     """Solve (h + damping)·step = -grad by Cholesky, held parameters' rows and columns replaced
     by the identity; damping = lam·|diag(jj)|.  Upper triangles of h, jj are read; low (4, 4)
@@ -373,7 +329,7 @@ def _damped_step(h, jj, held, lam, grad, low, step):
     return ok
 
 
-@_kernel
+@kernel
 def _newton(b, y, p, lo, hi, vary, scratch):
     """Box-constrained damped Newton from p (updated in place); returns the RSS.
 
@@ -453,7 +409,7 @@ def _newton(b, y, p, lo, hi, vary, scratch):
     return rss
 
 
-@_kernel
+@kernel
 def _step2(b, y, lo, hi, vary, t_d, t_s, scratch, cand, rss):
     """Step 2 of one voxel: Newton in the nominal box from each of :func:`_grid`'s starts (on
     its face for the face starts).  Writes cand (4, 4) and rss (4,); a start that repeats the
@@ -476,14 +432,14 @@ def _step2(b, y, lo, hi, vary, t_d, t_s, scratch, cand, rss):
         rss[c] = np.inf if repeat else _newton(b, y, cand[c], box_lo, hi, vary, scratch)
 
 
-@_kernel
+@kernel
 def _step2_all(b, signal, lo, hi, vary, t_d, t_s, scratch, cand, rss):
     """:func:`_step2` of every voxel (rows of signal, lo, hi) into cand (n, 4, 4), rss (n, 4)."""
     for v in range(signal.shape[0]):
         _step2(b, signal[v], lo[v], hi[v], vary, t_d, t_s, scratch, cand[v], rss[v])
 
 
-@_kernel
+@kernel
 def _refine_all(b, signal, voxel, start, r_lo, r_hi, from_grid, vary, t_d, t_s, scratch, p, rss):
     """Step 3, job by job: Newton for the voxel signal[voxel[j]] in the box (r_lo[j], r_hi[j])
     from start[j] or, where from_grid[j], from the lowest local minimum of a grid over that box;
@@ -501,7 +457,7 @@ def _refine_all(b, signal, voxel, start, r_lo, r_hi, from_grid, vary, t_d, t_s, 
         rss[j] = _newton(b, y, q, r_lo[j], r_hi[j], vary, scratch)
 
 
-@_kernel
+@kernel
 def _jobs(cand, rss2, job):
     """job[v, c]: whether step 3 refines the step-2 candidate c of voxel v, that is, whether its
     RSS is within STEP2_TIE of the voxel's lowest (a failed, NaN one never is) and its point is
@@ -520,7 +476,7 @@ def _jobs(cand, rss2, job):
                 job[v, c] &= not (job[v, k] and same)
 
 
-@_kernel
+@kernel
 def _pick(voxel, rss, p, out):
     """out[v] = the refined point of lowest RSS among the jobs of voxel v (jobs in voxel order),
     the first on ties; out[v] is left as it was where none has a finite RSS."""
@@ -616,14 +572,14 @@ _ready = False      # compiled or loaded in this process
 def prepare(announce=True):
     """Compile the kernels (the first run of an installation, some 15 s) or load them from
     numba's cache, once per process; say so on stderr if ``announce`` and it takes over
-    COMPILE_NOTICE_AFTER_S."""
+    :data:`ivim_common.compiled.COMPILE_NOTICE_AFTER_S`."""
     global _ready
     if _ready:
         return
     b = np.array([0.0, 50.0, 400.0, 800.0])
     signal = model.ivim_signal(b, 1000.0, 1e-3, 0.1, 20e-3)[None]
     _, lo, hi, vary = model.voxel_bounds(b, signal, "one-step", "2020")
-    with _notice_if_slow(announce):       # the same compiled code serves every approach
+    with notice_if_slow(announce, COMPILE_NOTICE):       # the same compiled code serves every approach
         fit_fast(b, signal, lo, hi, vary)
     _ready = True
 
@@ -634,21 +590,5 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, limits=None):
     return {"params": fit_fast(bvals, signal, lo, hi, vary, limits)}
 
 
-COMPILE_NOTICE_AFTER_S = 3.0
 COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 15 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")
-
-
-@contextlib.contextmanager
-def _notice_if_slow(enabled, notice=None):
-    """Print ``notice`` (default COMPILE_NOTICE) on stderr if the block is still running after
-    COMPILE_NOTICE_AFTER_S."""
-    timer = threading.Timer(COMPILE_NOTICE_AFTER_S, print, args=(notice or COMPILE_NOTICE,),
-                            kwargs=dict(file=sys.stderr, flush=True))
-    timer.daemon = True
-    if enabled:
-        timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
