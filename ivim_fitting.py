@@ -7,7 +7,7 @@ import time
 
 from ivim_common import cli, constants
 from ivim_common.constants import FIT_SIDECAR, MAP_FILES
-from ivim_common.errors import InputError
+from ivim_common.errors import InputError, UsageError
 from ivim_common.resources import limit_blas_threads
 
 PROG = "ivim_fitting.py"
@@ -16,6 +16,8 @@ EXAMPLE = f"""\
 example (the bundled test data, the published maps' bounds):
   {PROG} -i test_data/dwi_rl.nii.gz -b test_data/bval_rl.txt \\
       -ma test_data/cord_seg_dilated.nii.gz -mo one-step --bounds-version 2019 -o ivim_maps_rl_2019
+(the same with --engine bayes --prior spatial: posterior maps that share information between
+neighbouring voxels of a tissue; docs/accuracy_priors.md)
 
 writes ivim_maps_rl_2019/{{S0,D,Dstar,Fivim,FivimXDstar,AIC,R2,exception}}_map.nii.gz (float32, the
 DWI's affine; 0 outside the mask; NaN where a fit failed, with exception_map = 1), how far to trust
@@ -83,6 +85,13 @@ def _fit_to_folder(args, argv):
     sets_out = output_sets(args)               # 'each': known once the b-vectors are read
     check_outputs(args, sets_out)
     inputs = io.load_fit_inputs(args.input, args.bval, args.mask, args.model)
+    if args.engine_options.get("prior") == "spatial":
+        from ivim_common import spatial
+
+        try:
+            spatial.check_volume(inputs.selected.shape, int(inputs.selected.sum()))
+        except ValueError as err:
+            raise UsageError(str(err)) from None
     bvecs = None if args.directions == "all" else io.read_bvecs(args.bvec, inputs.bvals, args.b_tolerance)
     sets = io.direction_sets(inputs.data, inputs.bvals, bvecs, args.directions, args.b_tolerance,
                              ivim_model.n_free(args.model), args.bvec)

@@ -158,7 +158,8 @@ class IvimModel:
         b (s/mm²) from which the initialisation's line of ln S is fitted (default: the
         approach's: 400 one-step 2020, 500 one-step 2019 and two-step, 200 segmented and osipi).
     **engine_options
-        Options of the engine's ``image_options`` (e.g. ``prior='empirical'`` for 'bayes').
+        Options of the engine's ``image_options`` (e.g. ``prior='log'`` or ``prior='spatial'``
+        for 'bayes', see :data:`ivim_common.engines.OPTIONS`).
 
     Examples
     --------
@@ -205,12 +206,13 @@ class IvimModel:
                 f"dstar_convention={self.dstar_convention!r})")
 
     def fit_voxels(self, signal, voxel_ids=None, jobs=1, seed=0, chunk_size=None, progress=False,
-                   model_choice="aicc", bootstrap=0, pool=None):
+                   model_choice="aicc", bootstrap=0, pool=None, shape=None):
         """Fit rows of signal (n_voxels, n_b) in ``jobs`` processes (or those of ``pool``, a
         :class:`ivim_common.voxelpool.WorkerPool` reused across calls); maps as 1-D arrays.
 
-        ``voxel_ids`` are the voxels' seed keys (default: their row numbers); the results do
-        not depend on ``jobs`` or ``chunk_size``.  Without ``chunk_size`` and ``pool``, a job of
+        ``voxel_ids`` are the voxels' seed keys (default: their row numbers), and their flat
+        indices in a volume of ``shape`` where given (the spatial prior needs it); the results
+        do not depend on ``jobs`` or ``chunk_size``.  Without ``chunk_size`` and ``pool``, a job of
         at most the engine's ``IN_PROCESS_VOXELS`` voxel fits (bootstrap refits included) stays
         in this process.  ``model_choice`` and ``bootstrap`` as in
         :meth:`fit`.  Returns the dict of :func:`fit_voxels`.
@@ -230,7 +232,13 @@ class IvimModel:
         options = {}
         if hasattr(fitter, "image_options"):
             valid = model.valid_voxels(signal, self.bvals, self.approach, self.bounds_version)
-            options, self.engine_record = fitter.image_options(self, signal[valid], jobs, **self.engine_options)
+            volume = None if shape is None else (shape, voxel_ids[valid])
+            options, self.engine_record = fitter.image_options(self, signal[valid], jobs, volume,
+                                                               **self.engine_options)
+        if "neighbours" in options:         # rows that depend on their neighbours: one chunk
+            if bootstrap:
+                raise ValueError("--bootstrap does not apply to --prior spatial (its posterior gives the intervals)")
+            chunk_size = len(signal)
         return voxelpool.map_chunks(fit_voxels, signal, voxel_ids, jobs=jobs, pool=pool,
                                     chunk_size=chunk_size or max(1, fitter.CHUNK_SIZE // (1 + bootstrap)),
                                     progress=progress, model_choice=model_choice, bootstrap=bootstrap,
@@ -280,7 +288,7 @@ class IvimModel:
         start = time.perf_counter()
         flat = self.fit_voxels(data[mask], np.flatnonzero(mask), jobs=jobs, seed=seed,
                                chunk_size=chunk_size, progress=progress, model_choice=model_choice,
-                               bootstrap=bootstrap)
+                               bootstrap=bootstrap, shape=shape)
         maps = {}
         for name, values in flat.items():
             maps[name] = np.full(shape, np.nan)

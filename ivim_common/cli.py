@@ -13,7 +13,7 @@ import signal
 import sys
 import traceback
 
-from .errors import IvimError
+from .errors import IvimError, UsageError
 from .version import __version__
 
 
@@ -349,7 +349,7 @@ def run(body, args, prog):
     Returns
     -------
     int
-        0, 1 (IvimError), or 128 + the signal's number when stopped by SIGINT (130),
+        0, 1 (IvimError), 2 (UsageError), or 128 + the signal's number when stopped by SIGINT (130),
         SIGHUP (129) or SIGTERM (143).
     """
     try:
@@ -360,7 +360,7 @@ def run(body, args, prog):
             traceback.print_exc()
         message = " ".join(str(exc).split())  # one line, even if a library's message had several
         print(f"{prog}: error: {message}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(exc, UsageError) else 1
     except KeyboardInterrupt as exc:
         for signum in STOP_SIGNALS:      # exiting: a second signal changes nothing
             signal.signal(signum, signal.SIG_IGN)

@@ -9,6 +9,11 @@ class InputError(IvimError):
     """An input file is missing, unreadable, or inconsistent with the others."""
 
 
+class UsageError(IvimError):
+    """Options that cannot work with these inputs (e.g. --prior spatial on a one-voxel mask):
+    exit code 2, as the command line's other usage errors."""
+
+
 class OutputExistsError(IvimError):
     """An output already exists and --force was not given."""
 

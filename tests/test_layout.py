@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "ivim_common"
 # (io/, engines/), from a module beside it; "io.*" stands for every module of io/.
 LAYERS = (
     ("constants", "errors", "version", "resources", "progress"),
-    ("model", "compiled"),
+    ("model", "compiled", "spatial"),
     ("kernels",),
     ("engines",),
     ("engines.fast", "engines.bayes", "engines.lmfit_reference"),

@@ -27,10 +27,11 @@ and may have
     Voxel fits (bootstrap refits included) up to which a job runs in the calling process,
     whatever the jobs asked: starting worker processes (each imports the package and loads the
     compiled code) would cost more than the work.  Default 0.
-``image_options(model, signal, jobs, **user_options)``
-    Called once per fit with every voxel's signal, before the chunks: returns the ``options``
+``image_options(model, signal, jobs, volume, **user_options)``
+    Called once per fit with every voxel's signal, before the chunks (``volume``: the
+    volume's shape and the voxels' flat indices in it, or None): returns the ``options``
     passed to every chunk's ``fit`` (e.g. a prior estimated from the image) and a JSON-ready
-    record of them for the sidecar.
+    record of them for the sidecar.  Options with ``neighbours`` are fitted as one chunk.
 
 A new engine is one module here and one entry in :data:`ENGINES`; the scripts' ``--engine``
 choices and help come from this table.  Only the standard library is imported here, so
@@ -44,7 +45,7 @@ ENGINES = {
                      "the first run of an installation compiles it, some 15 s)"),
     "lmfit": ("lmfit_reference", "the original's lmfit differential evolution, the reference "
                                  "(about 1-2 s of CPU per voxel)"),
-    "bayes": ("bayes", "posterior mean on a grid, S0 and the noise integrated out (a few times the "
+    "bayes": ("bayes", "posterior on a grid, S0 and the noise integrated out (a few times the "
                        "time of fast; see --prior)"),
 }
 
@@ -52,10 +53,15 @@ ENGINES = {
 # Options an engine takes through image_options: {engine: {option: (choices, default, help)}};
 # the scripts make a --option flag of each.
 OPTIONS = {
-    "bayes": {"prior": (("uniform", "empirical"), "uniform",
-                        "prior of --engine bayes: uniform in D, f and D*+D within the bounds (D within the "
-                        "toolbox's Dinit range, 0.15e-3 to 4.5e-3 mm^2/s), or empirical, from a first "
-                        "least-squares pass over the voxels (default: %(default)s)")},
+    "bayes": {"prior": (("auto", "uniform", "log", "empirical", "spatial"), "auto",
+                        "prior of --engine bayes (docs/accuracy_priors.md): uniform = uniform in D, f and "
+                        "D*p = D+D* within the bounds (D within the toolbox's Dinit range, 0.15e-3 to 4.5e-3 "
+                        "mm^2/s), posterior mean; log = uniform in D and log D*p, f's density falling as 1-f, "
+                        "posterior median; auto = uniform in the 2020/2019 presets, log with the osipi preset "
+                        "or --bounds (wide boxes); "
+                        "empirical = from a first least-squares pass over the voxels; spatial = auto's times "
+                        "a prior tying each voxel to its tissue and its neighbours (a volume fit, one "
+                        "process) (default: %(default)s)")},
 }
 
 

@@ -15,14 +15,16 @@ over f costs a handful of flops and no exponential; the power of RSS is taken by
 squaring (no log or exp per grid point).
 
 The grid spans (log D, f, log D*ₚ), cell-centred; the prior is a product of three 1-D
-densities in those coordinates (:func:`uniform_prior`, :func:`empirical_prior`) times the
+densities in those coordinates (:func:`uniform_prior`, :func:`empirical_prior`), times, with
+the spatial prior (:mod:`ivim_common.spatial`), one Gaussian per coordinate and voxel, times the
 voxel's box lo <= (D, f, D*) <= hi (D* = D*ₚ − D; D's box from the prior, see
 :func:`uniform_prior`).  A coarse grid over the whole box locates the posterior; a finer one
 over its mean ± ZOOM_SD posterior SD gives the estimates, zoomed again while a posterior SD
-is under RESOLVED_SD cells (high SNR).  Point estimates are posterior means: on issue 18's
-phantom (SNR 30, 50; Gaussian and Rician; measured in the nominal D box) the mean's median
-|relative error| was lower than the median's for f (0.26 vs 0.30 at SNR 30) and D*ₚ (0.28 vs
-0.30), within 0.003 for D (0.098 vs 0.095 at SNR 30, equal at 50).  SD and the
+is under RESOLVED_SD cells (high SNR).  Point estimates are the prior's (:data:`ESTIMATES`):
+posterior means with the uniform prior (on issue 18's phantom, SNR 30, 50, the mean's median
+|relative error| was lower than the median's for f, 0.26 vs 0.30 at SNR 30, and D*ₚ, 0.28 vs
+0.30, within 0.003 for D), medians with the prior uniform in log D*ₚ (docs/accuracy_priors.md:
+bench/bench_priors.py measures mean, median and mode in every box).  SD and the
 2.5/97.5 % quantiles are those of the grid posterior, each cell's mass spread evenly over the
 cell; D*'s quantiles by bisection of its CDF over the joint of (D, D*ₚ).
 
@@ -34,7 +36,7 @@ import math
 
 import numpy as np
 
-from .. import model
+from .. import model, spatial
 from ..compiled import compile_kernel, notice_if_slow
 
 CHUNK_SIZE = 2000             # voxels per chunk of the voxel pool (about 0.1 s each)
@@ -45,12 +47,21 @@ ZOOM_MIN_CELLS = 1.5          # and at least this many coarse cells either side;
 RESOLVED_SD = 0.5             # zoomed again (a fine grid over a fine one) while a posterior SD
 ZOOM_LEVELS = 5               # is under this many cells (high SNR), at most this many grids
 RSS_FLOOR = 1e-12             # RSS floor relative to y·y (noiseless data: a finite posterior)
-PROB = np.array([0.025, 0.975])
+PROB = np.array([0.025, 0.975, 0.5])   # the interval, then the median
 PRIOR_D_BOUNDS = model.D_INIT_BOUNDS   # D's support where D varies (see uniform_prior)
 TABLE_SIZE = 256              # points of a prior density table
 # Ranges of the prior tables, wide enough for any bounds (values outside use the end value).
 TABLE_RANGE = ((math.log(1e-5), math.log(1e-1)), (0.0, 1.0), (math.log(1e-5), math.log(1.0)))
-BISECT_ITER = 40              # bisection steps of a D* quantile
+BISECT_ITER = 28              # bisection steps of a D* quantile (to 4e-9 of its range)
+ESTIMATES = {"mean": 0, "median": 4, "mode": 5}   # point estimates: their rows of the summaries
+# The broad prior of a --prior choice (image_options), uniform_prior's keywords, where the box
+# is a toolbox preset (2020, 2019: the cord's physiological range, as the original designed
+# them) and where it is the user's (the osipi preset, --bounds: a limit, not a belief).  auto
+# and spatial: AUTO.
+UNIFORM = {"dstar": "linear"}
+SCALE_FREE = {"dstar": "log", "f": "falling"}
+BROAD = {"uniform": (UNIFORM, UNIFORM), "log": (SCALE_FREE, SCALE_FREE)}
+AUTO = (UNIFORM, SCALE_FREE)
 
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}   # vectorise reductions, keep NaN/inf rules
 
@@ -71,15 +82,19 @@ def _tables(logdens_funcs):
             "logdens": tab}
 
 
-_IDENTITY = lambda x: x          # noqa: E731  (log density ∝ the coordinate itself)
+_IDENTITY = lambda x: x          # noqa: E731  (over log x, uniform in x is a density ∝ x)
 _FLAT = np.zeros_like
-_UNIFORM = {"linear": (_IDENTITY, _FLAT, _IDENTITY), "log": (_IDENTITY, _FLAT, _FLAT)}
+_SCALES = {"linear": _IDENTITY, "log": _FLAT}
+_F_DENSITY = {"flat": _FLAT, "falling": lambda f: np.log(np.clip(1.0 - f, 1e-6, None))}
 
 
-def uniform_prior(dstar="linear", d_bounds=PRIOR_D_BOUNDS):
-    """Broad prior: uniform in D and f, and in D*ₚ (``dstar='linear'``, for fixed D the same as
-    uniform in D*) or in log D*ₚ (``'log'``), within each voxel's bounds, D within
-    ``d_bounds`` (mm²/s) where D varies (None: the voxel's nominal bounds of D).
+def uniform_prior(dstar="linear", d="linear", f="flat", d_bounds=PRIOR_D_BOUNDS):
+    """Broad prior within each voxel's bounds: uniform in D (``d='linear'``) or log D
+    (``'log'``); in D*ₚ (``dstar='linear'``, for fixed D the same as uniform in D*) or in
+    log D*ₚ (``'log'``); in f (``f='flat'``) or with a density falling linearly from f = 0
+    to f = 1, ∝ 1 − f (``'falling'``, Beta(1, 2): a voxel of blood is not as likely as one of
+    tissue); D within ``d_bounds`` (mm²/s) where D varies (None: the voxel's nominal bounds
+    of D).
 
     The toolbox's one-step bounds put D in [0.15e-3, 1.2·Dinit], Dinit from the voxel's own
     high-b signal: a least-squares device, not a prior; with noise, 1.2·Dinit is below the
@@ -89,14 +104,23 @@ def uniform_prior(dstar="linear", d_bounds=PRIOR_D_BOUNDS):
     Returns
     -------
     dict: name, start (3,), step (3,), logdens (3, TABLE_SIZE) over (log D, f, log D*ₚ),
-    d_bounds.
+    d_bounds, estimate: the point estimate, the posterior mean where D*ₚ's prior is uniform
+    and the median where it is uniform in log D*ₚ (measured, bench/bench_priors.py: with a
+    scale-free prior and weak data the posterior of D*ₚ has a long upper tail that drags the
+    mean, while the median is that of log D*ₚ too).
     """
-    if dstar not in _UNIFORM:
-        raise ValueError(f"dstar must be 'linear' or 'log', not {dstar!r}")
-    prior = _tables(_UNIFORM[dstar])      # uniform in D is a density ∝ D over log D
-    prior["name"] = (f"uniform in D, f and {'D*p' if dstar == 'linear' else 'log D*p'} within the bounds"
+    for name, scale in (("dstar", dstar), ("d", d)):
+        if scale not in _SCALES:
+            raise ValueError(f"{name} must be 'linear' or 'log', not {scale!r}")
+    if f not in _F_DENSITY:
+        raise ValueError(f"f must be 'flat' or 'falling', not {f!r}")
+    prior = _tables((_SCALES[d], _F_DENSITY[f], _SCALES[dstar]))
+    prior["name"] = (f"uniform in {'D' if d == 'linear' else 'log D'}"
+                     + (", f" if f == "flat" else ", f's density falling as 1 - f,")
+                     + f" and {'D*p' if dstar == 'linear' else 'log D*p'} within the bounds"
                      + (f", D in [{d_bounds[0]:g}, {d_bounds[1]:g}]" if d_bounds is not None else ""))
     prior["d_bounds"] = d_bounds
+    prior["estimate"] = "mean" if dstar == "linear" else "median"
     return prior
 
 
@@ -136,10 +160,11 @@ def empirical_prior(params_ls, lo, hi, floor=0.1, d_bounds=PRIOR_D_BOUNDS):
     values = (np.log(p[:, 1]), p[:, 2], np.log(p[:, 1] + p[:, 3]))
     spans = ((np.log(lo[:, 1].min()), np.log(hi[:, 1].max())), (lo[:, 2].min(), hi[:, 2].max()),
              (np.log((lo[:, 1] + lo[:, 3]).min()), np.log((hi[:, 1] + hi[:, 3]).max())))
-    funcs = [_kde(v, span, floor, uni) for v, span, uni in zip(values, spans, _UNIFORM["linear"])]
+    funcs = [_kde(v, span, floor, uni) for v, span, uni in zip(values, spans, (_IDENTITY, _FLAT, _IDENTITY))]
     prior = _tables(funcs)
     prior["name"] = f"empirical: KDE of {int(ok.sum())} least-squares fits, uniform floor {floor:g}"
     prior["d_bounds"] = d_bounds
+    prior["estimate"] = "mean"
     return prior
 
 
@@ -198,16 +223,16 @@ def _axis(a, b, n, out):
 
 
 @_kernel
-def _prior_factors(coord, n, start, step, logdens, row, out):
-    """exp(log density) of prior row at coord[:n], by linear interpolation in its table,
-    scaled so that the largest is 1."""
+def _prior_factors(coord, n, start, step, logdens, row, mu, prec, out):
+    """exp(log density) of prior row at coord[:n], by linear interpolation in its table, times
+    the Gaussian exp(−prec·(coord − mu)²/2) (prec 0: none), scaled so that the largest is 1."""
     last = logdens.shape[1] - 1
     top = -np.inf
     for i in range(n):
         t = min(max((coord[i] - start[row]) / step[row], 0.0), float(last))
         j = min(int(t), last - 1)
         r = t - j
-        out[i] = logdens[row, j] * (1.0 - r) + logdens[row, j + 1] * r
+        out[i] = logdens[row, j] * (1.0 - r) + logdens[row, j + 1] * r - 0.5 * prec * (coord[i] - mu) ** 2
         top = max(top, out[i])
     for i in range(n):
         out[i] = math.exp(out[i] - top)
@@ -229,8 +254,9 @@ def _dots(b, y, value, n, e, yd, dd):
 
 
 @_kernel
-def _posterior(b, y, box, dstar_lo, dstar_hi, sizes, start, step, logdens, ws):
-    """Grid posterior of one voxel over box = (log D, f, log D*ₚ) ranges (6,).
+def _posterior(b, y, box, dstar_lo, dstar_hi, sizes, start, step, logdens, mu, prec, ws):
+    """Grid posterior of one voxel over box = (log D, f, log D*ₚ) ranges (6,), its prior the
+    tables times the Gaussians of mean mu (3,) and precision prec (3,) on those coordinates.
 
     Fills ws's g (3, ·) grid coordinates, marg (3, ·) marginal masses and m2 (n_d, n_p) the
     joint masses of (D, D*ₚ).  Returns (n_d, n_f, n_p, h_d, h_f, h_p, total, sum w·S0,
@@ -248,9 +274,9 @@ def _posterior(b, y, box, dstar_lo, dstar_hi, sizes, start, step, logdens, ws):
         val[0, i] = math.exp(g[0, i])
     for j in range(npp):
         val[2, j] = math.exp(g[2, j])
-    _prior_factors(g[0], nd, start, step, logdens, 0, pri[0])
-    _prior_factors(g[1], nf, start, step, logdens, 1, pri[1])
-    _prior_factors(g[2], npp, start, step, logdens, 2, pri[2])
+    _prior_factors(g[0], nd, start, step, logdens, 0, mu[0], prec[0], pri[0])
+    _prior_factors(g[1], nf, start, step, logdens, 1, mu[1], prec[1], pri[1])
+    _prior_factors(g[2], npp, start, step, logdens, 2, mu[2], prec[2], pri[2])
     _dots(b, y, val[0], nd, u, dots[0], dots[1])
     _dots(b, y, val[2], npp, v, dots[2], dots[3])
     for i in range(nd):
@@ -292,7 +318,7 @@ def _posterior(b, y, box, dstar_lo, dstar_hi, sizes, start, step, logdens, ws):
     half = (nb - 1) % 2 == 1
     for t in range(n_tot):
         q[t] = rmin / rss[t]
-        res[t] = (math.sqrt(q[t]) if half else 1.0) / math.sqrt(xxs[t])
+        res[t] = math.sqrt((q[t] if half else 1.0) / xxs[t])
     e = (nb - 1) // 2
     while e > 0:
         if e & 1:
@@ -392,9 +418,10 @@ def _dstar_quantile(p, total, val, nd, gp, npp, hp, m2, prefix):
 
 
 @_kernel
-def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logdens, prob, ws, out):
-    """Posterior summaries of every voxel into out (n, 4, 5) (see _summaries), D*ₚ within
-    [p_lo, p_hi] (n,); NaN where a voxel's signal or bounds are not usable."""
+def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logdens, mu, prec, prob, ws, out):
+    """Posterior summaries of every voxel into out (n, 6, 5) (see _summaries), D*ₚ within
+    [p_lo, p_hi] (n,), each voxel's prior times its Gaussians mu, prec (n, 3); NaN where a
+    voxel's signal or bounds are not usable."""
     g, marg = ws[0], ws[9]
     box = np.empty(6)
     box2 = np.empty(6)
@@ -413,7 +440,7 @@ def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logden
         box[0], box[1] = math.log(lo[n, 1]), math.log(hi[n, 1])
         box[2], box[3] = lo[n, 2], hi[n, 2]
         box[4], box[5] = math.log(p_lo[n]), math.log(p_hi[n])
-        r = _posterior(b, y, box, lo[n, 3], hi[n, 3], coarse, start, step, logdens, ws)
+        r = _posterior(b, y, box, lo[n, 3], hi[n, 3], coarse, start, step, logdens, mu[n], prec[n], ws)
         for _ in range(ZOOM_LEVELS):
             if not (r[6] > 0.0 and r[6] < np.inf):
                 break
@@ -429,7 +456,7 @@ def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logden
                     box2[2 * a + 1] = min(box[2 * a + 1], mean + halfw)
             if resolved and _ > 0:
                 break
-            r = _posterior(b, y, box2, lo[n, 3], hi[n, 3], fine, start, step, logdens, ws)
+            r = _posterior(b, y, box2, lo[n, 3], hi[n, 3], fine, start, step, logdens, mu[n], prec[n], ws)
         nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq = r
         if not (total > 0.0 and total < np.inf):
             out[n] = np.nan
@@ -439,12 +466,14 @@ def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logden
 
 @_kernel
 def _summaries(nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq, prob, ws, o):
-    """o (4, 5): mean, SD and the quantiles prob of (S0, D, f, D*, D*ₚ) from a fine-grid
-    posterior."""
+    """o (6, 5): mean, SD, the quantiles prob (2.5 %, 97.5 %, median) and the mode of (S0, D,
+    f, D*, D*ₚ) from a fine-grid posterior.  The mode is the centre of the marginal's fullest
+    cell (in log D, f, log D*ₚ); D*'s median and mode are D*ₚ's less D's, so that they add up."""
     g, val, marg, m2, prefix = ws[0], ws[1], ws[9], ws[10], ws[11]
     s0_mean = s0_sum / total
     s0_sd = math.sqrt(max(s0_sq / total - s0_mean * s0_mean, 0.0))
     o[0, 0], o[1, 0], o[2, 0], o[3, 0] = s0_mean, s0_sd, s0_mean - 1.959964 * s0_sd, s0_mean + 1.959964 * s0_sd
+    o[4, 0] = o[5, 0] = s0_mean
     # D, f and D*ₚ: moments in natural units, quantiles along their axes
     for a, col, n, h in ((0, 1, nd, hd), (1, 2, nf, hf), (2, 4, npp, hp)):
         m1 = 0.0
@@ -457,7 +486,12 @@ def _summaries(nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq, prob, ws, o):
             m2s += marg[a, i] * (x - m1) ** 2
         o[0, col] = m1
         o[1, col] = math.sqrt(m2s / total)
-        for qi in range(2):
+        top = 0
+        for i in range(n):
+            if marg[a, i] > marg[a, top]:
+                top = i
+        o[5, col] = g[1, top] if a == 1 else val[a, top]
+        for qi in range(prob.size):
             x = _axis_quantile(g[a], marg[a], n, h, total, prob[qi])
             o[2 + qi, col] = x if a == 1 else math.exp(x)
     # D* = D*ₚ − D: moments from the joint of (D, D*ₚ), quantiles by bisection of its CDF
@@ -476,6 +510,8 @@ def _summaries(nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq, prob, ws, o):
     o[1, 3] = math.sqrt(m2s / total)
     for qi in range(2):
         o[2 + qi, 3] = _dstar_quantile(prob[qi], total, val, nd, g[2], npp, hp, m2, prefix)
+    o[4, 3] = o[4, 4] - o[4, 1]
+    o[5, 3] = o[5, 4] - o[5, 1]
 
 
 # --- The engine's interface ---------------------------------------------------------------------
@@ -489,29 +525,34 @@ def _scratch(nb, coarse, fine):
             np.empty((n, n)), np.empty((n, n + 1)))
 
 
-def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=GRID_FINE, pool=None):
+def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=GRID_FINE, pool=None,
+                        gauss=None):
     """Posterior summaries within the bounds lo, hi (n, 4) as given (no d_bounds applied), and
-    D*ₚ = D + D* within ``pool`` = (lower, upper) where given.
+    D*ₚ = D + D* within ``pool`` = (lower, upper) where given; ``gauss`` = (mean, precision),
+    each (n, 3) over (log D, f, log D*ₚ), multiplies each voxel's prior by those Gaussians.
 
     Returns
     -------
-    ndarray (n, 4, 5): posterior mean, SD, 2.5 % and 97.5 % quantiles (axis 1) of S0, D, f,
-    D* and D*ₚ = D + D* (axis 2).
+    ndarray (n, 6, 5): posterior mean, SD, 2.5 % and 97.5 % quantiles, median and mode (axis
+    1, see :data:`ESTIMATES`) of S0, D, f, D* and D*ₚ = D + D* (axis 2).
     """
     b = np.ascontiguousarray(bvals, dtype=float)
     signal = np.ascontiguousarray(np.atleast_2d(signal), dtype=float)
-    out = np.empty((signal.shape[0], 4, 5))
+    out = np.empty((signal.shape[0], 6, 5))
+    n = signal.shape[0]
+    mu, prec = (np.zeros((n, 3)), np.zeros((n, 3))) if gauss is None else gauss
     coarse, fine = np.asarray(coarse, dtype=np.int64), np.asarray(fine, dtype=np.int64)
     lo, hi = np.ascontiguousarray(lo, dtype=float), np.ascontiguousarray(hi, dtype=float)
     p_lo, p_hi = lo[:, 1] + lo[:, 3], hi[:, 1] + hi[:, 3]
     if pool is not None:
         p_lo, p_hi = np.maximum(p_lo, pool[0]), np.minimum(p_hi, pool[1])
-    _fit_kernel(b, signal, lo, hi, np.ascontiguousarray(p_lo), np.ascontiguousarray(p_hi), coarse, fine, prior["start"], prior["step"], prior["logdens"], PROB,
+    _fit_kernel(b, signal, lo, hi, np.ascontiguousarray(p_lo), np.ascontiguousarray(p_hi), coarse, fine, prior["start"], prior["step"], prior["logdens"],
+                np.ascontiguousarray(mu, dtype=float), np.ascontiguousarray(prec, dtype=float), PROB,
                 _scratch(b.size, coarse, fine), out)
     return out
 
 
-def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None):
+def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None, estimate=None, neighbours=None):
     """Posterior of (S0, D, f, D*) per voxel; the engine draws nothing (seeds are unused).
 
     Parameters
@@ -532,10 +573,16 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None):
         The user's bounds are in force (the 'osipi' preset or --bounds,
         :func:`ivim_common.model.refinement_limits`): the posterior lives in lo, hi as given,
         and D*ₚ within ``limits["pool"]`` where that is set.
+    estimate : {'mean', 'median', 'mode'}, optional
+        The point estimate (params) of D, f and D*ₚ (D* is D*ₚ's less D's); default the
+        prior's (see :func:`uniform_prior`).
+    neighbours : ndarray of int (n, 6), optional
+        The rows' neighbours (:func:`ivim_common.spatial.neighbours`): the posterior under the
+        spatial prior (:mod:`ivim_common.spatial`) on top of ``prior``.
 
     Returns
     -------
-    dict of ndarray (n, 4): params (posterior means), sd (posterior SD), ci_low, ci_high
+    dict of ndarray (n, 4): params (the point estimates), sd (posterior SD), ci_low, ci_high
     (2.5 and 97.5 % posterior quantiles; NaN for a held parameter); NaN rows where a voxel
     failed; pool (n, 3): the SD and quantiles of D*ₚ = D + D*; lo, hi (n, 4): the box the
     posterior lives in (S0 unbounded).
@@ -552,13 +599,23 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None):
         pool = limits["pool"][:2]
     if np.asarray(bvals).size < 4:
         raise ValueError("the Bayesian engine needs at least 4 b-values")
-    summaries = posterior_summaries(bvals, signal, lo, hi, prior, pool=pool)
-    summaries[:, 1:, :4][:, :, fixed] = np.nan      # a held parameter has no uncertainty
+    signal = np.atleast_2d(signal)
+
+    def voxelwise(rows_signal, gauss):
+        return posterior_summaries(bvals, rows_signal, lo, hi, prior, pool=pool, gauss=gauss)
+
+    if neighbours is None:
+        summaries = voxelwise(signal, None)
+    else:
+        summaries = spatial.posterior(signal, voxelwise, neighbours)
+    summaries[:, 1:4, :4][:, :, fixed] = np.nan     # a held parameter has no uncertainty
     out = summaries[:, :, :4]
+    params = out[:, ESTIMATES[estimate or prior["estimate"]]].copy()
+    params[:, 3] = np.clip(params[:, 3], lo[:, 3], hi[:, 3])     # D*ₚ's less D's: inside D*'s box
     box_lo, box_hi = lo.copy(), hi.copy()            # the posterior's box: S0 is not bounded
     box_lo[:, 0], box_hi[:, 0] = -np.inf, np.inf
-    return {"params": out[:, 0], "sd": out[:, 1], "ci_low": out[:, 2], "ci_high": out[:, 3],
-            "pool": summaries[:, 1:, 4], "lo": box_lo, "hi": box_hi}
+    return {"params": params, "sd": out[:, 1], "ci_low": out[:, 2], "ci_high": out[:, 3],
+            "pool": summaries[:, 1:4, 4], "lo": box_lo, "hi": box_hi}
 
 
 _ready = False      # compiled or loaded in this process
@@ -580,18 +637,21 @@ def prepare(announce=True):
     _ready = True
 
 
-def image_options(ivim_model, signal, jobs, prior="uniform"):
-    """The prior of a fit (see :mod:`ivim_common.engines`): ``uniform`` (:func:`uniform_prior`)
-    or ``empirical``, from a first least-squares pass of the fast engine over the voxels
-    (:func:`empirical_prior`).  Returns the options of every chunk and the sidecar's record."""
+def image_options(ivim_model, signal, jobs, volume=None, prior="auto"):
+    """The prior of a fit (see :mod:`ivim_common.engines` and its OPTIONS): ``auto``, ``uniform``
+    or ``log`` (:func:`uniform_prior`, its keywords from :data:`BROAD`), ``empirical``, from a
+    first least-squares pass of the fast engine over the voxels (:func:`empirical_prior`), or
+    ``spatial``, auto's times the spatial prior (:mod:`ivim_common.spatial`).
+
+    ``volume`` = (shape, flat indices of the rows of ``signal``) where the voxels are those of
+    a volume (IvimModel.fit), else None.  Returns the options of every chunk (with
+    ``neighbours`` the fit is one chunk) and the sidecar's record."""
     from . import OPTIONS
 
     choices = OPTIONS["bayes"]["prior"][0]
     if prior not in choices:
         raise ValueError(f"unknown prior {prior!r} (choose from {', '.join(choices)})")
-    if prior == "uniform":
-        table = uniform_prior()
-    else:
+    if prior == "empirical":
         conv = ivim_model.dstar_convention      # the same model (its class: the API is above the engines)
         ls = type(ivim_model)(ivim_model.bvals, ivim_model.approach, ivim_model.bounds_version, "fast",
                               ivim_model.bounds, conv, ivim_model.bval_threshold).fit_voxels(signal, jobs=jobs)
@@ -601,4 +661,18 @@ def image_options(ivim_model, signal, jobs, prior="uniform"):
         _, lo, hi, _ = model.voxel_bounds(ivim_model.bvals, signal[ok], ivim_model.approach,
                                           ivim_model.bounds_version, ivim_model.bounds, conv, ivim_model.bval_threshold)
         table = empirical_prior(params[ok], lo, hi)
-    return {"prior": table}, {"prior": prior, "prior_description": table["name"]}
+    else:
+        users_box = model.refinement_limits(ivim_model.approach, ivim_model.bounds_version, ivim_model.bounds,
+                                            ivim_model.dstar_convention) is not None
+        table = uniform_prior(**BROAD.get(prior, AUTO)[users_box])
+    options = {"prior": table}
+    record = {"prior": prior, "prior_description": table["name"], "point_estimate": table["estimate"]}
+    if prior == "spatial":
+        shape, ids = volume if volume is not None else (None, ())
+        spatial.check_volume(shape, len(ids))
+        options["neighbours"] = spatial.neighbours(shape, ids)
+        record["prior_description"] += (
+            f"; times the spatial prior (ivim_common.spatial): a Gaussian mixture of tissues estimated from the "
+            f"image and an edge-preserving Markov random field on the 6-neighbourhood (coupling {spatial.COUPLING:g}, "
+            f"{spatial.POOL_STEPS} rounds of pooled neighbours, {spatial.SWEEPS} conditional update(s))")
+    return options, record
