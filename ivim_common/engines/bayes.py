@@ -198,16 +198,16 @@ def _axis(a, b, n, out):
 
 
 @_kernel
-def _prior_factors(coord, n, start, step, logdens, row, out):
-    """exp(log density) of prior row at coord[:n], by linear interpolation in its table,
-    scaled so that the largest is 1."""
-    last = logdens.shape[1] - 1
+def _prior_factors(coord, n, start, step, logdens, out):
+    """exp(log density) at coord[:n], by linear interpolation in its table logdens (whose
+    first point is at start, spaced by step), scaled so that the largest is 1."""
+    last = logdens.size - 1
     top = -np.inf
     for i in range(n):
-        t = min(max((coord[i] - start[row]) / step[row], 0.0), float(last))
+        t = min(max((coord[i] - start) / step, 0.0), float(last))
         j = min(int(t), last - 1)
         r = t - j
-        out[i] = logdens[row, j] * (1.0 - r) + logdens[row, j + 1] * r
+        out[i] = logdens[j] * (1.0 - r) + logdens[j + 1] * r
         top = max(top, out[i])
     for i in range(n):
         out[i] = math.exp(out[i] - top)
@@ -248,9 +248,10 @@ def _posterior(b, y, box, dstar_lo, dstar_hi, sizes, start, step, logdens, ws):
         val[0, i] = math.exp(g[0, i])
     for j in range(npp):
         val[2, j] = math.exp(g[2, j])
-    _prior_factors(g[0], nd, start, step, logdens, 0, pri[0])
-    _prior_factors(g[1], nf, start, step, logdens, 1, pri[1])
-    _prior_factors(g[2], npp, start, step, logdens, 2, pri[2])
+    # a row of the tables each: a constant row number would make numba compile a copy per value
+    _prior_factors(g[0], nd, start[0], step[0], logdens[0], pri[0])
+    _prior_factors(g[1], nf, start[1], step[1], logdens[1], pri[1])
+    _prior_factors(g[2], npp, start[2], step[2], logdens[2], pri[2])
     _dots(b, y, val[0], nd, u, dots[0], dots[1])
     _dots(b, y, val[2], npp, v, dots[2], dots[3])
     for i in range(nd):
