@@ -37,11 +37,13 @@ _NO_NRT = {"_nrt": False} if hasattr(numba.core.options.DefaultOptions, "_nrt") 
 def compile_kernel(func, **options):
     """``numba.njit(func, error_model="numpy", **options)``, cached on disk where numba finds a
     writable place (beside the package, else its user cache); without one, compiled again in
-    each process."""
+    each process.  No C-callable wrapper (nothing calls a kernel through a C pointer): numba
+    would compile one for every kernel, some 0.03 s each on the first run."""
+    options = dict(options, error_model="numpy", no_cfunc_wrapper=True)
     try:
-        return numba.njit(cache=True, error_model="numpy", **options)(func)
+        return numba.njit(cache=True, **options)(func)
     except RuntimeError:              # numba: "cannot cache ... as it uses ... no locator available"
-        return numba.njit(error_model="numpy", **options)(func)
+        return numba.njit(**options)(func)
 
 
 def _kernel(func):
