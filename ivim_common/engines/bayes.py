@@ -56,8 +56,10 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}   # vectorise reductions, kee
 
 
 def _kernel(func):
-    """Compiled with the fast-math flags above, cached (see :func:`ivim_common.engines.fast.compile_kernel`)."""
-    return compile_kernel(func, fastmath=_FASTMATH)
+    """Compiled with the fast-math flags above, cached, without reference counting (see
+    :func:`ivim_common.engines.fast.compile_kernel`): the kernels allocate nothing, the callers
+    hand over the scratch."""
+    return compile_kernel(func, allocates=False, fastmath=_FASTMATH)
 
 
 # --- Priors -------------------------------------------------------------------------------------
@@ -393,12 +395,12 @@ def _dstar_quantile(p, total, val, nd, gp, npp, hp, m2, prefix):
 
 
 @_kernel
-def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logdens, prob, ws, out):
+def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logdens, prob, ws, boxes, out):
     """Posterior summaries of every voxel into out (n, 4, 5) (see _summaries), D*ₚ within
-    [p_lo, p_hi] (n,); NaN where a voxel's signal or bounds are not usable."""
+    [p_lo, p_hi] (n,); NaN where a voxel's signal or bounds are not usable.  Scratch: ws (see
+    _posterior), boxes (2, 6)."""
     g, marg = ws[0], ws[9]
-    box = np.empty(6)
-    box2 = np.empty(6)
+    box, box2 = boxes[0], boxes[1]
     for n in range(signal.shape[0]):
         y = signal[n]
         ok = True
@@ -508,7 +510,7 @@ def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=G
     if pool is not None:
         p_lo, p_hi = np.maximum(p_lo, pool[0]), np.minimum(p_hi, pool[1])
     _fit_kernel(b, signal, lo, hi, np.ascontiguousarray(p_lo), np.ascontiguousarray(p_hi), coarse, fine, prior["start"], prior["step"], prior["logdens"], PROB,
-                _scratch(b.size, coarse, fine), out)
+                _scratch(b.size, coarse, fine), np.empty((2, 6)), out)
     return out
 
 

@@ -34,12 +34,15 @@ RTOL = 1e-11         # Newton stops when an undamped step changes the RSS by les
 _NO_NRT = {"_nrt": False} if hasattr(numba.core.options.DefaultOptions, "_nrt") else {}
 
 
-def compile_kernel(func, **options):
+def compile_kernel(func, allocates=True, **options):
     """``numba.njit(func, error_model="numpy", **options)``, cached on disk where numba finds a
     writable place (beside the package, else its user cache); without one, compiled again in
     each process.  No C-callable wrapper (nothing calls a kernel through a C pointer): numba
-    would compile one for every kernel, some 0.03 s each on the first run."""
-    options = dict(options, error_model="numpy", no_cfunc_wrapper=True)
+    would compile one for every kernel, some 0.03 s each on the first run.  A kernel that
+    ``allocates`` nothing (nor calls one that does) is compiled without reference counting:
+    less code to compile, and the atomic count updates that array arguments and views would
+    cost."""
+    options = dict(options, error_model="numpy", no_cfunc_wrapper=True, **({} if allocates else _NO_NRT))
     try:
         return numba.njit(cache=True, **options)(func)
     except RuntimeError:              # numba: "cannot cache ... as it uses ... no locator available"
@@ -48,9 +51,8 @@ def compile_kernel(func, **options):
 
 def _kernel(func):
     """Compile without reference counting: the kernels below allocate nothing (fit_fast hands
-    them their scratch, see :func:`_scratch`), and the atomic count updates that their array
-    arguments and views would cost dominate such short kernels."""
-    return compile_kernel(func, **_NO_NRT)
+    them their scratch, see :func:`_scratch`)."""
+    return compile_kernel(func, allocates=False)
 
 
 @_kernel
