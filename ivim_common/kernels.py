@@ -171,7 +171,7 @@ _ready = False      # compiled or loaded in this process
 
 
 def prepare(announce=True):
-    """Compile the kernels (the first run of an installation, some 2 s) or load them from
+    """Compile the kernels (the first run of an installation, some 1 s) or load them from
     numba's cache, once per process: :class:`ivim_common.IvimModel` calls it, as the engine's
     ``prepare``, before its workers start."""
     global _ready

@@ -565,7 +565,7 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None):
 
 
 _ready = False      # compiled or loaded in this process
-COMPILE_NOTICE = ("ivim-toolbox: compiling the Bayesian engine, some 10 s (the first run of an "
+COMPILE_NOTICE = ("ivim-toolbox: compiling the Bayesian engine, some 4 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")
 
 

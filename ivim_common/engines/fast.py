@@ -606,7 +606,7 @@ _ready = False      # compiled or loaded in this process
 
 
 def prepare(announce=True):
-    """Compile the kernels (the first run of an installation, some 15 s) or load them from
+    """Compile the kernels (the first run of an installation, some 5 s) or load them from
     numba's cache, once per process; say so on stderr if ``announce`` and it takes over
     COMPILE_NOTICE_AFTER_S."""
     global _ready
@@ -627,7 +627,7 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, limits=None):
 
 
 COMPILE_NOTICE_AFTER_S = 3.0
-COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 15 s (the first run of an "
+COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 5 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")
 
 
