@@ -17,21 +17,24 @@ import numpy as np
 NO_NRT = {"_nrt": False} if hasattr(numba.core.options.DefaultOptions, "_nrt") else {}
 
 
-def compile_kernel(func, **options):
+def compile_kernel(func, allocates=True, **options):
     """``numba.njit(func, error_model="numpy", **options)``, cached on disk where numba finds a
     writable place (beside the package, else its user cache); without one, compiled again in
-    each process."""
+    each process.  No C-callable wrapper (nothing calls a kernel through a C pointer): numba
+    would compile one for every kernel, some 0.03 s each on the first run.  A kernel that
+    ``allocates`` nothing (nor calls one that does) is compiled without reference counting."""
+    options = dict(options, error_model="numpy", no_cfunc_wrapper=True, **({} if allocates else NO_NRT))
     try:
-        return numba.njit(cache=True, error_model="numpy", **options)(func)
+        return numba.njit(cache=True, **options)(func)
     except RuntimeError:              # numba: "cannot cache ... as it uses ... no locator available"
-        return numba.njit(error_model="numpy", **options)(func)
+        return numba.njit(**options)(func)
 
 
 def kernel(func):
     """Compile without reference counting, for kernels that allocate nothing (their callers
-    hand them their scratch): the atomic count updates that their array arguments and views
-    would cost dominate such short kernels."""
-    return compile_kernel(func, **NO_NRT)
+    hand them their scratch): less code to compile, and the atomic count updates that their
+    array arguments and views would cost dominate such short kernels."""
+    return compile_kernel(func, allocates=False)
 
 
 COMPILE_NOTICE_AFTER_S = 3.0

@@ -163,18 +163,20 @@ def test_the_fit_lies_in_the_refinement_box_of_a_best_step2_candidate():
     dinit, s0_1mf = model.initial_estimate(BVALS, signal, cfg["bval_threshold"])
     _, lo, hi, vary = model.nominal_bounds("one-step", "2019", dinit, s0_1mf)
     final = fast.fit_fast(BVALS, signal, lo, hi, vary)
-    cand, rss2 = np.empty((4, 4)), np.empty(4)
-    scratch = fast._scratch(BVALS.size, *fast._grid_positions(vary))
+    every = np.arange(len(signal))
+    cand, rss2 = np.empty((len(signal), 4, 4)), np.empty((len(signal), 4))
+    t_d, t_s = fast._grid_positions(vary)
+    fast._solve_all(BVALS, np.ascontiguousarray(signal), every, lo, hi, vary, every >= 0, t_d, t_s,
+                    fast._scratch(BVALS.size, t_d, t_s), cand, rss2)
     n_distinct = 0
-    for v in range(len(signal)):
-        fast._step2(BVALS, signal[v], lo[v], hi[v], vary, *fast._grid_positions(vary), scratch, cand, rss2)
-        n_distinct += np.isfinite(rss2).sum()
-        tied = np.flatnonzero(rss2 <= rss2.min() * (1 + fast.STEP2_TIE))
-        r_lo, r_hi = model.refinement_bounds(cand[tied], vary, lo[[v] * len(tied)], hi[[v] * len(tied)])
+    for v in every:
+        n_distinct += np.isfinite(rss2[v]).sum()
+        tied = np.flatnonzero(rss2[v] <= rss2[v].min() * (1 + fast.STEP2_TIE))
+        r_lo, r_hi = model.refinement_bounds(cand[v, tied], vary, lo[[v] * len(tied)], hi[[v] * len(tied)])
         inside = np.all((final[v] >= r_lo * (1 - 1e-12)) & (final[v] <= r_hi * (1 + 1e-12)), axis=1)
         assert inside.any(), v
         resid = model.ivim_signal(BVALS, *final[v]) - signal[v]
-        assert resid @ resid <= rss2.min() * (1 + 1e-12)
+        assert resid @ resid <= rss2[v].min() * (1 + 1e-12)
     assert n_distinct > len(signal)          # several distinct step-2 candidates were polished
 
 
@@ -190,7 +192,7 @@ def _refine(signal, step2, lo, hi, vary):
 
 
 def test_a_slow_compile_is_announced_once_it_takes_long(monkeypatch, capsys):
-    """The first run of an installation compiles the engine (some 15 s): prepare() says so on
+    """The first run of an installation compiles the engine (some 5 s): prepare() says so on
     stderr once that has taken COMPILE_NOTICE_AFTER_S; a quick load, or announce off, says
     nothing, and a prepared engine is not prepared again in the same process."""
     _, signal = _noisy(3, snr=50, seed=0)

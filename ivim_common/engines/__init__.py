@@ -42,7 +42,7 @@ import importlib
 # name: (module, one line for --help)
 ENGINES = {
     "fast": ("fast", "compiled grid + Newton solver of the toolbox's least squares (default; "
-                     "the first run of an installation compiles it, some 15 s)"),
+                     "the first run of an installation compiles it, some 5 s)"),
     "lmfit": ("lmfit_reference", "the original's lmfit differential evolution, the reference "
                                  "(about 1-2 s of CPU per voxel)"),
     "bayes": ("bayes", "posterior on a grid, S0 and the noise integrated out (a few times the "

@@ -67,8 +67,10 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}   # vectorise reductions, kee
 
 
 def _kernel(func):
-    """Compiled with the fast-math flags above, cached (see :func:`ivim_common.compiled.compile_kernel`)."""
-    return compile_kernel(func, fastmath=_FASTMATH)
+    """Compiled with the fast-math flags above, cached, without reference counting (see
+    :func:`ivim_common.compiled.compile_kernel`): the kernels allocate nothing, the callers
+    hand over the scratch."""
+    return compile_kernel(func, allocates=False, fastmath=_FASTMATH)
 
 
 # --- Priors -------------------------------------------------------------------------------------
@@ -223,16 +225,17 @@ def _axis(a, b, n, out):
 
 
 @_kernel
-def _prior_factors(coord, n, start, step, logdens, row, mu, prec, out):
-    """exp(log density) of prior row at coord[:n], by linear interpolation in its table, times
-    the Gaussian exp(−prec·(coord − mu)²/2) (prec 0: none), scaled so that the largest is 1."""
-    last = logdens.shape[1] - 1
+def _prior_factors(coord, n, start, step, logdens, mu, prec, out):
+    """exp(log density) at coord[:n], by linear interpolation in its table logdens (whose
+    first point is at start, spaced by step), times the Gaussian exp(−prec·(coord − mu)²/2)
+    (prec 0: none), scaled so that the largest is 1."""
+    last = logdens.size - 1
     top = -np.inf
     for i in range(n):
-        t = min(max((coord[i] - start[row]) / step[row], 0.0), float(last))
+        t = min(max((coord[i] - start) / step, 0.0), float(last))
         j = min(int(t), last - 1)
         r = t - j
-        out[i] = logdens[row, j] * (1.0 - r) + logdens[row, j + 1] * r - 0.5 * prec * (coord[i] - mu) ** 2
+        out[i] = logdens[j] * (1.0 - r) + logdens[j + 1] * r - 0.5 * prec * (coord[i] - mu) ** 2
         top = max(top, out[i])
     for i in range(n):
         out[i] = math.exp(out[i] - top)
@@ -274,9 +277,10 @@ def _posterior(b, y, box, dstar_lo, dstar_hi, sizes, start, step, logdens, mu, p
         val[0, i] = math.exp(g[0, i])
     for j in range(npp):
         val[2, j] = math.exp(g[2, j])
-    _prior_factors(g[0], nd, start, step, logdens, 0, mu[0], prec[0], pri[0])
-    _prior_factors(g[1], nf, start, step, logdens, 1, mu[1], prec[1], pri[1])
-    _prior_factors(g[2], npp, start, step, logdens, 2, mu[2], prec[2], pri[2])
+    # a row of the tables each: a constant row number would make numba compile a copy per value
+    _prior_factors(g[0], nd, start[0], step[0], logdens[0], mu[0], prec[0], pri[0])
+    _prior_factors(g[1], nf, start[1], step[1], logdens[1], mu[1], prec[1], pri[1])
+    _prior_factors(g[2], npp, start[2], step[2], logdens[2], mu[2], prec[2], pri[2])
     _dots(b, y, val[0], nd, u, dots[0], dots[1])
     _dots(b, y, val[2], npp, v, dots[2], dots[3])
     for i in range(nd):
@@ -418,13 +422,12 @@ def _dstar_quantile(p, total, val, nd, gp, npp, hp, m2, prefix):
 
 
 @_kernel
-def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logdens, mu, prec, prob, ws, out):
+def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logdens, mu, prec, prob, ws, boxes, out):
     """Posterior summaries of every voxel into out (n, 6, 5) (see _summaries), D*ₚ within
     [p_lo, p_hi] (n,), each voxel's prior times its Gaussians mu, prec (n, 3); NaN where a
-    voxel's signal or bounds are not usable."""
+    voxel's signal or bounds are not usable.  Scratch: ws (see _posterior), boxes (2, 6)."""
     g, marg = ws[0], ws[9]
-    box = np.empty(6)
-    box2 = np.empty(6)
+    box, box2 = boxes[0], boxes[1]
     for n in range(signal.shape[0]):
         y = signal[n]
         ok = True
@@ -548,7 +551,7 @@ def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=G
         p_lo, p_hi = np.maximum(p_lo, pool[0]), np.minimum(p_hi, pool[1])
     _fit_kernel(b, signal, lo, hi, np.ascontiguousarray(p_lo), np.ascontiguousarray(p_hi), coarse, fine, prior["start"], prior["step"], prior["logdens"],
                 np.ascontiguousarray(mu, dtype=float), np.ascontiguousarray(prec, dtype=float), PROB,
-                _scratch(b.size, coarse, fine), out)
+                _scratch(b.size, coarse, fine), np.empty((2, 6)), out)
     return out
 
 
@@ -619,7 +622,7 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None, estim
 
 
 _ready = False      # compiled or loaded in this process
-COMPILE_NOTICE = ("ivim-toolbox: compiling the Bayesian engine, some 10 s (the first run of an "
+COMPILE_NOTICE = ("ivim-toolbox: compiling the Bayesian engine, some 4 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")
 
 

@@ -410,51 +410,37 @@ def _newton(b, y, p, lo, hi, vary, scratch):
 
 
 @kernel
-def _step2(b, y, lo, hi, vary, t_d, t_s, scratch, cand, rss):
-    """Step 2 of one voxel: Newton in the nominal box from each of :func:`_grid`'s starts (on
-    its face for the face starts).  Writes cand (4, 4) and rss (4,); a start that repeats the
-    first one gets rss = inf.  ``scratch``: see :func:`_scratch`."""
+def _solve_all(b, signal, voxel, lo, hi, vary, from_grid, t_d, t_s, scratch, cand, rss):
+    """Newton for each job j: the voxel signal[voxel[j]] in the box (lo[j], hi[j]) from each of
+    its cand.shape[1] starts; writes the points into cand[j] (n_jobs, n_starts, 4) and their
+    RSS into rss[j] (n_jobs, n_starts).
+
+    Where from_grid[j], the starts are :func:`_grid`'s, each given its exact (S0, f) first, and
+    the last two live on their faces (f, then D*, held at its upper bound); a start that repeats
+    the first one gets rss = inf.  Elsewhere cand[j, 0] holds the start.  Step 2 runs four grid
+    starts per voxel, step 3 one start per job; one kernel for both, so that the solver's code
+    is compiled once.  ``scratch``: see :func:`_scratch`."""
     starts, boxes, st = scratch[1], scratch[2], scratch[3]
-    _grid(b, y, lo, hi, t_d, t_s, starts, scratch[0])
-    for c in range(4):
-        box_lo = boxes[c]
-        for i in range(4):
-            box_lo[i] = lo[i]
-        if c >= 2:                           # faces: f, then D*, held at its upper bound
-            box_lo[c] = hi[c]
-        cand[c, 0], cand[c, 1], cand[c, 2], cand[c, 3] = 1.0, starts[c, 0], 0.0, starts[c, 1]
-        _project(b, y, cand[c], box_lo, hi, st[0], st[1], st[2])
-        repeat = c > 0                       # of the first start, before Newton moved it
-        for i in range(4):
-            repeat &= cand[c, i] == boxes[4, i]
-            if c == 0:
-                boxes[4, i] = cand[0, i]
-        rss[c] = np.inf if repeat else _newton(b, y, cand[c], box_lo, hi, vary, scratch)
-
-
-@kernel
-def _step2_all(b, signal, lo, hi, vary, t_d, t_s, scratch, cand, rss):
-    """:func:`_step2` of every voxel (rows of signal, lo, hi) into cand (n, 4, 4), rss (n, 4)."""
-    for v in range(signal.shape[0]):
-        _step2(b, signal[v], lo[v], hi[v], vary, t_d, t_s, scratch, cand[v], rss[v])
-
-
-@kernel
-def _refine_all(b, signal, voxel, start, r_lo, r_hi, from_grid, vary, t_d, t_s, scratch, p, rss):
-    """Step 3, job by job: Newton for the voxel signal[voxel[j]] in the box (r_lo[j], r_hi[j])
-    from start[j] or, where from_grid[j], from the lowest local minimum of a grid over that box;
-    writes p[j] and rss[j].  ``scratch``: see :func:`_scratch`."""
-    starts, st = scratch[1], scratch[3]
     for j in range(voxel.size):
-        y, q = signal[voxel[j]], p[j]
+        y = signal[voxel[j]]
         if from_grid[j]:
-            _grid(b, y, r_lo[j], r_hi[j], t_d, t_s, starts, scratch[0])
-            q[0], q[1], q[2], q[3] = 1.0, starts[0, 0], 0.0, starts[0, 1]
-            _project(b, y, q, r_lo[j], r_hi[j], st[0], st[1], st[2])
-        else:
+            _grid(b, y, lo[j], hi[j], t_d, t_s, starts, scratch[0])
+        for c in range(cand.shape[1]):
+            box_lo, q = boxes[c], cand[j, c]
             for i in range(4):
-                q[i] = start[j, i]
-        rss[j] = _newton(b, y, q, r_lo[j], r_hi[j], vary, scratch)
+                box_lo[i] = lo[j, i]
+            if c >= 2:                       # faces: f, then D*, held at its upper bound
+                box_lo[c] = hi[j, c]
+            repeat = False
+            if from_grid[j]:
+                q[0], q[1], q[2], q[3] = 1.0, starts[c, 0], 0.0, starts[c, 1]
+                _project(b, y, q, box_lo, hi[j], st[0], st[1], st[2])
+                repeat = c > 0               # of the first start, before Newton moved it
+                for i in range(4):
+                    repeat &= q[i] == boxes[4, i]
+                    if c == 0:
+                        boxes[4, i] = q[i]
+            rss[j, c] = np.inf if repeat else _newton(b, y, q, box_lo, hi[j], vary, scratch)
 
 
 @kernel
@@ -523,8 +509,9 @@ def _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch, limits=No
     start = cand[voxel, which]
     r_lo, r_hi = model.refinement_bounds(start, vary, lo[voxel], hi[voxel], limits)
     zero_f = model.needs_search(start, r_lo, r_hi)
-    p, rss = np.empty_like(start), np.empty(len(start))
-    _refine_all(bvals, signal, voxel, start, r_lo, r_hi, zero_f, vary, t_d, t_s, scratch, p, rss)
+    p, rss = start[:, None].copy(), np.empty((len(start), 1))
+    _solve_all(bvals, signal, voxel, r_lo, r_hi, vary, zero_f, t_d, t_s, scratch, p, rss)
+    p, rss = p.reshape(-1, 4), rss.reshape(-1)
     model.settle_undetermined_dstar(p, r_lo, r_hi)
     out = np.full((len(signal), 4), np.nan)
     _pick(voxel, rss, p, out)
@@ -562,7 +549,8 @@ def fit_fast(bvals, signal, lo, hi, vary, limits=None):
     t_d, t_s = _grid_positions(vary)
     scratch = _scratch(bvals.size, t_d, t_s)
     cand, rss2 = np.empty((len(signal), 4, 4)), np.empty((len(signal), 4))
-    _step2_all(bvals, signal, lo, hi, vary, t_d, t_s, scratch, cand, rss2)
+    _solve_all(bvals, signal, np.arange(len(signal)), lo, hi, vary, np.ones(len(signal), np.bool_),
+               t_d, t_s, scratch, cand, rss2)
     return _step3(bvals, signal, cand, rss2, lo, hi, vary, t_d, t_s, scratch, limits)
 
 
@@ -570,7 +558,7 @@ _ready = False      # compiled or loaded in this process
 
 
 def prepare(announce=True):
-    """Compile the kernels (the first run of an installation, some 15 s) or load them from
+    """Compile the kernels (the first run of an installation, some 5 s) or load them from
     numba's cache, once per process; say so on stderr if ``announce`` and it takes over
     :data:`ivim_common.compiled.COMPILE_NOTICE_AFTER_S`."""
     global _ready
@@ -590,5 +578,5 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, limits=None):
     return {"params": fit_fast(bvals, signal, lo, hi, vary, limits)}
 
 
-COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 15 s (the first run of an "
+COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 5 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")
