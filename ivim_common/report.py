@@ -334,7 +334,10 @@ def inputs_html(doc):
 
 def provenance_html(doc):
     """Command, version, date, options and run time."""
-    options = [("approach", doc.get("approach")), ("bounds", doc.get("bounds")),
+    bounds = doc.get("bounds")
+    if isinstance(bounds, dict):           # the sidecar's rules, one per line
+        bounds = "; ".join(f"{name}: {rule}" for name, rule in bounds.items())
+    options = [("approach", doc.get("approach")), ("bounds", bounds),
                ("bounds version", doc.get("bounds_version")), ("D* convention", doc.get("dstar_convention")),
                ("engine", f"{doc.get('engine')} {doc.get('engine_options') or ''}"), ("seed", doc.get("seed")),
                ("jobs", doc.get("jobs")), ("model choice", (doc.get("model_choice") or {}).get("criterion")),
