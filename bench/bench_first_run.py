@@ -42,7 +42,7 @@ def _fitting(tree, *extra):
 
 
 def _prepare(tree, module):
-    return (f"import sys; sys.path.insert(0, {tree!r}); import ivim_common; ivim_common.limit_blas_threads(); "
+    return (f"import sys; sys.path.insert(0, {tree!r}); from ivim_common.resources import limit_blas_threads; limit_blas_threads(); "
             f"from ivim_common{module} import prepare; prepare(announce=False)")
 
 
