@@ -134,7 +134,8 @@ def test_cli_spatial_prior_bad_inputs_exit_2(tmp_path, capsys):
     nib.save(nib.Nifti1Image(one, np.eye(4)), tmp_path / "one.nii.gz")
     base = ["-i", tmp_path / "dwi.nii.gz", "-o", tmp_path / "out", "-v", "0", "-j", "1", "--prior", "spatial"]
     for extra, text in (([], "--prior spatial needs at least 2 voxels in the mask, got 1"),
-                        (["--engine", "fast"], "--prior applies to --engine bayes")):
+                        (["--engine", "fast"], "--prior applies to --engine bayes"),
+                        (["--engine", "bayes", "--bootstrap", "5"], "--bootstrap does not apply to --prior spatial")):
         try:
             code = ivim_fitting.main([str(a) for a in base + ["-ma", tmp_path / "one.nii.gz"] + extra
                                       + (["--engine", "bayes"] if not extra else [])])
