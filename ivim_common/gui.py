@@ -651,8 +651,7 @@ class FitFrame(ScriptFrame):
         from .api import IvimModel
 
         try:
-            fit = IvimModel(bvals, args.model, args.bounds_version or "2020", args.engine, args.bounds,
-                            args.dstar_convention, args.b_threshold, **args.engine_options).fit(signal_)
+            fit = IvimModel(bvals, **args.model_options).fit(signal_)
             self.preview_queue.put((fit, bvals, signal_, ijk, clicked, None))
         except (ValueError, IvimError) as err:
             self.preview_queue.put((None, bvals, signal_, ijk, clicked, err))
