@@ -215,7 +215,12 @@ class ScriptFrame(ttk.Frame):
 
     def load_command(self):
         """Fill the fields from a line pasted into the command box (the script's name optional)."""
-        self.set_from_argv(shlex.split(self.command_text.get("1.0", "end")))
+        try:
+            argv = shlex.split(self.command_text.get("1.0", "end"))
+        except ValueError as err:            # an unclosed quote: the fields stay as they are
+            self.say(f"cannot split the command as a shell would: {err}", error=True)
+            return
+        self.set_from_argv(argv)
 
     def set_from_argv(self, argv):
         """Fill the fields from the script's arguments; options without a field go to 'other'."""
