@@ -156,6 +156,12 @@ def test_command_line_round_trip(app):
     assert app.fit.fields["other"].var.get() == "--seed 3"
     assert app.fit.bound_vars["f"].get() == "0:0.3" and app.fit.bound_vars["Dstar"].get() == "0.005:0.05"
     assert "-mo one-step" not in app.fit.command_line()
+    for frame, long_forms, short in ((app.fit, ["--approach", "two-step"], "-mo two-step"),
+                                     (app.snr, ["--approach", "two-step", "--ofolder", "elsewhere"],
+                                      "-model two-step -ofolder elsewhere")):
+        frame.set_from_argv(long_forms)             # the shared long forms fill their fields
+        assert short in frame.command_line() and frame.fields["other"].var.get() == ""
+    assert app.snr.fields["-ofolder"].var.get() == "elsewhere"
     line = app.fit.command_line()
     app.fit.show_command(line + ' -o "unclosed')               # a pasted line a shell cannot split
     app.fit.load_command()
