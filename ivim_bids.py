@@ -84,6 +84,7 @@ def main(argv=None):
         return cli.run(lambda a: bids_app.participant_level(a, argv, dataset, labels), args, PROG)
     return cli.run(lambda a: bids_app.group_level(a, labels), args, PROG)
 
+
 if __name__ == "__main__":
     limit_blas_threads()  # before numpy loads
     sys.exit(main())

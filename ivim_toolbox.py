@@ -9,6 +9,7 @@ Fit tab previews the fit of one voxel (click the lowest-b image) with the curren
 before the whole run, and opens ivim_view_fits.py on the result; the Required SNR tab gives the
 Cramér-Rao answer in seconds and draws the figures of the result.  Needs a display and tkinter
 (Debian/Ubuntu: python3-tk; conda: tk)."""
+import argparse
 import os
 import shlex
 import sys
@@ -25,11 +26,19 @@ example (the Fit tab filled in with the bundled test data):
 Exit codes: 0 window closed, 1 no tkinter or no display, 2 usage."""
 
 
+def argument_line(text):
+    """argparse type: a script's arguments in one string, split as a shell would."""
+    try:
+        return shlex.split(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"cannot split {text!r} as a shell would: {err}") from None
+
+
 def get_parser():
     parser = cli.ArgumentParser(prog=PROG, description=__doc__, epilog=EXAMPLE)
-    parser.add_argument("--fit", metavar="ARGS", default="",
+    parser.add_argument("--fit", metavar="ARGS", type=argument_line, default=[],
                         help="fill the Fit tab from ivim_fitting.py arguments (one string)")
-    parser.add_argument("--snr", metavar="ARGS", default="",
+    parser.add_argument("--snr", metavar="ARGS", type=argument_line, default=[],
                         help="fill the Required SNR tab from ivim_simu_compute_required_snr.py arguments")
     parser.add_argument("--tab", choices=("fit", "snr"), default="fit", help="tab shown first (default: fit)")
     cli.add_common_arguments(parser)
@@ -56,9 +65,9 @@ def main(argv=None):
     except tkinter.TclError as err:
         print(f"{PROG}: error: cannot open the window: {err}", file=sys.stderr)
         return 1
-    for frame, line in ((app.fit, args.fit), (app.snr, args.snr)):
-        if line:
-            frame.set_from_argv(shlex.split(line))
+    for frame, argv in ((app.fit, args.fit), (app.snr, args.snr)):
+        if argv:
+            frame.set_from_argv(argv)
     app.tabs.select(getattr(app, args.tab))
     app.mainloop()
     return 0

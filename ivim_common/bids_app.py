@@ -17,7 +17,7 @@ import warnings
 
 import numpy as np
 
-from . import design, io, model, report, voxelpool
+from . import design, io, model, report, spatial, voxelpool
 from .io import bids_dataset
 from .api import IvimModel
 from .constants import DEFAULT_MAX_ERROR
@@ -164,6 +164,11 @@ def fit_dwi(args, argv, dwi):
         inputs.selected = auto_mask(inputs.data, inputs.bvals)
         auto_path = os.path.join(args.output_dir, *folders, f"{stem}_desc-brain_mask.nii.gz")
         inputs.selection = f"auto mask {auto_path}: {AUTO_MASK_TEXT}"
+    if args.engine_options.get("prior") == "spatial":
+        try:
+            spatial.check_volume(inputs.selected.shape, int(inputs.selected.sum()))
+        except ValueError as err:
+            raise InputError(f"DWI {dwi.path}: {err}") from None
     if args.directions != "all" and dwi.bvec is None:
         raise InputError(f"DWI {dwi.path}: --directions {args.directions} needs a .bvec, none applies to it")
     bvecs = None if args.directions == "all" else io.read_bvecs(dwi.bvec, inputs.bvals, args.b_tolerance)

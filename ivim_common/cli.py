@@ -277,12 +277,14 @@ def add_fitting_arguments(parser, *spellings):
 def check_fitting_arguments(parser, args, spelling):
     """Usage errors of :func:`add_fitting_arguments`' flags that need more than argparse
     (--bounds-version with another approach than one-step, --bounds against the approach and
-    convention, the engine's options); sets ``args.engine_options`` and ``args.model_options``,
+    convention, the engine's options, --bootstrap with --prior spatial); sets ``args.engine_options`` and ``args.model_options``,
     the keywords of IvimModel after its b-values."""
     from . import engines, model
 
     check_bounds_version(parser, args, spelling)
     args.engine_options = engines.options_of(parser, args)
+    if args.bootstrap and args.engine_options.get("prior") == "spatial":
+        parser.error("--bootstrap does not apply to --prior spatial (its posterior gives the intervals)")
     try:
         model.check_user_bounds(args.bounds, args.model, args.dstar_convention)
     except ValueError as err:

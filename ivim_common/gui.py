@@ -146,8 +146,10 @@ class ScriptFrame(ttk.Frame):
         return field
 
     def parser_default(self, options):
-        """The script's default of an option as text ('' for None and flags)."""
-        value = self.parser.get_default(max(options, key=len).lstrip("-").replace("-", "_"))
+        """The script's default of an option as text ('' for None and flags), under the dest
+        that one of its spellings names (-mo, --model and --approach: 'model')."""
+        defaults = (self.parser.get_default(option.lstrip("-").replace("-", "_")) for option in options)
+        value = next((v for v in defaults if v is not None), None)
         return "" if value is None or isinstance(value, bool) else str(value)
 
     def browse(self, field, how):
@@ -215,7 +217,12 @@ class ScriptFrame(ttk.Frame):
 
     def load_command(self):
         """Fill the fields from a line pasted into the command box (the script's name optional)."""
-        self.set_from_argv(shlex.split(self.command_text.get("1.0", "end")))
+        try:
+            argv = shlex.split(self.command_text.get("1.0", "end"))
+        except ValueError as err:            # an unclosed quote: the fields stay as they are
+            self.say(f"cannot split the command as a shell would: {err}", error=True)
+            return
+        self.set_from_argv(argv)
 
     def set_from_argv(self, argv):
         """Fill the fields from the script's arguments; options without a field go to 'other'."""
@@ -401,7 +408,7 @@ class FitFrame(ScriptFrame):
         self.add_field("b-values", "-b", browse="open", aliases=("--bval",))
         self.add_field("b-vectors", "--bvec", browse="open")
         self.add_field("mask", "-ma", browse="open", aliases=("--mask",))
-        self.add_field("approach", "-mo", "choice", constants.APPROACHES, aliases=("--model",))
+        self.add_field("approach", "-mo", "choice", constants.APPROACHES, aliases=("--model", "--approach"))
         self.add_field("bounds preset", "--bounds-version", "choice", constants.BOUNDS_VERSIONS)
         self.fields["--bounds-version"].default = "2020"
         self.fields["--bounds-version"].set("2020")
@@ -651,8 +658,7 @@ class FitFrame(ScriptFrame):
         from .api import IvimModel
 
         try:
-            fit = IvimModel(bvals, args.model, args.bounds_version or "2020", args.engine, args.bounds,
-                            args.dstar_convention, args.b_threshold, **args.engine_options).fit(signal_)
+            fit = IvimModel(bvals, **args.model_options).fit(signal_)
             self.preview_queue.put((fit, bvals, signal_, ijk, clicked, None))
         except (ValueError, IvimError) as err:
             self.preview_queue.put((None, bvals, signal_, ijk, clicked, err))
@@ -707,13 +713,13 @@ class SnrFrame(ScriptFrame):
         self.add_field("D (mm²/s)", "-D")
         self.add_field("condition", "-condition", "choice", constants.CONDITIONS)
         self.add_field("max error (%)", "--max-error", width=8)
-        self.add_field("approach", "-model", "choice", constants.APPROACHES)
+        self.add_field("approach", "-model", "choice", constants.APPROACHES, aliases=("--approach",))
         self.fields["-model"].set("one-step")
         self.add_field("method", "--method", "choice", constants.REQUIRED_SNR_METHODS)
         self.add_field("noise", "--noise", "choice", constants.NOISE_MODELS)
         self.add_field("noise draws", "--n-draws", width=8)
         self.add_field("jobs", "-j", aliases=("--jobs",), width=8)
-        self.add_field("output folder", "-ofolder", browse="folder")
+        self.add_field("output folder", "-ofolder", browse="folder", aliases=("--ofolder",))
         self.fields["-ofolder"].set("required_snr")
         self.add_field("replace outputs", "--force", "flag")
         self.add_field("other options", "other")

@@ -15,11 +15,12 @@ posterior's marginals would be).
 
 Edges stay sharp: w_ij = (Σ_k r_ik·r_jk) · exp(−δ_ij²/2), so neighbours of different tissues, or
 whose voxel-wise posteriors differ by much more than their spread (δ_ij: the difference of their
-medians in units of their posterior SDs, averaged over the coordinates), hardly pull on each
-other.  Variation inside a tissue survives: the field pulls towards the neighbours' values, not
-onto the tissue's mean, and the tissue's spread V_k is that of the voxel-wise medians (wider
-than the tissue's own), so the population term stays weak.  τ² is the median voxel-wise posterior
-variance over COUPLING: a fully coupled neighbour weighs COUPLING times a typical voxel's data.
+medians in units of their posterior SDs, averaged over the coordinates the approach leaves
+free), hardly pull on each other.  Variation inside a tissue survives: the field pulls towards
+the neighbours' values, not onto the tissue's mean, and the tissue's spread V_k is that of the
+voxel-wise medians (wider than the tissue's own), so the population term stays weak.  τ² is the
+median voxel-wise posterior variance over COUPLING: a fully coupled neighbour weighs COUPLING
+times a typical voxel's data.
 
 The neighbours' values z_j, s_j: the posterior medians and SDs of the voxels' signals pooled with
 their neighbours' (POOL_STEPS rounds of the same edge-weighted local mean, each signal normalised
@@ -201,8 +202,9 @@ def posterior(signal, fit, nbr, sweeps=SWEEPS):
     summaries = fit(signal, None)
     loc, scale = locations(summaries)
     resp, mu, spread = tissues(loc, scale)
-    w = edge_weights(loc, scale, nbr, resp)
-    pair_var = np.nanmedian(scale, axis=0) ** 2 / COUPLING
+    free = np.nanmax(scale, axis=0) > 0         # a coordinate the approach holds (two-step's D): no spread,
+    w = edge_weights(loc[:, free], scale[:, free], nbr, resp)           # no say in the edges, no pull
+    pair_var = np.where(free, np.nanmedian(scale, axis=0) ** 2 / COUPLING, np.inf)
     s0 = summaries[:, 0, 0]
     s0 = np.where(np.isfinite(s0) & (s0 > 0), s0, 1.0)[:, None]
     field, field_sd = locations(fit(pool_signals(signal / s0, nbr, w) * s0, None))

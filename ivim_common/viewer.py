@@ -20,6 +20,7 @@ from .io.results import read_sidecar
 from .constants import BOUND_BITS, CORE_MAPS, FIT_SIDECAR, MAP_FILES, UNCERTAINTY, parameters
 from .errors import InputError
 
+
 @dataclasses.dataclass
 class FitFolder:
     """Maps of one fit and, where found, the data they were fitted to.

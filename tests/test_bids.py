@@ -253,7 +253,9 @@ def test_bad_input(tmp_path, capsys):
     cases = [([tmp_path, tmp_path / "o1", "participant"], 2, "not a BIDS dataset"),
              ([root, tmp_path / "o2", "participant", "--participant-label", "09"], 2, "no participant sub-09"),
              ([root, os.path.join(root, "ivim"), "participant"], 2, "not under its derivatives/"),
-             ([root, tmp_path / "o3", "participant", "--mask", "none", "--mask-dir", tmp_path], 2, "give one")]
+             ([root, tmp_path / "o3", "participant", "--mask", "none", "--mask-dir", tmp_path], 2, "give one"),
+             ([root, tmp_path / "o5", "participant", "--engine", "bayes", "--prior", "spatial", "--bootstrap", "5"],
+              2, "--bootstrap does not apply to --prior spatial")]
     for argv, expected, message in cases:
         code, err = run(argv, capsys)
         assert code == expected and message in err and len(err.strip().splitlines()) == 1, err
@@ -262,6 +264,26 @@ def test_bad_input(tmp_path, capsys):
     code, err = run([root, tmp_path / "o4", "participant"], capsys)
     assert code == 1 and "no .bval applies to it" in err
     assert files_under(tmp_path / "o4") == [".bidsignore", "dataset_description.json"]
+
+
+def test_spatial_prior_on_a_one_voxel_mask_fails_that_participant_only(tmp_path, capsys):
+    """--prior spatial where a DWI's mask holds one voxel: that participant fails in one line,
+    nothing of it written, the others are fitted, exit 1."""
+    root = make_bids(str(tmp_path / "raw"), participants=("01", "02"), sessions=("1",))
+    deriv = tmp_path / "prep"
+    write_text(str(deriv / "dataset_description.json"), "{}")
+    for sub, region in (("01", (3, 3, 0)), ("02", BODY)):
+        mask = np.zeros(SHAPE, dtype=np.uint8)
+        mask[region] = 1
+        folder = deriv / f"sub-{sub}" / "ses-1" / "dwi"
+        folder.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(mask, AFFINE), str(folder / f"sub-{sub}_ses-1_acq-ivim_desc-brain_mask.nii.gz"))
+    code, err = run([root, tmp_path / "out", "participant", "--mask-dir", deriv, "--engine", "bayes",
+                     "--prior", "spatial"], capsys)
+    assert code == 1 and "Traceback" not in err, err
+    assert "sub-01_ses-1_acq-ivim: FAILED: DWI " in err and "needs at least 2 voxels in the mask, got 1" in err
+    assert not (tmp_path / "out" / "sub-01").exists()
+    assert (tmp_path / "out" / "sub-02" / "ses-1" / "dwi" / "sub-02_ses-1_acq-ivim_model-ivim_dwimap.json").is_file()
 
 
 def test_viewer_opens_a_bids_map(tmp_path, capsys):

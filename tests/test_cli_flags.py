@@ -6,8 +6,9 @@ import re
 import pytest
 
 FITTING, VIEW, PLOT, DESIGN = "ivim_fitting", "ivim_view_fits", "ivim_simu_plot", "ivim_simu_optimize_bvals"
+BIDS, GUI = "ivim_bids", "ivim_toolbox"
 COMPUTE = ("ivim_simu_compute_error_nonoise", "ivim_simu_compute_error_noise", "ivim_simu_compute_required_snr")
-MODEL_SCRIPTS = (FITTING, *COMPUTE)
+MODEL_SCRIPTS = (FITTING, BIDS, *COMPUTE)
 
 # long form: the scripts that take it
 SHARED = {
@@ -18,9 +19,11 @@ SHARED = {
     "--engine": (*MODEL_SCRIPTS, DESIGN),
     "--seed": (*MODEL_SCRIPTS, DESIGN),
     "--jobs": (*MODEL_SCRIPTS, DESIGN),
-    "--ofolder": (*MODEL_SCRIPTS, DESIGN),
-    "--force": (*MODEL_SCRIPTS, DESIGN, PLOT, VIEW),
-    "--version": (*MODEL_SCRIPTS, DESIGN, PLOT, VIEW),
+    "--ofolder": (FITTING, *COMPUTE, DESIGN),
+    "--force": (FITTING, *COMPUTE, DESIGN, PLOT, VIEW),          # ivim_bids.py's also redoes complete DWIs
+    "--version": (*MODEL_SCRIPTS, DESIGN, PLOT, VIEW, GUI),
+    **{flag: (FITTING, BIDS) for flag in ("--directions", "--b-tolerance", "--bounds", "--chunk-size",
+                                          "--model-choice", "--bootstrap", "--prior")},
 }
 
 
@@ -45,6 +48,7 @@ def test_a_shared_flag_has_one_long_form_and_one_help(flag):
 
 @pytest.mark.parametrize("script, original, long_form", [
     (FITTING, "-mo", "--approach"), (FITTING, "--model", "--approach"), (FITTING, "-o", "--ofolder"),
+    (BIDS, "-mo", "--approach"), (BIDS, "--model", "--approach"),
     *[(script, "-model", "--approach") for script in (*COMPUTE, DESIGN)],
     *[(script, "-ofolder", "--ofolder") for script in (*COMPUTE, DESIGN)],
 ])

@@ -42,6 +42,16 @@ def test_without_tkinter_one_line_and_exit_1():
     assert result.stderr.count("\n") == 1 and "python3-tk" in result.stderr
 
 
+def test_unsplittable_arguments_a_usage_error():
+    import ivim_toolbox
+
+    result = subprocess.run([sys.executable, os.path.join(REPO, "ivim_toolbox.py"), "--fit", '-i "dwi.nii.gz'],
+                            env={**os.environ, "DISPLAY": ""}, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "argument --fit: cannot split" in result.stderr
+    assert ivim_toolbox.get_parser().parse_args(["--fit", "-i 'a b.nii.gz' -o x"]).fit == ["-i", "a b.nii.gz", "-o", "x"]
+
+
 def free_display():
     for n in range(90, 200):
         if not os.path.exists(f"/tmp/.X{n}-lock") and not os.path.exists(f"/tmp/.X11-unix/X{n}"):
@@ -146,6 +156,16 @@ def test_command_line_round_trip(app):
     assert app.fit.fields["other"].var.get() == "--seed 3"
     assert app.fit.bound_vars["f"].get() == "0:0.3" and app.fit.bound_vars["Dstar"].get() == "0.005:0.05"
     assert "-mo one-step" not in app.fit.command_line()
+    for frame, long_forms, short in ((app.fit, ["--approach", "two-step"], "-mo two-step"),
+                                     (app.snr, ["--approach", "two-step", "--ofolder", "elsewhere"],
+                                      "-model two-step -ofolder elsewhere")):
+        frame.set_from_argv(long_forms)             # the shared long forms fill their fields
+        assert short in frame.command_line() and frame.fields["other"].var.get() == ""
+    assert app.snr.fields["-ofolder"].var.get() == "elsewhere"
+    line = app.fit.command_line()
+    app.fit.show_command(line + ' -o "unclosed')               # a pasted line a shell cannot split
+    app.fit.load_command()
+    assert app.fit.command_line() == line and "No closing quotation" in app.fit.status.cget("text")
 
 
 def test_preview_of_a_clicked_voxel_is_the_scripts_fit(app, tmp_path):
