@@ -7,7 +7,7 @@ import time
 
 from ivim_common import cli, constants
 from ivim_common.constants import FIT_SIDECAR, MAP_FILES
-from ivim_common.errors import InputError, UsageError
+from ivim_common.errors import UsageError
 from ivim_common.resources import limit_blas_threads
 
 PROG = "ivim_fitting.py"
@@ -79,7 +79,7 @@ def fit_to_folder(args, argv):
 
 
 def _fit_to_folder(args, argv):
-    from ivim_common import IvimModel, io, model as ivim_model, voxelpool
+    from ivim_common import io, model as ivim_model
 
     start = time.perf_counter()
     sets_out = output_sets(args)               # 'each': known once the b-vectors are read
@@ -92,25 +92,19 @@ def _fit_to_folder(args, argv):
             spatial.check_volume(inputs.selected.shape, int(inputs.selected.sum()))
         except ValueError as err:
             raise UsageError(str(err)) from None
-    bvecs = None if args.directions == "all" else io.read_bvecs(args.bvec, inputs.bvals, args.b_tolerance)
-    sets = io.direction_sets(inputs.data, inputs.bvals, bvecs, args.directions, args.b_tolerance,
-                             ivim_model.n_free(args.model), args.bvec)
+    sets, bvec_record = io.volume_sets(inputs, args.bvec, args.directions, args.b_tolerance,
+                                       ivim_model.n_free(args.model))
     if args.directions == "each":
         sets_out = output_sets(args, [label for label, *_ in sets])
         check_outputs(args, sets_out)
-    jobs = 1 if args.mt == 0 else (args.jobs or voxelpool.default_jobs())
-    records = {**inputs.records, "bvec": io.input_record(args.bvec) if bvecs is not None else None,
-               "bval_source": args.bval_source}
+    jobs = cli.fitting_jobs(args)
+    records = {**inputs.records, "bvec": bvec_record, "bval_source": args.bval_source}
     for label, bvals, data, directions in sets:
-        try:
-            model = IvimModel(bvals, **args.model_options)
-        except ValueError as err:              # b-values that cannot give what the approach needs
-            raise InputError(f"b-values {args.bval}: {err}") from None
+        model = cli.fitting_model(args, bvals, args.bval)
         if args.verbose >= 2:
             print(f"{PROG}: {int(inputs.selected.sum())} voxels x {bvals.size} b-values ({label or 'all volumes'}), "
                   f"{inputs.selection}; engine {args.engine}, {jobs} job(s)", file=sys.stderr)
-        fit = model.fit(data, inputs.selected, jobs=jobs, seed=args.seed, chunk_size=args.chunk_size,
-                        progress=args.verbose >= 1, model_choice=args.model_choice, bootstrap=args.bootstrap)
+        fit = model.fit(data, inputs.selected, jobs=jobs, progress=args.verbose >= 1, **args.fit_options)
         folder, paths = sets_out[label]
         extra = {**io.provenance(PROG, argv), "inputs": records, "voxel_selection": inputs.selection,
                  "directions": directions, "run_time_s": round(time.perf_counter() - start, 3)}

@@ -17,9 +17,8 @@ import warnings
 
 import numpy as np
 
-from . import design, io, model, report, spatial, voxelpool
+from . import cli, design, io, model, report, spatial
 from .io import bids_dataset
-from .api import IvimModel
 from .constants import DEFAULT_MAX_ERROR
 from .errors import InputError, IvimError, OutputExistsError
 
@@ -171,15 +170,12 @@ def fit_dwi(args, argv, dwi):
             raise InputError(f"DWI {dwi.path}: {err}") from None
     if args.directions != "all" and dwi.bvec is None:
         raise InputError(f"DWI {dwi.path}: --directions {args.directions} needs a .bvec, none applies to it")
-    bvecs = None if args.directions == "all" else io.read_bvecs(dwi.bvec, inputs.bvals, args.b_tolerance)
-    sets = io.direction_sets(inputs.data, inputs.bvals, bvecs, args.directions, args.b_tolerance,
-                             model.n_free(args.model), dwi.bvec)
+    sets, bvec_record = io.volume_sets(inputs, dwi.bvec, args.directions, args.b_tolerance, model.n_free(args.model))
     outputs = {label: io.bids_paths(args.output_dir, dwi.path, label if args.directions == "each" else None)
                for label, *_ in sets}
     for paths in outputs.values():
         io.check_bids_outputs(args.output_dir, paths.values(), True)
-    records = {**inputs.records, "bvec": io.input_record(dwi.bvec) if bvecs is not None else None,
-               "dwi_json": [io.input_record(p) for p in dwi.json_files]}
+    records = {**inputs.records, "bvec": bvec_record, "dwi_json": [io.input_record(p) for p in dwi.json_files]}
     docs = []
     with io.staged_outputs([auto_path] if auto_path else []) as tmp:
         if auto_path:
@@ -196,14 +192,9 @@ def fit_dwi(args, argv, dwi):
 
 def fit_set(args, argv, dwi, inputs, records, paths, bvals, data, directions, start):
     """Fit one set of volumes of a DWI and write its maps; returns its sidecar (with ``_path``)."""
-    try:
-        ivim = IvimModel(bvals, **args.model_options)
-    except ValueError as err:              # b-values that cannot give what the approach needs
-        raise InputError(f"b-values {dwi.bval}: {err}") from None
-    jobs = 1 if args.mt == 0 else (args.jobs or voxelpool.default_jobs())
-    fit = ivim.fit(data, inputs.selected, jobs=jobs, seed=args.seed, chunk_size=args.chunk_size,
-                   progress=args.verbose >= 1 and sys.stderr.isatty(), model_choice=args.model_choice,
-                   bootstrap=args.bootstrap)
+    ivim = cli.fitting_model(args, bvals, dwi.bval)
+    fit = ivim.fit(data, inputs.selected, jobs=cli.fitting_jobs(args), progress=args.verbose >= 1 and sys.stderr.isatty(),
+                   **args.fit_options)
     extra = {**io.provenance(PROG, argv), "inputs": records, "dwi_metadata": dwi.metadata,
              "bids_entities": dwi.entities, "voxel_selection": inputs.selection, "directions": directions,
              "snr": snr_record(ivim, data[inputs.selected], fit.RMSE[inputs.selected]),

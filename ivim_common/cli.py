@@ -13,7 +13,7 @@ import signal
 import sys
 import traceback
 
-from .errors import IvimError, UsageError
+from .errors import InputError, IvimError, UsageError
 from .version import __version__
 
 
@@ -277,8 +277,9 @@ def add_fitting_arguments(parser, *spellings):
 def check_fitting_arguments(parser, args, spelling):
     """Usage errors of :func:`add_fitting_arguments`' flags that need more than argparse
     (--bounds-version with another approach than one-step, --bounds against the approach and
-    convention, the engine's options, --bootstrap with --prior spatial); sets ``args.engine_options`` and ``args.model_options``,
-    the keywords of IvimModel after its b-values."""
+    convention, the engine's options, --bootstrap with --prior spatial); sets
+    ``args.engine_options``, ``args.model_options`` (the keywords of IvimModel after its
+    b-values) and ``args.fit_options`` (those of its fit)."""
     from . import engines, model
 
     check_bounds_version(parser, args, spelling)
@@ -292,6 +293,26 @@ def check_fitting_arguments(parser, args, spelling):
     args.model_options = dict(approach=args.model, bounds_version=args.bounds_version or "2020", engine=args.engine,
                               bounds=args.bounds, dstar_convention=args.dstar_convention,
                               bval_threshold=args.b_threshold, **args.engine_options)
+    args.fit_options = dict(seed=args.seed, chunk_size=args.chunk_size, model_choice=args.model_choice,
+                            bootstrap=args.bootstrap)
+
+
+def fitting_model(args, bvals, bval_path):
+    """The IvimModel of :func:`check_fitting_arguments`' options for ``bvals``; b-values that
+    cannot give what the approach needs are an InputError naming ``bval_path``."""
+    from .api import IvimModel
+
+    try:
+        return IvimModel(bvals, **args.model_options)
+    except ValueError as err:
+        raise InputError(f"b-values {bval_path}: {err}") from None
+
+
+def fitting_jobs(args):
+    """Worker processes of a fit: 1 with -mt 0, else -j, else the CPUs this process may use."""
+    from .voxelpool import default_jobs
+
+    return 1 if args.mt == 0 else (args.jobs or default_jobs())
 
 
 def add_common_arguments(parser):

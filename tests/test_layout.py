@@ -24,9 +24,8 @@ LAYERS = (
     ("design",),
     ("viewer", "plotting"),
     ("report",),
-    ("bids_app",),
     ("cli",),
-    ("simu_cli", "commands"),
+    ("simu_cli", "bids_app", "commands"),   # the runners of the simulation scripts and of the BIDS App
     ("gui",),            # drives the scripts' own parsers and main() (see its docstring)
     ("__init__",),
 )

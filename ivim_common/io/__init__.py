@@ -21,7 +21,8 @@ from .inputs import (  # noqa: F401
     load_fit_inputs)
 from .outputs import check_output_folder, check_outputs, staged_outputs, LOCK_SUFFIX, output_folder_lock  # noqa: F401
 from .directions import (  # noqa: F401
-    SAME_DIRECTION_COS, UNIT_NORM_TOLERANCE, find_beside, b_shells, read_bvecs, direction_labels, direction_sets)
+    SAME_DIRECTION_COS, UNIT_NORM_TOLERANCE, find_beside, b_shells, read_bvecs, direction_labels, direction_sets,
+    volume_sets)
 from .bids import (  # noqa: F401
     BIDS_PARAM, BIDS_VERSION, CODE_URL, MODEL_URL, bids_source, bids_param, bids_paths, bids_fit_sidecar,
     bids_sidecar, dataset_description,

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import InputError
 from .inputs import check_readable
+from .provenance import input_record
 
 
 B_TOLERANCE_FRACTION, B_TOLERANCE_MIN = 0.02, 1.0   # default --b-tolerance: 2 % of b, >= 1 s/mm²
@@ -172,3 +173,12 @@ def direction_sets(data, bvals, bvecs, mode, tolerance=None, n_free=4, bvec_path
         sets.append((f"dir{k + 1}", shells[pick], data[..., pick],
                      {**record, "direction": unit.round(6).tolist(), "direction_index": k + 1}))
     return sets
+
+
+def volume_sets(inputs, bvec_path, mode, tolerance, n_free):
+    """:func:`direction_sets` of loaded inputs (:class:`ivim_common.io.inputs.FitInputs`), the
+    b-vectors read from ``bvec_path`` where ``mode`` needs them; returns ``(sets, bvec record)``,
+    the record None where no b-vector file was read."""
+    bvecs = None if mode == "all" else read_bvecs(bvec_path, inputs.bvals, tolerance)
+    sets = direction_sets(inputs.data, inputs.bvals, bvecs, mode, tolerance, n_free, bvec_path)
+    return sets, None if bvecs is None else input_record(bvec_path)
