@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from . import engines, model, trust, voxelpool
+from . import engines, model, spatial, trust, voxelpool
 from .io.bids import write_bids_maps
 from .io.provenance import model_record, provenance
 from .io.results import median_iqr, read_fit_folder, write_fit_folder
@@ -237,7 +237,7 @@ class IvimModel:
                                                                **self.engine_options)
         if "neighbours" in options:         # rows that depend on their neighbours: one chunk
             if bootstrap:
-                raise ValueError("--bootstrap does not apply to --prior spatial (its posterior gives the intervals)")
+                raise ValueError(spatial.NO_BOOTSTRAP)
             chunk_size = len(signal)
         return voxelpool.map_chunks(fit_voxels, signal, voxel_ids, jobs=jobs, pool=pool,
                                     chunk_size=chunk_size or max(1, fitter.CHUNK_SIZE // (1 + bootstrap)),

@@ -280,12 +280,12 @@ def check_fitting_arguments(parser, args, spelling):
     convention, the engine's options, --bootstrap with --prior spatial); sets
     ``args.engine_options``, ``args.model_options`` (the keywords of IvimModel after its
     b-values) and ``args.fit_options`` (those of its fit)."""
-    from . import engines, model
+    from . import engines, model, spatial
 
     check_bounds_version(parser, args, spelling)
     args.engine_options = engines.options_of(parser, args)
     if args.bootstrap and args.engine_options.get("prior") == "spatial":
-        parser.error("--bootstrap does not apply to --prior spatial (its posterior gives the intervals)")
+        parser.error(spatial.NO_BOOTSTRAP)
     try:
         model.check_user_bounds(args.bounds, args.model, args.dstar_convention)
     except ValueError as err:

@@ -45,6 +45,9 @@ VAR_FLOOR = (1e-6, 1e-6, 1e-6)     # floor of a tissue's variance of log D, f, l
 NEIGHBOUR_STEPS = ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))
 
 
+NO_BOOTSTRAP = "--bootstrap does not apply to --prior spatial (its posterior gives the intervals)"
+
+
 def check_volume(shape, n_voxels):
     """ValueError (one line) unless the spatial prior can run: a volume (``shape`` not None,
     at most 3 axes) and at least 2 voxels in its mask."""
