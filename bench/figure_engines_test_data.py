@@ -36,29 +36,37 @@ def main(argv=None):
                                 os.path.join(DATA, "cord_seg_dilated.nii.gz"))
     fits = {engine: IvimModel(inputs.bvals, "one-step", args.bounds_version, engine).fit(
         inputs.data, inputs.selected, jobs=2) for engine in ("fast", "bayes")}
-    mask = inputs.selected
+    draw_slice_rows(fits, MAPS, inputs.selected, (10, 6.5), f"Test data, slice z = {{z}}, one-step "
+                    f"{args.bounds_version} bounds: least squares (top) and Bayesian posterior mean (bottom)", args.o, 90)
+
+
+def draw_slice_rows(fits, maps, mask, figsize, title, out, dpi):
+    """Draw ``maps`` of each fit (a row each, ``{row label: IvimFit}``) on the test data's slice
+    with the most mask voxels, in the viewer's colour ranges (an SD map: 0 to half its
+    parameter's upper end), with ``title`` (``{z}`` becomes the slice) into ``out``, and print
+    each map's median and IQR over the mask."""
     z = int(np.argmax(mask.sum(axis=(0, 1))))
     xs, ys = np.nonzero(mask[:, :, z])
     box = (slice(xs.min() - 3, xs.max() + 4), slice(ys.min() - 3, ys.max() + 4))
     zooms = nib.load(os.path.join(DATA, "dwi_rl.nii.gz")).header.get_zooms()
-    fig = Figure(figsize=(10, 6.5), layout="constrained")
-    axes = fig.subplots(2, len(MAPS))
-    for row, (engine, fit) in zip(axes, fits.items()):
-        for ax, name in zip(row, MAPS):
-            p = PARAMETERS[name]
-            values = getattr(fit, name)[box + (z,)].T
-            image = ax.imshow(np.ma.masked_invalid(values), origin="lower", cmap=p.cmap, vmin=p.display[0],
-                              vmax=p.display[1], interpolation="nearest", aspect=zooms[1] / zooms[0])
-            inside = getattr(fit, name)[mask]
-            ax.set_title(f"{engine}: {p.label}, median {np.nanmedian(inside):.3g}", fontsize=10)
+    fig = Figure(figsize=figsize, layout="constrained")
+    axes = fig.subplots(len(fits), len(maps))
+    for row, (row_label, fit) in zip(axes, fits.items()):
+        for ax, name in zip(row, maps):
+            p = PARAMETERS[name.removesuffix("_sd")]
+            vmin, vmax = (0.0, 0.5 * p.display[1]) if name.endswith("_sd") else p.display
+            image = ax.imshow(np.ma.masked_invalid(fit.maps[name][box + (z,)].T), origin="lower", cmap=p.cmap,
+                              vmin=vmin, vmax=vmax, interpolation="nearest", aspect=zooms[1] / zooms[0])
+            inside = fit.maps[name][mask]
+            label = f"SD of {p.label}" if name.endswith("_sd") else p.label
+            ax.set_title(f"{row_label}: {label}, median {np.nanmedian(inside):.3g}", fontsize=9)
             ax.set_xticks([]), ax.set_yticks([])
             fig.colorbar(image, ax=ax, shrink=0.8, label=p.axis)
             q = np.nanpercentile(inside, [25, 50, 75])
-            print(f"{engine:5s} {name:6s} median {q[1]:.4g} IQR [{q[0]:.4g}, {q[2]:.4g}]")
-    fig.suptitle(f"Test data, slice z = {z}, one-step {args.bounds_version} bounds: least squares (top) "
-                 "and Bayesian posterior mean (bottom)")
-    fig.savefig(args.o, dpi=90)
-    print(f"wrote {args.o}")
+            print(f"{row_label:8s} {name:9s} median {q[1]:.4g} IQR [{q[0]:.4g}, {q[2]:.4g}]")
+    fig.suptitle(title.format(z=z), fontsize=11)
+    fig.savefig(out, dpi=dpi)
+    print(f"wrote {out} ({os.path.getsize(out) // 1024} kB)")
 
 
 if __name__ == "__main__":
