@@ -43,8 +43,9 @@ POLL_MS = 50
 ERROR_COLOR = "#b00020"
 
 
-class UsageError(Exception):
-    """A usage error of a script's parser (its message, without the program name)."""
+class ParserError(Exception):
+    """A usage error of a script's parser, caught where the script would exit 2 (its message,
+    without the program name); not :class:`ivim_common.errors.UsageError`, which a run raises."""
 
 
 def script(key):
@@ -53,13 +54,13 @@ def script(key):
 
 
 def checking_parser(module):
-    """The script's parser, raising UsageError where the script would print a usage error and
+    """The script's parser, raising ParserError where the script would print a usage error and
     exit 2 (``exit_on_error`` off: a bad value raises argparse.ArgumentError with its argument)."""
     parser = module.get_parser()
     parser.exit_on_error = False
 
     def error(message):
-        raise UsageError(message)
+        raise ParserError(message)
 
     parser.error = error
     return parser
@@ -72,7 +73,7 @@ def field_error(parser, option, text):
     except argparse.ArgumentError as err:
         if option in (err.argument_name or "").split("/"):
             return err.message
-    except UsageError:
+    except ParserError:
         pass                      # the required arguments missing from this one-option line
     return ""
 
@@ -272,7 +273,7 @@ class ScriptFrame(ttk.Frame):
             field.message.configure(text="")
         try:
             return self.parse(self.parser, self.argv())
-        except (UsageError, argparse.ArgumentError) as err:
+        except (ParserError, argparse.ArgumentError) as err:
             message = str(err)
             match = re.match(r"argument ([^:]+): (.*)", message)
             fields = [f for f in self.fields.values() if match and set(f.aliases) & set(match.group(1).split("/"))]
