@@ -656,8 +656,9 @@ def image_options(ivim_model, signal, jobs, volume=None, prior="auto"):
         raise ValueError(f"unknown prior {prior!r} (choose from {', '.join(choices)})")
     if prior == "empirical":
         conv = ivim_model.dstar_convention      # the same model (its class: the API is above the engines)
-        ls = type(ivim_model)(ivim_model.bvals, ivim_model.approach, ivim_model.bounds_version, "fast",
-                              ivim_model.bounds, conv, ivim_model.bval_threshold).fit_voxels(signal, jobs=jobs)
+        ls = type(ivim_model)(ivim_model.bvals, approach=ivim_model.approach, bounds_version=ivim_model.bounds_version,
+                              engine="fast", bounds=ivim_model.bounds, dstar_convention=conv,
+                              bval_threshold=ivim_model.bval_threshold).fit_voxels(signal, jobs=jobs)
         ls["Dstar"] = model.excess_dstar(ls["Dstar"], ls["D"], conv)
         params = np.column_stack([ls[name] for name in model.PARAM_NAMES])
         ok = np.isfinite(params).all(axis=1)
