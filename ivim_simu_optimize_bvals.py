@@ -104,12 +104,12 @@ def _run(args, prog, argv):
     import dataclasses
     import os
 
-    from ivim_common import design, io, plotting, voxelpool
+    from ivim_common import compiled, design, io, plotting, voxelpool
     from ivim_common import simulation as simu
 
     outputs = [os.path.join(args.ofolder, name) for name in OUTPUT_NAMES]
     io.check_outputs(outputs, args.force)
-    engines.get(args.engine).prepare(announce=args.verbose >= 1)
+    compiled.prepare([engines.get(args.engine)], announce=args.verbose >= 1)
     grid, fixed, compare = (args.F, args.Dstar, args.D), tuple(float(b) for b in args.fixed_bvals), args.compare_bvals
     sim = simu.Simulation(bvals=compare, F_range=grid[0], Dstar_range=grid[1], D_range=grid[2],
                           approach=args.model, bounds_version=args.bounds_version, engine=args.engine,

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from . import engines, model, spatial, trust, voxelpool
+from . import compiled, engines, model, spatial, trust, voxelpool
 from .io.bids import write_bids_maps
 from .io.provenance import model_record, provenance
 from .io.results import median_iqr, read_fit_folder, write_fit_folder
@@ -220,8 +220,7 @@ class IvimModel:
         if model_choice not in MODEL_CHOICE_CRITERIA:
             raise ValueError(f"unknown model choice {model_choice!r} (choose from {', '.join(MODEL_CHOICE_CRITERIA)})")
         fitter = engines.get(self.engine)
-        fitter.prepare(announce=progress)        # once here, so workers load it rather than compile
-        trust.prepare(announce=progress)         # the trust maps' kernels, likewise
+        compiled.prepare([fitter, trust], announce=progress)   # once here, so workers load them
         signal = np.asarray(signal, dtype=float).reshape(-1, self.bvals.size)
         small = len(signal) * (1 + bootstrap) <= getattr(fitter, "IN_PROCESS_VOXELS", 0)
         if small and chunk_size is None and pool is None:

@@ -1,11 +1,17 @@
-"""The numba support every compiled kernel shares: how kernels are compiled and cached, the
-notice shown while they compile, and the helpers they call (:func:`exp`).
+"""The numba support every compiled kernel shares: how kernels are compiled and cached, how
+the first run of an installation compiles them (:func:`prepare`, with a helper process where a
+CPU is idle), the notice shown meanwhile, and the helpers the kernels call (:func:`exp`).
 
 The fast engine, the Bayesian engine and the trust maps' kernels (:mod:`ivim_common.kernels`)
-are compiled with :func:`compile_kernel` (or :func:`kernel`), so they share one cache policy.
+are compiled with :func:`kernel`, so they share one cache policy.
 """
 import contextlib
+import gc
+import importlib
+import json
 import math
+import os
+import subprocess
 import sys
 import threading
 
@@ -17,41 +23,142 @@ import numpy as np
 NO_NRT = {"_nrt": False} if hasattr(numba.core.options.DefaultOptions, "_nrt") else {}
 
 
-def compile_kernel(func, allocates=True, **options):
-    """``numba.njit(func, error_model="numpy", **options)``, cached on disk where numba finds a
-    writable place (beside the package, else its user cache); without one, compiled again in
-    each process.  No C-callable wrapper (nothing calls a kernel through a C pointer): numba
-    would compile one for every kernel, some 0.03 s each on the first run.  A kernel that
-    ``allocates`` nothing (nor calls one that does) is compiled without reference counting."""
-    options = dict(options, error_model="numpy", no_cfunc_wrapper=True, **({} if allocates else NO_NRT))
+def kernel(func=None, *, entry=False, **options):
+    """Decorator: ``numba.njit(func, error_model="numpy", **options)`` for code that allocates
+    nothing (its callers hand it its scratch), so compiled without reference counting: less
+    code to compile, and none of the atomic count updates that would dominate short kernels.
+    No C-callable wrapper (nothing calls a kernel through a C pointer).
+
+    ``entry``: the kernel is called from Python, or compiled on its own by :func:`prepare`'s
+    helper process: it is cached on disk, beside the package where that is writable, else in
+    numba's user cache (without either, it is compiled in each process).  Other kernels are
+    cached only within the entries that call them: a cache entry of their own would cost
+    some 0.03 s each on the first run (numba writes its machine code), for nothing.  Either
+    can be called from Python (tests do).  ``@kernel`` or ``@kernel(entry=True, ...)``.
+    """
+    if func is None:
+        return lambda f: kernel(f, entry=entry, **options)
+    options = dict(options, error_model="numpy", no_cfunc_wrapper=True, **NO_NRT)
+    if not entry:
+        return numba.njit(**options)(func)
     try:
         return numba.njit(cache=True, **options)(func)
     except RuntimeError:              # numba: "cannot cache ... as it uses ... no locator available"
         return numba.njit(**options)(func)
 
 
-def kernel(func):
-    """Compile without reference counting, for kernels that allocate nothing (their callers
-    hand them their scratch): less code to compile, and the atomic count updates that their
-    array arguments and views would cost dominate such short kernels."""
-    return compile_kernel(func, allocates=False)
+def compile_for(kernel, *args):
+    """Compile ``kernel`` (or load it from the cache) for the types of ``args``, without running
+    it."""
+    kernel.compile(tuple(numba.typeof(a) for a in args))
+
+
+def compiles_here(entry, *args):
+    """Whether this process compiles ``entry`` for ``args`` (it is in neither this process nor
+    numba's cache: the first run of an installation) and can cache it, so that the kernels a
+    helper process compiles meanwhile would be found here: loads or compiles it to find out."""
+    misses = sum(entry.stats.cache_misses.values())
+    compile_for(entry, *args)
+    stats = entry.stats
+    return (sum(stats.cache_misses.values()) > misses and stats.cache_path is not None
+            and os.access(stats.cache_path, os.W_OK))
 
 
 COMPILE_NOTICE_AFTER_S = 3.0
+HELPER_ENV = "IVIM_COMPILE_HELPER"     # 0: :func:`prepare` starts no helper process; 1: whatever the load
 
 
 @contextlib.contextmanager
 def notice_if_slow(enabled, notice):
     """Print ``notice`` on stderr if the block (a compilation) is still running after
-    COMPILE_NOTICE_AFTER_S."""
+    COMPILE_NOTICE_AFTER_S.  Meanwhile the garbage collector runs less often: a compilation
+    allocates some million short-lived objects, and the default thresholds would have it walk
+    every live object of the process several hundred times (about 10 % of the time)."""
     timer = threading.Timer(COMPILE_NOTICE_AFTER_S, print, args=(notice,), kwargs=dict(file=sys.stderr, flush=True))
     timer.daemon = True
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 100)
     if enabled:
         timer.start()
     try:
         yield
     finally:
         timer.cancel()
+        gc.set_threshold(*thresholds)
+
+
+class Helper:
+    """A process that runs ``tasks`` ("module:function", in order; each compiles kernels into
+    numba's cache) while this one compiles others, and reports each task as it ends.  It
+    imports this copy of the package (its folder first on its path)."""
+
+    def __init__(self, tasks):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        self.done = set()
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _HELPER_CODE, root, *tasks],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def wait(self, task):
+        """Return once ``task`` has ended, or the helper has (then this process compiles what
+        it finds missing itself)."""
+        while task not in self.done:
+            line = self.process.stdout.readline()
+            if not line:
+                return
+            self.done.add(line.strip())
+
+    def close(self):
+        """Stop the helper if it still runs (this process stopped short), and reap it."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        self.process.stdout.close()
+
+
+_HELPER_CODE = ("import sys; sys.path.insert(0, sys.argv[1]); "
+                "from ivim_common import compiled; compiled._helper_main(sys.argv[2:])")
+
+
+def _helper_main(tasks):
+    from .resources import limit_blas_threads
+    limit_blas_threads()
+    for task in tasks:
+        module, function = task.split(":")
+        getattr(importlib.import_module(module), function)()
+        print(task, flush=True)
+
+
+def _idle_cpu():
+    """Whether a CPU is idle: at least two for this process, the load average (Unix) below
+    their number less one."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return cpus >= 2 and load <= cpus - 1
+
+
+def prepare(modules, announce=True):
+    """Make the compiled kernels of ``modules`` ready in this process: each module's
+    ``prepare(announce, helper)``, in order, compiles them or loads them from numba's cache.
+
+    Where the first module's ``compiles_here()`` says that its kernels are not in the cache
+    (the first run of an installation) and a CPU is idle, a helper process compiles every
+    module's ``HELPER_TASKS`` (names of its functions) into the cache meanwhile, and the
+    modules' ``prepare`` wait for them (``helper.wait``) and load them: the first run takes
+    some 40 % less time (bench/bench_first_run.py).  The environment variable
+    IVIM_COMPILE_HELPER set to 0 does without, set to 1 starts one whatever the load.
+    """
+    helper = None
+    first, wanted = modules[0], os.environ.get(HELPER_ENV)
+    if (wanted != "0" and hasattr(first, "compiles_here") and sys.executable
+            and (wanted == "1" or _idle_cpu()) and first.compiles_here()):
+        helper = Helper([f"{m.__name__}:{task}" for m in modules for task in getattr(m, "HELPER_TASKS", ())])
+    try:
+        for m in modules:
+            m.prepare(announce, helper)
+    finally:
+        if helper:
+            helper.close()
 
 
 _LOG2E = 1.4426950408889634

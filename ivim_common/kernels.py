@@ -3,7 +3,7 @@
 
 As numpy whole-array passes they cost about a fifth of the fit (a batch of 4 x 4 inverses, and
 a Levenberg-Marquardt loop of masked passes over the voxels still iterating); compiled as the
-fast engine's kernels (:func:`ivim_common.compiled.kernel`: cached, no reference counting,
+fast engine's kernels (:func:`ivim_common.compiled.kernel`: cached entries, no reference counting,
 nothing allocated inside, the callers hand over the scratch) and with
 :func:`ivim_common.compiled.exp`, some 6 %.  Only :mod:`ivim_common.trust` imports this module,
 so that the light users of the model (the viewer) do not import numba.
@@ -43,7 +43,7 @@ def _invert(m, inv):
     return True
 
 
-@kernel
+@kernel(entry=True)
 def fisher_sd(b, params, rss, free, n_varied, max_inflation, sd, sd_pool, u, e, info, inv, scale, held):
     """:func:`ivim_common.trust.fisher_sd` voxel by voxel into sd (n, 4) and sd_pool (n,).
     Scratch: u, e (n_b,), info, inv (4, 4), scale (4,), held (4,) of bool.  The columns of the
@@ -121,7 +121,7 @@ def _profile(b, y, d, e):
     return s0, rss, jd_e / ee
 
 
-@kernel
+@kernel(entry=True)
 def fit_mono(b, signal, max_iter, rtol, s0, adc, rss, e, e_trial):
     """:func:`ivim_common.trust.fit_mono` voxel by voxel into s0, adc, rss (n,); e, e_trial
     (n_b,) are scratch."""

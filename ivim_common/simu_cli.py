@@ -135,7 +135,7 @@ def _compute(kind, args, prog, argv):
 
     import numpy as np
 
-    from . import design, engines, io, voxelpool
+    from . import compiled, design, engines, io, voxelpool
     from . import simulation as simu
 
     sim = simu.Simulation(bvals=args.bval, F_range=args.F, Dstar_range=args.Dstar, D_range=args.D,
@@ -149,7 +149,7 @@ def _compute(kind, args, prog, argv):
     outputs = [path, simu.sidecar_path(path)]
     io.check_outputs(outputs, args.force)
 
-    engines.get(sim.engine).prepare(announce=args.verbose >= 1)    # before the progress starts
+    compiled.prepare([engines.get(sim.engine)], announce=args.verbose >= 1)    # before the progress starts
     elapsed = simu.timer()
     n_cells = len(simu.shard_cells(sim.n_cells, *shard))
     if args.verbose >= 2:

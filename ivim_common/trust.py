@@ -188,15 +188,19 @@ UNCERTAINTY_METHODS = {
 
 
 _ready = False      # compiled or loaded in this process
+HELPER_TASKS = ("prepare",)    # a helper process compiles them all on the first run
 
 
-def prepare(announce=True):
-    """Compile the trust maps' kernels (the first run of an installation, some 2 s) or load
+def prepare(announce=True, helper=None):
+    """Compile the trust maps' kernels (the first run of an installation, some 1 s) or load
     them from numba's cache, once per process: :class:`ivim_common.IvimModel` calls it, as the
-    engine's ``prepare``, before its workers start."""
+    engine's ``prepare``, before its workers start; with a ``helper`` compiling them (see
+    :func:`ivim_common.compiled.prepare`), once it has."""
     global _ready
     if _ready:
         return
+    if helper:
+        helper.wait(f"{__name__}:prepare")
     b = np.array([0.0, 400.0, 800.0])
     params = np.array([[1000.0, 1e-3, 0.1, 20e-3]])
     with notice_if_slow(announce, COMPILE_NOTICE):

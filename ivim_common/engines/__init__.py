@@ -4,9 +4,12 @@ Every engine module has the same three names:
 
 ``CHUNK_SIZE``
     Voxels per chunk of work by default (a chunk should take about a second or more).
-``prepare(announce=True)``
+``prepare(announce=True, helper=None)``
     Make the engine ready in this process (compile or load compiled code), once; worker
-    processes started afterwards find it ready to load.
+    processes started afterwards find it ready to load.  Called through
+    :func:`ivim_common.compiled.prepare`, which may hand it a ``helper`` process that compiles
+    the engine's ``HELPER_TASKS`` meanwhile (an engine with compiled code may define them, and
+    ``compiles_here()``).
 ``fit(bvals, signal, init, lo, hi, vary, seeds, limits=None, **options)``
     Fit the model to finite signal (n_voxels, n_b; positive, except with the 'osipi' preset,
     see :func:`ivim_common.model.valid_voxels`) with per-voxel start values and
@@ -42,7 +45,7 @@ import importlib
 # name: (module, one line for --help)
 ENGINES = {
     "fast": ("fast", "compiled grid + Newton solver of the toolbox's least squares (default; "
-                     "the first run of an installation compiles it, some 5 s)"),
+                     "the first run of an installation compiles it, some 3 s)"),
     "lmfit": ("lmfit_reference", "the original's lmfit differential evolution, the reference "
                                  "(about 1-2 s of CPU per voxel)"),
     "bayes": ("bayes", "posterior on a grid, S0 and the noise integrated out (a few times the "

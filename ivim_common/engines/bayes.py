@@ -32,12 +32,13 @@ Known limit: where the posterior is far narrower than a coarse cell (SNR ~1000) 
 lock onto a wrong stretch of the f-D* ridge (the coarse grid's best cell is not the mode's).  S0: mean and SD exact (the S0 conditional is a Student t
 with n_b − 1 degrees of freedom), its interval mean ± 1.96 SD.
 """
+import functools
 import math
 
 import numpy as np
 
-from .. import model, spatial
-from ..compiled import compile_kernel, notice_if_slow
+from .. import compiled, model, spatial
+from ..compiled import kernel, notice_if_slow
 
 CHUNK_SIZE = 2000             # voxels per chunk of the voxel pool (about 0.1 s each)
 GRID_COARSE = (10, 10, 14)    # points over (log D, f, log D*ₚ) in the voxel's whole box
@@ -66,11 +67,11 @@ AUTO = (UNIFORM, SCALE_FREE)
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}   # vectorise reductions, keep NaN/inf rules
 
 
-def _kernel(func):
-    """Compiled with the fast-math flags above, cached, without reference counting (see
-    :func:`ivim_common.compiled.compile_kernel`): the kernels allocate nothing, the callers
-    hand over the scratch."""
-    return compile_kernel(func, allocates=False, fastmath=_FASTMATH)
+# Compiled with the fast-math flags above, without reference counting (see
+# :func:`ivim_common.compiled.kernel`): the kernels allocate nothing, the callers hand over the
+# scratch.  The entries: _fit_kernel, called from Python; _posterior, which a helper process
+# compiles on the first run (see prepare); _coord_stats, the smallest, to probe the cache.
+_kernel = functools.partial(kernel, fastmath=_FASTMATH)
 
 
 # --- Priors -------------------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def _dots(b, y, value, n, e, yd, dd):
         dd[i] = ss
 
 
-@_kernel
+@_kernel(entry=True)
 def _posterior(b, y, box, dstar_lo, dstar_hi, sizes, start, step, logdens, mu, prec, ws):
     """Grid posterior of one voxel over box = (log D, f, log D*ₚ) ranges (6,), its prior the
     tables times the Gaussians of mean mu (3,) and precision prec (3,) on those coordinates.
@@ -360,7 +361,7 @@ def _posterior(b, y, box, dstar_lo, dstar_hi, sizes, start, step, logdens, mu, p
     return nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq
 
 
-@_kernel
+@_kernel(entry=True)
 def _coord_stats(g, m, n, total):
     """Posterior mean and SD of a grid coordinate from its marginal masses."""
     mean = 0.0
@@ -421,7 +422,7 @@ def _dstar_quantile(p, total, val, nd, gp, npp, hp, m2, prefix):
     return 0.5 * (lo_t + hi_t)
 
 
-@_kernel
+@_kernel(entry=True)
 def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logdens, mu, prec, prob, ws, boxes, out):
     """Posterior summaries of every voxel into out (n, 6, 5) (see _summaries), D*ₚ within
     [p_lo, p_hi] (n,), each voxel's prior times its Gaussians mu, prec (n, 3); NaN where a
@@ -539,9 +540,15 @@ def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=G
     ndarray (n, 6, 5): posterior mean, SD, 2.5 % and 97.5 % quantiles, median and mode (axis
     1, see :data:`ESTIMATES`) of S0, D, f, D* and D*ₚ = D + D* (axis 2).
     """
+    out = np.empty((np.atleast_2d(signal).shape[0], 6, 5))
+    _fit_kernel(*_kernel_args(bvals, signal, lo, hi, prior, coarse, fine, pool, gauss), out)
+    return out
+
+
+def _kernel_args(bvals, signal, lo, hi, prior, coarse, fine, pool, gauss):
+    """The arguments of _fit_kernel but its output (see posterior_summaries)."""
     b = np.ascontiguousarray(bvals, dtype=float)
     signal = np.ascontiguousarray(np.atleast_2d(signal), dtype=float)
-    out = np.empty((signal.shape[0], 6, 5))
     n = signal.shape[0]
     mu, prec = (np.zeros((n, 3)), np.zeros((n, 3))) if gauss is None else gauss
     coarse, fine = np.asarray(coarse, dtype=np.int64), np.asarray(fine, dtype=np.int64)
@@ -549,10 +556,9 @@ def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=G
     p_lo, p_hi = lo[:, 1] + lo[:, 3], hi[:, 1] + hi[:, 3]
     if pool is not None:
         p_lo, p_hi = np.maximum(p_lo, pool[0]), np.minimum(p_hi, pool[1])
-    _fit_kernel(b, signal, lo, hi, np.ascontiguousarray(p_lo), np.ascontiguousarray(p_hi), coarse, fine, prior["start"], prior["step"], prior["logdens"],
-                np.ascontiguousarray(mu, dtype=float), np.ascontiguousarray(prec, dtype=float), PROB,
-                _scratch(b.size, coarse, fine), np.empty((2, 6)), out)
-    return out
+    return (b, signal, lo, hi, np.ascontiguousarray(p_lo), np.ascontiguousarray(p_hi), coarse, fine,
+            prior["start"], prior["step"], prior["logdens"], np.ascontiguousarray(mu, dtype=float),
+            np.ascontiguousarray(prec, dtype=float), PROB, _scratch(b.size, coarse, fine), np.empty((2, 6)))
 
 
 def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None, estimate=None, neighbours=None):
@@ -622,20 +628,54 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None, estim
 
 
 _ready = False      # compiled or loaded in this process
-COMPILE_NOTICE = ("ivim-toolbox: compiling the Bayesian engine, some 4 s (the first run of an "
+HELPER_TASKS = ("_compile_posterior",)    # what a helper process compiles on the first run (see prepare)
+COMPILE_NOTICE = ("ivim-toolbox: compiling the Bayesian engine, some 3 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")
 
 
-def prepare(announce=True):
-    """Compile the kernels (the first run of an installation) or load them from the cache,
-    once per process, saying so on stderr if ``announce`` and that takes a while."""
-    global _ready
-    if _ready:
-        return
+def _example():
+    """A voxel's data and box, for which prepare compiles the kernels (what fit does with them)."""
     b = np.array([0.0, 50.0, 400.0, 800.0])
     y = 1000.0 * np.exp(-b * 1e-3)[None]
     lo, hi = np.array([[500.0, 0.2e-3, 0.0, 2e-3]]), np.array([[1500.0, 3e-3, 0.3, 50e-3]])
+    return b, y, lo, hi
+
+
+def _kernel_examples():
+    """_fit_kernel's arguments for the example, and (the arguments of) its calls of _posterior
+    and _summaries."""
+    b, y, lo, hi = _example()
+    args = _kernel_args(b, y, lo, hi, uniform_prior(), GRID_COARSE, GRID_FINE, None, None) + (np.empty((1, 6, 5)),)
+    b, signal, lo, hi, _, _, coarse, _, start, step, logdens, mu, prec, prob, ws, boxes, out = args
+    posterior = (b, signal[0], boxes[0], lo[0, 3], hi[0, 3], coarse, start, step, logdens, mu[0], prec[0], ws)
+    summaries = (1, 1, 1, 0.1, 0.1, 0.1, 1.0, 1.0, 1.0, prob, ws, out[0])
+    return args, posterior, summaries
+
+
+def compiles_here():
+    """Whether this process compiles the kernels (numba's cache lacks them) and can cache them
+    (see :func:`ivim_common.compiled.prepare`); loads or compiles the smallest one to know."""
+    return compiled.compiles_here(_coord_stats, np.ones(2), np.ones(2), 2, 1.0)
+
+
+def _compile_posterior():
+    """The helper process's share of the first compile: the grid posterior, into numba's cache."""
+    compiled.compile_for(_posterior, *_kernel_examples()[1])
+
+
+def prepare(announce=True, helper=None):
+    """Compile the kernels (the first run of an installation) or load them from the cache,
+    once per process, saying so on stderr if ``announce`` and that takes a while.  With a
+    ``helper`` (see :func:`ivim_common.compiled.prepare`) compiling the grid posterior
+    meanwhile, compile the summaries here first, then load the posterior from the cache."""
+    global _ready
+    if _ready:
+        return
+    b, y, lo, hi = _example()
     with notice_if_slow(announce, COMPILE_NOTICE):
+        if helper:
+            compiled.compile_for(_summaries, *_kernel_examples()[2])
+            helper.wait(f"{__name__}:_compile_posterior")
         fit(b, y, 0.5 * (lo + hi), lo, hi, np.ones(4, bool), np.zeros((1, 2), np.uint32))
     _ready = True
 

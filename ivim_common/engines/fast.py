@@ -10,11 +10,12 @@ nominal box; the lowest result is refined in its ±5 % box.
 The engine is compiled by numba, voxel by voxel: a voxel's work is branchy (grid minima,
 active bounds, a few candidates, each converging at its own pace), which numpy could only run
 as masked whole-array passes (bench/bench_engines.py measures it).  The compiled code is cached
-(see :func:`ivim_common.compiled.compile_kernel`): only the first run of an installation compiles it.
+(see :func:`ivim_common.compiled.kernel`): only the first run of an installation compiles it.
 """
 import numpy as np
 
 from .. import model
+from .. import compiled
 from ..compiled import exp, kernel, notice_if_slow
 
 CHUNK_SIZE = 5000    # voxels: well under a second of work
@@ -27,7 +28,8 @@ MAX_ITER = 100       # Newton iterations per start
 RTOL = 1e-11         # Newton stops when an undamped step changes the RSS by less (relative)
 
 # The kernels below allocate nothing (fit_fast hands them their scratch, see _scratch): they are
-# compiled without reference counting (compiled.kernel).
+# compiled without reference counting (compiled.kernel).  The entries are those called from
+# Python, and _newton, which a helper process compiles on the first run (see prepare).
 
 
 @kernel
@@ -329,7 +331,7 @@ def _damped_step(h, jj, held, lam, grad, low, step):
     return ok
 
 
-@kernel
+@kernel(entry=True)
 def _newton(b, y, p, lo, hi, vary, scratch):
     """Box-constrained damped Newton from p (updated in place); returns the RSS.
 
@@ -409,7 +411,7 @@ def _newton(b, y, p, lo, hi, vary, scratch):
     return rss
 
 
-@kernel
+@kernel(entry=True)
 def _solve_all(b, signal, voxel, lo, hi, vary, from_grid, t_d, t_s, scratch, cand, rss):
     """Newton for each job j: the voxel signal[voxel[j]] in the box (lo[j], hi[j]) from each of
     its cand.shape[1] starts; writes the points into cand[j] (n_jobs, n_starts, 4) and their
@@ -443,7 +445,7 @@ def _solve_all(b, signal, voxel, lo, hi, vary, from_grid, t_d, t_s, scratch, can
             rss[j, c] = np.inf if repeat else _newton(b, y, q, box_lo, hi[j], vary, scratch)
 
 
-@kernel
+@kernel(entry=True)
 def _jobs(cand, rss2, job):
     """job[v, c]: whether step 3 refines the step-2 candidate c of voxel v, that is, whether its
     RSS is within STEP2_TIE of the voxel's lowest (a failed, NaN one never is) and its point is
@@ -462,7 +464,7 @@ def _jobs(cand, rss2, job):
                 job[v, c] &= not (job[v, k] and same)
 
 
-@kernel
+@kernel(entry=True)
 def _pick(voxel, rss, p, out):
     """out[v] = the refined point of lowest RSS among the jobs of voxel v (jobs in voxel order),
     the first on ties; out[v] is left as it was where none has a finite RSS."""
@@ -555,19 +557,48 @@ def fit_fast(bvals, signal, lo, hi, vary, limits=None):
 
 
 _ready = False      # compiled or loaded in this process
+HELPER_TASKS = ("_compile_newton",)    # what a helper process compiles on the first run (see prepare)
 
 
-def prepare(announce=True):
-    """Compile the kernels (the first run of an installation, some 5 s) or load them from
-    numba's cache, once per process; say so on stderr if ``announce`` and it takes over
-    :data:`ivim_common.compiled.COMPILE_NOTICE_AFTER_S`."""
-    global _ready
-    if _ready:
-        return
+def _example():
+    """A voxel's data, box, grid and scratch, for which prepare compiles the kernels: the same
+    compiled code serves every approach and every data."""
     b = np.array([0.0, 50.0, 400.0, 800.0])
     signal = model.ivim_signal(b, 1000.0, 1e-3, 0.1, 20e-3)[None]
     _, lo, hi, vary = model.voxel_bounds(b, signal, "one-step", "2020")
-    with notice_if_slow(announce, COMPILE_NOTICE):       # the same compiled code serves every approach
+    vary = np.asarray(vary, dtype=np.bool_)
+    t_d, t_s = _grid_positions(vary)
+    return b, signal, lo, hi, vary, t_d, t_s, _scratch(b.size, t_d, t_s)
+
+
+def compiles_here():
+    """Whether this process compiles the kernels (numba's cache lacks them) and can cache them
+    (see :func:`ivim_common.compiled.prepare`); loads or compiles the smallest one to know."""
+    return compiled.compiles_here(_pick, np.zeros(1, np.int64), np.ones(1), np.ones((1, 4)), np.ones((1, 4)))
+
+
+def _compile_newton():
+    """The helper process's share of the first compile: the Newton solver, some half of the
+    engine's code, into numba's cache."""
+    b, signal, lo, hi, vary, _, _, scratch = _example()
+    compiled.compile_for(_newton, b, signal[0], lo[0].copy(), lo[0], hi[0], vary, scratch)
+
+
+def prepare(announce=True, helper=None):
+    """Compile the kernels (the first run of an installation, some 4 s) or load them from
+    numba's cache, once per process; say so on stderr if ``announce`` and it takes over
+    :data:`ivim_common.compiled.COMPILE_NOTICE_AFTER_S`.  With a ``helper`` (see
+    :func:`ivim_common.compiled.prepare`) compiling the Newton solver meanwhile, compile the
+    rest here first, then load the solver from the cache and build the kernel that calls both."""
+    global _ready
+    if _ready:
+        return
+    b, signal, lo, hi, vary, t_d, t_s, scratch = _example()
+    with notice_if_slow(announce, COMPILE_NOTICE):
+        if helper:
+            compiled.compile_for(_grid, b, signal[0], lo[0], hi[0], t_d, t_s, scratch[1], scratch[0])
+            compiled.compile_for(_project, b, signal[0], lo[0].copy(), lo[0], hi[0], *scratch[3])
+            helper.wait(f"{__name__}:_compile_newton")
         fit_fast(b, signal, lo, hi, vary)
     _ready = True
 
@@ -578,5 +609,5 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, limits=None):
     return {"params": fit_fast(bvals, signal, lo, hi, vary, limits)}
 
 
-COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 5 s (the first run of an "
+COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 4 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")

@@ -13,7 +13,7 @@ CHUNK_SIZE = 20     # voxels: tens of seconds of work, which keeps progress and 
 RANDOM = True       # its differential evolution draws: it takes per-voxel seeds
 
 
-def prepare(announce=True):
+def prepare(announce=True, helper=None):
     """Nothing to prepare (lmfit is imported with the first fit)."""
 
 
