@@ -8,9 +8,13 @@ first run of an installation, the "warm" run the same command again.  Cases:
 - ``readme``: the README's first command on the test data (fast engine, trust maps on);
 - ``bayes``: the same with ``--engine bayes``, in a cache that already holds the fast engine and
   the trust kernels (what the first use of the Bayesian engine adds);
-- ``fast``, ``trust``, ``bayes-only``: each engine's ``prepare()`` (compile or load) alone, so the
-  trust kernels' share is the difference between ``readme`` and ``fast`` (the maps themselves
-  cannot be turned off on the command line).
+- ``fast``, ``trust``, ``bayes-only``: each module's kernels made ready (compiled or loaded)
+  alone, as a fit does it (``compiled.prepare``), so the trust kernels' share is the difference
+  between ``readme`` and ``fast`` (the maps themselves cannot be turned off on the command line).
+
+On the first run, a helper process compiles part of the kernels where a CPU is idle
+(:func:`ivim_common.compiled.prepare`): ``--helper 0`` measures without it, ``--helper 1`` with it
+whatever the load.
 
 Wall time counts whatever else runs on the machine; CPU time (user + system of the subprocess
 and its workers) much less so: both are printed, with the load.  With ``--baseline TREE`` (a
@@ -19,6 +23,7 @@ tree's code, interleaved with this one's, and the ratios are printed.
 
     python bench/bench_first_run.py                                  # about 1 min
     python bench/bench_first_run.py --baseline ../base --repeat 3    # before/after, 3 rounds
+    python bench/bench_first_run.py --helper 0 --cases readme        # without the helper
 """
 import argparse
 import os
@@ -42,8 +47,11 @@ def _fitting(tree, *extra):
 
 
 def _prepare(tree, module):
+    """Python code making a module's kernels ready as a fit does (compiled.prepare, where the
+    tree has it: with a helper process on the first run where a CPU is idle)."""
     return (f"import sys; sys.path.insert(0, {tree!r}); from ivim_common.resources import limit_blas_threads; limit_blas_threads(); "
-            f"from ivim_common{module} import prepare; prepare(announce=False)")
+            f"from ivim_common import compiled; import ivim_common{module} as m; "
+            "compiled.prepare([m], announce=False) if hasattr(compiled, 'prepare') else m.prepare(announce=False)")
 
 
 # name: (code that fills the cache first, or None; the code timed), both for a tree
@@ -56,9 +64,12 @@ CASES = {
 }
 
 
+HELPER = {}     # the environment's IVIM_COMPILE_HELPER, from --helper
+
+
 def _timed(code, cache, workdir):
     """Wall and CPU seconds of ``python -c code`` with NUMBA_CACHE_DIR=cache."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache, **HELPER)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", code], cwd=workdir, env=env, check=True,
@@ -86,11 +97,17 @@ def main():
     parser.add_argument("--baseline", metavar="TREE", help="another checkout to measure in the same run")
     parser.add_argument("--repeat", type=int, default=1, help="rounds of every case (default: 1)")
     parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
+    parser.add_argument("--helper", choices=("auto", "0", "1"), default="auto",
+                        help="IVIM_COMPILE_HELPER of every run: auto (unset: a helper process where a CPU is "
+                             "idle), 0 (none), 1 (always) (default: %(default)s)")
     args = parser.parse_args()
+    if args.helper != "auto":
+        HELPER["IVIM_COMPILE_HELPER"] = args.helper
     trees = {"this": HERE}
     if args.baseline:
         trees["baseline"] = os.path.abspath(args.baseline)
-    print(f"load before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; seconds, cold = empty numba cache")
+    print(f"load before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; seconds, cold = empty numba cache; "
+          f"helper: {args.helper}")
     print(f"{'case':11s} {'tree':9s} {'cold wall':>9s} {'cold CPU':>9s} {'warm wall':>9s} {'warm CPU':>9s}"
           f" {'compile CPU':>11s}")
     results = {}

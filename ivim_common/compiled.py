@@ -90,7 +90,7 @@ def notice_if_slow(enabled, notice):
 class Helper:
     """A process that runs ``tasks`` ("module:function", in order; each compiles kernels into
     numba's cache) while this one compiles others, and reports each task as it ends.  It
-    imports this copy of the package (its folder first on its path)."""
+    imports this copy of the package."""
 
     def __init__(self, tasks):
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,8 +116,17 @@ class Helper:
         self.process.stdout.close()
 
 
-_HELPER_CODE = ("import sys; sys.path.insert(0, sys.argv[1]); "
-                "from ivim_common import compiled; compiled._helper_main(sys.argv[2:])")
+# The helper's program: this copy of the package (the folder holding it first on the path,
+# unless it is found there anyway: a folder of installed packages before the standard library
+# could shadow some of it), then the tasks.
+_HELPER_CODE = """if True:
+    import importlib.util, os, sys
+    spec = importlib.util.find_spec("ivim_common")
+    if spec is None or os.path.dirname(os.path.dirname(spec.origin)) != sys.argv[1]:
+        sys.path.insert(0, sys.argv[1])
+    from ivim_common import compiled
+    compiled._helper_main(sys.argv[2:])
+"""
 
 
 def _helper_main(tasks):

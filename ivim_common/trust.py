@@ -13,7 +13,7 @@ from . import kernels, model
 from .compiled import notice_if_slow
 
 MAX_VARIANCE_INFLATION = 1e12   # beyond, the free parameters are taken as not identifiable (NaN SD)
-COMPILE_NOTICE = ("ivim-toolbox: compiling the trust maps' kernels, some 2 s (the first run of an "
+COMPILE_NOTICE = ("ivim-toolbox: compiling the trust maps' kernels, some 1 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")
 
 

@@ -69,7 +69,7 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}   # vectorise reductions, kee
 
 # Compiled with the fast-math flags above, without reference counting (see
 # :func:`ivim_common.compiled.kernel`): the kernels allocate nothing, the callers hand over the
-# scratch.  The entries: _fit_kernel, called from Python; _posterior, which a helper process
+# scratch.  The entries: _fit_kernel, called from Python; _summaries, which a helper process
 # compiles on the first run (see prepare); _coord_stats, the smallest, to probe the cache.
 _kernel = functools.partial(kernel, fastmath=_FASTMATH)
 
@@ -257,7 +257,7 @@ def _dots(b, y, value, n, e, yd, dd):
         dd[i] = ss
 
 
-@_kernel(entry=True)
+@_kernel
 def _posterior(b, y, box, dstar_lo, dstar_hi, sizes, start, step, logdens, mu, prec, ws):
     """Grid posterior of one voxel over box = (log D, f, log D*ₚ) ranges (6,), its prior the
     tables times the Gaussians of mean mu (3,) and precision prec (3,) on those coordinates.
@@ -468,7 +468,7 @@ def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logden
         _summaries(nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq, prob, ws, out[n])
 
 
-@_kernel
+@_kernel(entry=True)
 def _summaries(nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq, prob, ws, o):
     """o (6, 5): mean, SD, the quantiles prob (2.5 %, 97.5 %, median) and the mode of (S0, D,
     f, D*, D*ₚ) from a fine-grid posterior.  The mode is the centre of the marginal's fullest
@@ -628,7 +628,7 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None, estim
 
 
 _ready = False      # compiled or loaded in this process
-HELPER_TASKS = ("_compile_posterior",)    # what a helper process compiles on the first run (see prepare)
+HELPER_TASKS = ("_compile_summaries",)    # what a helper process compiles on the first run (see prepare)
 COMPILE_NOTICE = ("ivim-toolbox: compiling the Bayesian engine, some 3 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")
 
@@ -658,24 +658,25 @@ def compiles_here():
     return compiled.compiles_here(_coord_stats, np.ones(2), np.ones(2), 2, 1.0)
 
 
-def _compile_posterior():
-    """The helper process's share of the first compile: the grid posterior, into numba's cache."""
-    compiled.compile_for(_posterior, *_kernel_examples()[1])
+def _compile_summaries():
+    """The helper process's share of the first compile: the posterior's summaries, into
+    numba's cache."""
+    compiled.compile_for(_summaries, *_kernel_examples()[2])
 
 
 def prepare(announce=True, helper=None):
     """Compile the kernels (the first run of an installation) or load them from the cache,
     once per process, saying so on stderr if ``announce`` and that takes a while.  With a
-    ``helper`` (see :func:`ivim_common.compiled.prepare`) compiling the grid posterior
-    meanwhile, compile the summaries here first, then load the posterior from the cache."""
+    ``helper`` (see :func:`ivim_common.compiled.prepare`) compiling the posterior's summaries
+    meanwhile, compile the grid posterior here first, then load the summaries from the cache."""
     global _ready
     if _ready:
         return
     b, y, lo, hi = _example()
     with notice_if_slow(announce, COMPILE_NOTICE):
         if helper:
-            compiled.compile_for(_summaries, *_kernel_examples()[2])
-            helper.wait(f"{__name__}:_compile_posterior")
+            compiled.compile_for(_posterior, *_kernel_examples()[1])
+            helper.wait(f"{__name__}:_compile_summaries")
         fit(b, y, 0.5 * (lo + hi), lo, hi, np.ones(4, bool), np.zeros((1, 2), np.uint32))
     _ready = True
 

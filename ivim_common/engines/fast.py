@@ -29,7 +29,7 @@ RTOL = 1e-11         # Newton stops when an undamped step changes the RSS by les
 
 # The kernels below allocate nothing (fit_fast hands them their scratch, see _scratch): they are
 # compiled without reference counting (compiled.kernel).  The entries are those called from
-# Python, and _newton, which a helper process compiles on the first run (see prepare).
+# Python, and _grid, which a helper process compiles on the first run (see prepare).
 
 
 @kernel
@@ -124,7 +124,7 @@ def _local_min(rss, i, j):
     return True
 
 
-@kernel
+@kernel(entry=True)
 def _grid(b, y, lo, hi, t_d, t_s, starts, ws):
     """(D, D*) of four starting points from a geometric (D, D*) grid over the box, amplitudes
     solved exactly: the two lowest local minima of the grid (the same point twice where it has
@@ -331,7 +331,7 @@ def _damped_step(h, jj, held, lam, grad, low, step):
     return ok
 
 
-@kernel(entry=True)
+@kernel
 def _newton(b, y, p, lo, hi, vary, scratch):
     """Box-constrained damped Newton from p (updated in place); returns the RSS.
 
@@ -557,7 +557,7 @@ def fit_fast(bvals, signal, lo, hi, vary, limits=None):
 
 
 _ready = False      # compiled or loaded in this process
-HELPER_TASKS = ("_compile_newton",)    # what a helper process compiles on the first run (see prepare)
+HELPER_TASKS = ("_compile_grid",)    # what a helper process compiles on the first run (see prepare)
 
 
 def _example():
@@ -577,28 +577,29 @@ def compiles_here():
     return compiled.compiles_here(_pick, np.zeros(1, np.int64), np.ones(1), np.ones((1, 4)), np.ones((1, 4)))
 
 
-def _compile_newton():
-    """The helper process's share of the first compile: the Newton solver, some half of the
-    engine's code, into numba's cache."""
-    b, signal, lo, hi, vary, _, _, scratch = _example()
-    compiled.compile_for(_newton, b, signal[0], lo[0].copy(), lo[0], hi[0], vary, scratch)
+def _compile_grid():
+    """The helper process's share of the first compile: the grid search, into numba's cache."""
+    b, signal, lo, hi, _, t_d, t_s, scratch = _example()
+    compiled.compile_for(_grid, b, signal[0], lo[0], hi[0], t_d, t_s, scratch[1], scratch[0])
 
 
 def prepare(announce=True, helper=None):
-    """Compile the kernels (the first run of an installation, some 4 s) or load them from
+    """Compile the kernels (the first run of an installation, some 3-4 s) or load them from
     numba's cache, once per process; say so on stderr if ``announce`` and it takes over
     :data:`ivim_common.compiled.COMPILE_NOTICE_AFTER_S`.  With a ``helper`` (see
-    :func:`ivim_common.compiled.prepare`) compiling the Newton solver meanwhile, compile the
-    rest here first, then load the solver from the cache and build the kernel that calls both."""
+    :func:`ivim_common.compiled.prepare`) compiling the grid search meanwhile, compile the
+    Newton solver and step 3's kernels here first, then load the grid search from the cache
+    and build the kernel that calls both."""
     global _ready
     if _ready:
         return
     b, signal, lo, hi, vary, t_d, t_s, scratch = _example()
     with notice_if_slow(announce, COMPILE_NOTICE):
         if helper:
-            compiled.compile_for(_grid, b, signal[0], lo[0], hi[0], t_d, t_s, scratch[1], scratch[0])
+            compiled.compile_for(_newton, b, signal[0], lo[0].copy(), lo[0], hi[0], vary, scratch)
             compiled.compile_for(_project, b, signal[0], lo[0].copy(), lo[0], hi[0], *scratch[3])
-            helper.wait(f"{__name__}:_compile_newton")
+            compiled.compile_for(_jobs, np.ones((1, 4, 4)), np.ones((1, 4)), np.ones((1, 4), np.bool_))
+            helper.wait(f"{__name__}:_compile_grid")
         fit_fast(b, signal, lo, hi, vary)
     _ready = True
 
@@ -609,5 +610,5 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, limits=None):
     return {"params": fit_fast(bvals, signal, lo, hi, vary, limits)}
 
 
-COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 4 s (the first run of an "
+COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 3-4 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")

@@ -1,0 +1,69 @@
+"""The first run of an installation: a helper process compiles part of the kernels into numba's
+cache meanwhile (:func:`ivim_common.compiled.prepare`), and the maps are those of a run without."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from ivim_common import compiled
+
+# In a fresh process and a fresh cache: fit seeded voxels with the fast engine (trust maps on)
+# and the Bayesian engine; save the maps; print how many times each kernel that a helper
+# compiles was loaded from the cache rather than compiled here.
+FIT = """if True:
+    import json, sys
+    import numpy as np
+    from ivim_common import IvimModel, kernels, model
+    from ivim_common.engines import bayes, fast
+    b = np.array([0., 10, 20, 40, 80, 110, 140, 170, 200, 300, 400, 500, 600, 700, 800])
+    rng = np.random.default_rng(11)
+    truth = np.column_stack([rng.uniform(500, 900, 40), rng.uniform(0.5e-3, 1.5e-3, 40),
+                             rng.uniform(0.05, 0.2, 40), rng.uniform(10e-3, 40e-3, 40)])
+    signal = np.abs(model.ivim_signal(b, *truth.T) + rng.normal(0, 15, (40, b.size)))
+    maps = {}
+    for engine in ("fast", "bayes"):
+        for name, value in IvimModel(b, engine=engine).fit(signal).maps.items():
+            maps[f"{engine}_{name}"] = value
+    np.savez(sys.argv[1], **maps)
+    print(json.dumps({k.__name__: sum(k.stats.cache_hits.values())
+                      for k in (fast._grid, kernels.fit_mono, kernels.fisher_sd, bayes._summaries)}))
+"""
+
+
+def _first_run(tmp_path, helper):
+    cache, out = tmp_path / f"cache{helper}", tmp_path / f"maps{helper}.npz"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), IVIM_COMPILE_HELPER=helper)
+    run = subprocess.run([sys.executable, "-c", FIT, str(out)], env=env, capture_output=True, text=True,
+                         check=True, stdin=subprocess.DEVNULL)
+    with np.load(out, allow_pickle=False) as maps:
+        return json.loads(run.stdout), dict(maps)
+
+
+def test_a_helper_compiles_part_of_the_first_run_and_the_maps_are_the_same(tmp_path):
+    """With a helper (IVIM_COMPILE_HELPER=1), this process loads the fast engine's grid search,
+    the trust maps' kernels and the Bayesian posterior's summaries from the cache, where the
+    helper put them; without (0), it compiles them all itself.  Every map is the same, bit for
+    bit."""
+    loaded, maps = _first_run(tmp_path, "1")
+    alone, maps_alone = _first_run(tmp_path, "0")
+    assert all(n >= 1 for n in loaded.values()), loaded
+    assert not any(alone.values()), alone
+    assert maps.keys() == maps_alone.keys() and len(maps) > 30
+    for name in maps:
+        np.testing.assert_array_equal(maps[name], maps_alone[name], err_msg=name)
+    assert np.nanmedian(np.abs(maps["fast_f"] - maps["bayes_f"])) < 0.05     # fitted, not empty
+
+
+def test_a_helper_that_fails_or_is_stopped_leaves_nothing_behind():
+    """A task that cannot run ends the helper: waiting for any task returns, and this process
+    compiles what it needs itself.  Closing a helper that still runs kills it."""
+    failing = compiled.Helper(["ivim_common.no_such_module:prepare", "ivim_common.trust:prepare"])
+    failing.wait("ivim_common.trust:prepare")
+    assert failing.done == set()
+    failing.close()
+    assert failing.process.returncode != 0
+    running = compiled.Helper(["ivim_common.engines.fast:_compile_grid"])
+    running.close()
+    assert running.process.returncode < 0          # killed, not finished
