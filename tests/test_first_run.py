@@ -53,7 +53,7 @@ def test_a_helper_compiles_part_of_the_first_run_and_the_maps_are_the_same(tmp_p
     assert maps.keys() == maps_alone.keys() and len(maps) > 30
     for name in maps:
         np.testing.assert_array_equal(maps[name], maps_alone[name], err_msg=name)
-    assert np.nanmedian(np.abs(maps["fast_f"] - maps["bayes_f"])) < 0.05     # fitted, not empty
+    assert np.nanmedian(np.abs(maps["fast_Fivim"] - maps["bayes_Fivim"])) < 0.05     # fitted, not empty
 
 
 def test_a_helper_that_fails_or_is_stopped_leaves_nothing_behind():
