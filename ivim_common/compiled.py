@@ -139,11 +139,13 @@ def _helper_main(tasks):
 
 
 def _idle_cpu():
-    """Whether a CPU is idle: at least two for this process, the load average (Unix) below
-    their number less one."""
+    """Whether a second CPU is free, on average: at least two for this process, and the load
+    average (Unix) below their number.  (Not below their number less one: the run that follows
+    ``pip install`` finds a load near 1 on two CPUs.  Where both are busy, the helper takes its
+    share of them, at a small cost to other work.)"""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return cpus >= 2 and load <= cpus - 1
+    return cpus >= 2 and load < cpus
 
 
 def prepare(modules, announce=True):
