@@ -8,15 +8,18 @@ are compiled with :func:`kernel`, so they share one cache policy.
 import contextlib
 import gc
 import importlib
-import json
 import math
 import os
+import queue
 import subprocess
 import sys
 import threading
+import time
 
 import numba
 import numpy as np
+
+from .resources import limit_blas_threads, usable_cpus
 
 # numba's option for code without its reference counting (its runtime, NRT), with which numba
 # compiles its own hot helpers; should a numba lack it, the kernels compile with counting.
@@ -88,9 +91,9 @@ def notice_if_slow(enabled, notice):
 
 
 class Helper:
-    """A process that runs ``tasks`` ("module:function", in order; each compiles kernels into
-    numba's cache) while this one compiles others, and reports each task as it ends.  It
-    imports this copy of the package."""
+    """A process that runs ``tasks`` ("module:function", in order; each function takes no
+    argument and compiles kernels into numba's cache) while this one compiles others, and
+    reports each task as it ends.  It imports this copy of the package."""
 
     def __init__(self, tasks):
         root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -98,22 +101,41 @@ class Helper:
         self.process = subprocess.Popen(
             [sys.executable, "-c", _HELPER_CODE, root, *tasks],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self._lines = queue.Queue()     # the tasks it reports, then None once it has ended
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def wait(self, task):
-        """Return once ``task`` has ended, or the helper has (then this process compiles what
-        it finds missing itself)."""
-        while task not in self.done:
-            line = self.process.stdout.readline()
-            if not line:
+    def _read(self):
+        for line in self.process.stdout:
+            self._lines.put(line.strip())
+        self._lines.put(None)
+
+    def wait(self, task, timeout=None):
+        """Return once ``task`` has ended, or the helper has; after ``timeout`` seconds
+        (default HELPER_TIMEOUT_S) stop the helper and return.  Whatever it did not put in the
+        cache, this process then compiles itself."""
+        deadline = time.monotonic() + (HELPER_TIMEOUT_S if timeout is None else timeout)
+        while task not in self.done and self.process.returncode is None:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.close()
                 return
-            self.done.add(line.strip())
+            if line is None:
+                self.process.wait()
+                return
+            self.done.add(line)
 
     def close(self):
         """Stop the helper if it still runs (this process stopped short), and reap it."""
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait()
+        self._reader.join(timeout=5)
         self.process.stdout.close()
+
+
+HELPER_TIMEOUT_S = 60.0    # a task that takes longer is not coming: some 3 s on 2 cores
 
 
 # The helper's program: this copy of the package (the folder holding it first on the path,
@@ -130,7 +152,6 @@ _HELPER_CODE = """if True:
 
 
 def _helper_main(tasks):
-    from .resources import limit_blas_threads
     limit_blas_threads()
     for task in tasks:
         module, function = task.split(":")
@@ -139,12 +160,15 @@ def _helper_main(tasks):
 
 
 def _idle_cpu():
-    """Whether a second CPU is free, on average: at least two for this process, and the load
-    average (Unix) below their number.  (Not below their number less one: the run that follows
-    ``pip install`` finds a load near 1 on two CPUs.  Where both are busy, the helper takes its
-    share of them, at a small cost to other work.)"""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    """Whether a second CPU is free, on average: at least two for this process (its affinity
+    and cgroup quota), and the load average (Unix) below their number.  (Not below their
+    number less one: the run that follows ``pip install`` finds a load near 1 on two CPUs.
+    Where both are busy, the helper takes its share of them, at a small cost to other work.)"""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):     # not Unix, or unknown
+        load = 0.0
+    cpus = usable_cpus()
     return cpus >= 2 and load < cpus
 
 
@@ -157,14 +181,19 @@ def prepare(modules, announce=True):
     module's ``HELPER_TASKS`` (names of its functions) into the cache meanwhile, and the
     modules' ``prepare`` wait for them (``helper.wait``) and load them: the first run takes
     some 40 % less time (bench/bench_first_run.py).  The environment variable
-    IVIM_COMPILE_HELPER set to 0 does without, set to 1 starts one whatever the load.
+    IVIM_COMPILE_HELPER set to 0 does without, set to 1 starts one whatever the load.  No
+    helper in a frozen application (its executable is not a Python to run the helper with).
     """
     helper = None
     first, wanted = modules[0], os.environ.get(HELPER_ENV)
-    if (wanted != "0" and hasattr(first, "compiles_here") and sys.executable
-            and (wanted == "1" or _idle_cpu()) and first.compiles_here()):
-        helper = Helper([f"{m.__name__}:{task}" for m in modules for task in getattr(m, "HELPER_TASKS", ())])
     try:
+        if (wanted != "0" and hasattr(first, "compiles_here") and sys.executable
+                and not getattr(sys, "frozen", False) and (wanted == "1" or _idle_cpu())
+                and first.compiles_here()):
+            try:
+                helper = Helper([f"{m.__name__}:{task}" for m in modules for task in getattr(m, "HELPER_TASKS", ())])
+            except OSError:               # no process to be had: compile everything here
+                helper = None
         for m in modules:
             m.prepare(announce, helper)
     finally:

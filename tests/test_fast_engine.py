@@ -192,7 +192,7 @@ def _refine(signal, step2, lo, hi, vary):
 
 
 def test_a_slow_compile_is_announced_once_it_takes_long(monkeypatch, capsys):
-    """The first run of an installation compiles the engine (some 3-5 s): prepare() says so on
+    """The first run of an installation compiles the engine (some 3-6 s): prepare() says so on
     stderr once that has taken COMPILE_NOTICE_AFTER_S; a quick load, or announce off, says
     nothing, and a prepared engine is not prepared again in the same process."""
     _, signal = _noisy(3, snr=50, seed=0)

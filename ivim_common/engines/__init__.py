@@ -7,9 +7,7 @@ Every engine module has the same three names:
 ``prepare(announce=True, helper=None)``
     Make the engine ready in this process (compile or load compiled code), once; worker
     processes started afterwards find it ready to load.  Called through
-    :func:`ivim_common.compiled.prepare`, which may hand it a ``helper`` process that compiles
-    the engine's ``HELPER_TASKS`` meanwhile (an engine with compiled code may define them, and
-    ``compiles_here()``).
+    :func:`ivim_common.compiled.prepare`, with the ``helper`` process it started, if any.
 ``fit(bvals, signal, init, lo, hi, vary, seeds, limits=None, **options)``
     Fit the model to finite signal (n_voxels, n_b; positive, except with the 'osipi' preset,
     see :func:`ivim_common.model.valid_voxels`) with per-voxel start values and
@@ -30,6 +28,14 @@ and may have
     Voxel fits (bootstrap refits included) up to which a job runs in the calling process,
     whatever the jobs asked: starting worker processes (each imports the package and loads the
     compiled code) would cost more than the work.  Default 0.
+``compiles_here()``, ``HELPER_TASKS``
+    For compiled code: whether this process would compile the engine (numba's cache lacks
+    it) and can cache it; and the names of functions of the module, each taking no argument
+    and working in a fresh process, that a helper process runs on the first run to compile
+    part of the kernels into the cache (:func:`ivim_common.compiled.prepare`, which asks the
+    first module it prepares).  ``prepare`` then compiles the rest, waits for each task with
+    ``helper.wait`` (a helper still running when ``prepare`` returns is stopped) and loads
+    the task's kernels from the cache.
 ``image_options(model, signal, jobs, volume, **user_options)``
     Called once per fit with every voxel's signal, before the chunks (``volume``: the
     volume's shape and the voxels' flat indices in it, or None): returns the ``options``
@@ -45,7 +51,7 @@ import importlib
 # name: (module, one line for --help)
 ENGINES = {
     "fast": ("fast", "compiled grid + Newton solver of the toolbox's least squares (default; "
-                     "the first run of an installation compiles it, some 3 s)"),
+                     "the first run of an installation compiles it, some 3-6 s)"),
     "lmfit": ("lmfit_reference", "the original's lmfit differential evolution, the reference "
                                  "(about 1-2 s of CPU per voxel)"),
     "bayes": ("bayes", "posterior on a grid, S0 and the noise integrated out (a few times the "

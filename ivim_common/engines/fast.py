@@ -584,7 +584,7 @@ def _compile_grid():
 
 
 def prepare(announce=True, helper=None):
-    """Compile the kernels (the first run of an installation, some 3-4 s) or load them from
+    """Compile the kernels (the first run of an installation, some 3-6 s) or load them from
     numba's cache, once per process; say so on stderr if ``announce`` and it takes over
     :data:`ivim_common.compiled.COMPILE_NOTICE_AFTER_S`.  With a ``helper`` (see
     :func:`ivim_common.compiled.prepare`) compiling the grid search meanwhile, compile the
@@ -610,5 +610,5 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, limits=None):
     return {"params": fit_fast(bvals, signal, lo, hi, vary, limits)}
 
 
-COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 3-4 s (the first run of an "
+COMPILE_NOTICE = ("ivim-toolbox: compiling the fast engine, some 3-6 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")
