@@ -642,14 +642,13 @@ def _example():
 
 
 def _kernel_examples():
-    """_fit_kernel's arguments for the example, and (the arguments of) its calls of _posterior
-    and _summaries."""
+    """The arguments of _fit_kernel's calls of _posterior and of _summaries, for the example."""
     b, y, lo, hi = _example()
     args = _kernel_args(b, y, lo, hi, uniform_prior(), GRID_COARSE, GRID_FINE, None, None) + (np.empty((1, 6, 5)),)
     b, signal, lo, hi, _, _, coarse, _, start, step, logdens, mu, prec, prob, ws, boxes, out = args
     posterior = (b, signal[0], boxes[0], lo[0, 3], hi[0, 3], coarse, start, step, logdens, mu[0], prec[0], ws)
     summaries = (1, 1, 1, 0.1, 0.1, 0.1, 1.0, 1.0, 1.0, prob, ws, out[0])
-    return args, posterior, summaries
+    return posterior, summaries
 
 
 def compiles_here():
@@ -661,7 +660,7 @@ def compiles_here():
 def _compile_summaries():
     """The helper process's share of the first compile: the posterior's summaries, into
     numba's cache."""
-    compiled.compile_for(_summaries, *_kernel_examples()[2])
+    compiled.compile_for(_summaries, *_kernel_examples()[1])
 
 
 def prepare(announce=True, helper=None):
@@ -675,7 +674,7 @@ def prepare(announce=True, helper=None):
     b, y, lo, hi = _example()
     with notice_if_slow(announce, COMPILE_NOTICE):
         if helper:
-            compiled.compile_for(_posterior, *_kernel_examples()[1])
+            compiled.compile_for(_posterior, *_kernel_examples()[0])
             helper.wait(f"{__name__}:_compile_summaries")
         fit(b, y, 0.5 * (lo + hi), lo, hi, np.ones(4, bool), np.zeros((1, 2), np.uint32))
     _ready = True

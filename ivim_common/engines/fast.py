@@ -14,8 +14,7 @@ as masked whole-array passes (bench/bench_engines.py measures it).  The compiled
 """
 import numpy as np
 
-from .. import model
-from .. import compiled
+from .. import compiled, model
 from ..compiled import exp, kernel, notice_if_slow
 
 CHUNK_SIZE = 5000    # voxels: well under a second of work
@@ -588,8 +587,9 @@ def prepare(announce=True, helper=None):
     numba's cache, once per process; say so on stderr if ``announce`` and it takes over
     :data:`ivim_common.compiled.COMPILE_NOTICE_AFTER_S`.  With a ``helper`` (see
     :func:`ivim_common.compiled.prepare`) compiling the grid search meanwhile, compile the
-    Newton solver and step 3's kernels here first, then load the grid search from the cache
-    and build the kernel that calls both."""
+    Newton solver (with the variable projection it calls, which _solve_all calls too) and
+    step 3's kernels here first, then load the grid search from the cache and build the
+    kernel that calls both."""
     global _ready
     if _ready:
         return
@@ -597,7 +597,6 @@ def prepare(announce=True, helper=None):
     with notice_if_slow(announce, COMPILE_NOTICE):
         if helper:
             compiled.compile_for(_newton, b, signal[0], lo[0].copy(), lo[0], hi[0], vary, scratch)
-            compiled.compile_for(_project, b, signal[0], lo[0].copy(), lo[0], hi[0], *scratch[3])
             compiled.compile_for(_jobs, np.ones((1, 4, 4)), np.ones((1, 4)), np.ones((1, 4), np.bool_))
             helper.wait(f"{__name__}:_compile_grid")
         fit_fast(b, signal, lo, hi, vary)
