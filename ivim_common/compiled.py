@@ -26,11 +26,12 @@ from .resources import limit_blas_threads, usable_cpus
 NO_NRT = {"_nrt": False} if hasattr(numba.core.options.DefaultOptions, "_nrt") else {}
 
 
-def kernel(func=None, *, entry=False, **options):
+def kernel(func=None, *, entry=False, pointer=False, **options):
     """Decorator: ``numba.njit(func, error_model="numpy", **options)`` for code that allocates
     nothing (its callers hand it its scratch), so compiled without reference counting: less
     code to compile, and none of the atomic count updates that would dominate short kernels.
-    No C-callable wrapper (nothing calls a kernel through a C pointer).
+    No C-callable wrapper, unless ``pointer``: another kernel calls it through a function
+    pointer (numba's first-class functions, which need that wrapper).
 
     ``entry``: the kernel is called from Python, or compiled on its own by :func:`prepare`'s
     helper process: it is cached on disk, beside the package where that is writable, else in
@@ -40,8 +41,8 @@ def kernel(func=None, *, entry=False, **options):
     can be called from Python (tests do).  ``@kernel`` or ``@kernel(entry=True, ...)``.
     """
     if func is None:
-        return lambda f: kernel(f, entry=entry, **options)
-    options = dict(options, error_model="numpy", no_cfunc_wrapper=True, **NO_NRT)
+        return lambda f: kernel(f, entry=entry, pointer=pointer, **options)
+    options = dict(options, error_model="numpy", no_cfunc_wrapper=not pointer, **NO_NRT)
     if not entry:
         return numba.njit(**options)(func)
     try:
@@ -50,21 +51,32 @@ def kernel(func=None, *, entry=False, **options):
         return numba.njit(**options)(func)
 
 
-def compile_for(kernel, *args):
-    """Compile ``kernel`` (or load it from the cache) for the types of ``args``, without running
-    it."""
-    kernel.compile(tuple(numba.typeof(a) for a in args))
+def compile_for(kernel, *args, signature=None):
+    """Compile ``kernel`` (or load it from the cache) for the types of ``args``, or for a numba
+    ``signature``, without running it; nothing if it is compiled for them already (even where
+    its compilation is disabled)."""
+    types = signature.args if signature else tuple(numba.typeof(a) for a in args)
+    if types not in kernel.overloads:
+        kernel.compile(signature or types)
 
 
-def compiles_here(entry, *args):
-    """Whether this process compiles ``entry`` for ``args`` (it is in neither this process nor
-    numba's cache: the first run of an installation) and can cache it, so that the kernels a
-    helper process compiles meanwhile would be found here: loads or compiles it to find out."""
-    misses = sum(entry.stats.cache_misses.values())
-    compile_for(entry, *args)
+def compiles_here(entry, *args, signature=None):
+    """Whether this process compiles ``entry`` for ``args`` or ``signature`` (it is in neither
+    this process nor numba's cache: the first run of an installation) and can cache it, so that
+    the kernels a helper process compiles meanwhile would be found here.  Reads numba's cache
+    index of ``entry`` where it can (some milliseconds); else loads or compiles ``entry``."""
     stats = entry.stats
-    return (sum(stats.cache_misses.values()) > misses and stats.cache_path is not None
-            and os.access(stats.cache_path, os.W_OK))
+    if stats.cache_path is None or not os.access(stats.cache_path, os.W_OK):
+        return False
+    types = signature.args if signature else tuple(numba.typeof(a) for a in args)
+    if types in entry.overloads:
+        return False
+    try:        # numba's private API (0.59-0.68): the index, empty where it is missing or stale
+        return not entry._cache._cache_file._load_index()
+    except Exception:       # another numba: find out by loading or compiling
+        misses = sum(stats.cache_misses.values())
+        compile_for(entry, *args, signature=signature)
+        return sum(entry.stats.cache_misses.values()) > misses
 
 
 COMPILE_NOTICE_AFTER_S = 3.0

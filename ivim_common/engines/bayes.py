@@ -35,6 +35,7 @@ with n_b − 1 degrees of freedom), its interval mean ± 1.96 SD.
 import functools
 import math
 
+import numba
 import numpy as np
 
 from .. import compiled, model, spatial
@@ -69,9 +70,20 @@ _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}   # vectorise reductions, kee
 
 # Compiled with the fast-math flags above, without reference counting (see
 # :func:`ivim_common.compiled.kernel`): the kernels allocate nothing, the callers hand over the
-# scratch.  The entries: _fit_kernel, called from Python; _summaries, which a helper process
-# compiles on the first run (see prepare); _coord_stats, the smallest, to probe the cache.
+# scratch.  The entries: _fit_kernel, called from Python, which calls _posterior and _summaries
+# through function pointers (numba's first-class functions) rather than linking their code into
+# its own: so each of the three is compiled once, on its own, and on the first run two of them
+# in parallel (see prepare).  Hence their explicit signatures (C-contiguous arrays).
 _kernel = functools.partial(kernel, fastmath=_FASTMATH)
+_F8, _I8 = numba.types.float64, numba.types.int64
+_VEC, _MAT, _IVEC = numba.types.float64[::1], numba.types.float64[:, ::1], numba.types.int64[::1]
+_WS = numba.types.UniTuple(_MAT, 12)        # the scratch (see _scratch)
+_POSTERIOR = numba.types.Tuple((_I8,) * 3 + (_F8,) * 6)(_VEC, _VEC, _VEC, _F8, _F8, _IVEC, _VEC, _VEC, _MAT,
+                                                        _VEC, _VEC, _WS)
+_SUMMARIES = numba.types.void(_I8, _I8, _I8, *(_F8,) * 6, _VEC, _WS, _MAT)
+_FIT = numba.types.void(numba.types.FunctionType(_POSTERIOR), numba.types.FunctionType(_SUMMARIES), _VEC,
+                        _MAT, _MAT, _MAT, _VEC, _VEC, _IVEC, _IVEC, _VEC, _VEC, _MAT, _MAT, _MAT, _VEC, _WS, _MAT,
+                        numba.types.float64[:, :, ::1])
 
 
 # --- Priors -------------------------------------------------------------------------------------
@@ -257,7 +269,7 @@ def _dots(b, y, value, n, e, yd, dd):
         dd[i] = ss
 
 
-@_kernel
+@_kernel(entry=True, pointer=True)
 def _posterior(b, y, box, dstar_lo, dstar_hi, sizes, start, step, logdens, mu, prec, ws):
     """Grid posterior of one voxel over box = (log D, f, log D*ₚ) ranges (6,), its prior the
     tables times the Gaussians of mean mu (3,) and precision prec (3,) on those coordinates.
@@ -361,7 +373,7 @@ def _posterior(b, y, box, dstar_lo, dstar_hi, sizes, start, step, logdens, mu, p
     return nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq
 
 
-@_kernel(entry=True)
+@_kernel
 def _coord_stats(g, m, n, total):
     """Posterior mean and SD of a grid coordinate from its marginal masses."""
     mean = 0.0
@@ -423,10 +435,12 @@ def _dstar_quantile(p, total, val, nd, gp, npp, hp, m2, prefix):
 
 
 @_kernel(entry=True)
-def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logdens, mu, prec, prob, ws, boxes, out):
+def _fit_kernel(posterior, summaries, b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logdens, mu, prec,
+                prob, ws, boxes, out):
     """Posterior summaries of every voxel into out (n, 6, 5) (see _summaries), D*ₚ within
     [p_lo, p_hi] (n,), each voxel's prior times its Gaussians mu, prec (n, 3); NaN where a
-    voxel's signal or bounds are not usable.  Scratch: ws (see _posterior), boxes (2, 6)."""
+    voxel's signal or bounds are not usable.  Scratch: ws (see _posterior), boxes (2, 6).
+    posterior, summaries: _posterior and _summaries (see _ready_fit_kernel)."""
     g, marg = ws[0], ws[9]
     box, box2 = boxes[0], boxes[1]
     for n in range(signal.shape[0]):
@@ -444,7 +458,7 @@ def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logden
         box[0], box[1] = math.log(lo[n, 1]), math.log(hi[n, 1])
         box[2], box[3] = lo[n, 2], hi[n, 2]
         box[4], box[5] = math.log(p_lo[n]), math.log(p_hi[n])
-        r = _posterior(b, y, box, lo[n, 3], hi[n, 3], coarse, start, step, logdens, mu[n], prec[n], ws)
+        r = posterior(b, y, box, lo[n, 3], hi[n, 3], coarse, start, step, logdens, mu[n], prec[n], ws)
         for _ in range(ZOOM_LEVELS):
             if not (r[6] > 0.0 and r[6] < np.inf):
                 break
@@ -460,15 +474,15 @@ def _fit_kernel(b, signal, lo, hi, p_lo, p_hi, coarse, fine, start, step, logden
                     box2[2 * a + 1] = min(box[2 * a + 1], mean + halfw)
             if resolved and _ > 0:
                 break
-            r = _posterior(b, y, box2, lo[n, 3], hi[n, 3], fine, start, step, logdens, mu[n], prec[n], ws)
+            r = posterior(b, y, box2, lo[n, 3], hi[n, 3], fine, start, step, logdens, mu[n], prec[n], ws)
         nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq = r
         if not (total > 0.0 and total < np.inf):
             out[n] = np.nan
             continue
-        _summaries(nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq, prob, ws, out[n])
+        summaries(nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq, prob, ws, out[n])
 
 
-@_kernel(entry=True)
+@_kernel(entry=True, pointer=True)
 def _summaries(nd, nf, npp, hd, hf, hp, total, s0_sum, s0_sq, prob, ws, o):
     """o (6, 5): mean, SD, the quantiles prob (2.5 %, 97.5 %, median) and the mode of (S0, D,
     f, D*, D*ₚ) from a fine-grid posterior.  The mode is the centre of the marginal's fullest
@@ -541,8 +555,18 @@ def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=G
     1, see :data:`ESTIMATES`) of S0, D, f, D* and D*ₚ = D + D* (axis 2).
     """
     out = np.empty((np.atleast_2d(signal).shape[0], 6, 5))
-    _fit_kernel(*_kernel_args(bvals, signal, lo, hi, prior, coarse, fine, pool, gauss), out)
+    _ready_fit_kernel()(_posterior, _summaries, *_kernel_args(bvals, signal, lo, hi, prior, coarse, fine, pool, gauss),
+                        out)
     return out
+
+
+def _ready_fit_kernel():
+    """_fit_kernel, compiled (or loaded) for its signature _FIT alone: given the dispatchers
+    _posterior and _summaries, numba would otherwise compile it for their own types, with their
+    code linked in.  (They are compiled, or loaded, as it is first called.)"""
+    compiled.compile_for(_fit_kernel, signature=_FIT)
+    _fit_kernel.disable_compile()
+    return _fit_kernel
 
 
 def _kernel_args(bvals, signal, lo, hi, prior, coarse, fine, pool, gauss):
@@ -556,8 +580,9 @@ def _kernel_args(bvals, signal, lo, hi, prior, coarse, fine, pool, gauss):
     p_lo, p_hi = lo[:, 1] + lo[:, 3], hi[:, 1] + hi[:, 3]
     if pool is not None:
         p_lo, p_hi = np.maximum(p_lo, pool[0]), np.minimum(p_hi, pool[1])
+    start, step, logdens = (np.ascontiguousarray(prior[k], dtype=float) for k in ("start", "step", "logdens"))
     return (b, signal, lo, hi, np.ascontiguousarray(p_lo), np.ascontiguousarray(p_hi), coarse, fine,
-            prior["start"], prior["step"], prior["logdens"], np.ascontiguousarray(mu, dtype=float),
+            start, step, logdens, np.ascontiguousarray(mu, dtype=float),
             np.ascontiguousarray(prec, dtype=float), PROB, _scratch(b.size, coarse, fine), np.empty((2, 6)))
 
 
@@ -628,7 +653,7 @@ def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None, estim
 
 
 _ready = False      # compiled or loaded in this process
-HELPER_TASKS = ("_compile_summaries",)    # what a helper process compiles on the first run (see prepare)
+HELPER_TASKS = ("_compile_fit_kernel",)    # what a helper process compiles on the first run (see prepare)
 COMPILE_NOTICE = ("ivim-toolbox: compiling the Bayesian engine, some 3 s (the first run of an "
                   "installation; it is cached for later runs where it can be written)")
 
@@ -641,41 +666,33 @@ def _example():
     return b, y, lo, hi
 
 
-def _kernel_examples():
-    """The arguments of _fit_kernel's calls of _posterior and of _summaries, for the example."""
-    b, y, lo, hi = _example()
-    args = _kernel_args(b, y, lo, hi, uniform_prior(), GRID_COARSE, GRID_FINE, None, None) + (np.empty((1, 6, 5)),)
-    b, signal, lo, hi, _, _, coarse, _, start, step, logdens, mu, prec, prob, ws, boxes, out = args
-    posterior = (b, signal[0], boxes[0], lo[0, 3], hi[0, 3], coarse, start, step, logdens, mu[0], prec[0], ws)
-    summaries = (1, 1, 1, 0.1, 0.1, 0.1, 1.0, 1.0, 1.0, prob, ws, out[0])
-    return posterior, summaries
-
-
 def compiles_here():
     """Whether this process compiles the kernels (numba's cache lacks them) and can cache them
-    (see :func:`ivim_common.compiled.prepare`); loads or compiles the smallest one to know."""
-    return compiled.compiles_here(_coord_stats, np.ones(2), np.ones(2), 2, 1.0)
+    (see :func:`ivim_common.compiled.prepare`)."""
+    return compiled.compiles_here(_fit_kernel, signature=_FIT)
 
 
-def _compile_summaries():
-    """The helper process's share of the first compile: the posterior's summaries, into
-    numba's cache."""
-    compiled.compile_for(_summaries, *_kernel_examples()[1])
+def _compile_fit_kernel():
+    """The helper process's share of the first compile, into numba's cache: the posterior's
+    summaries, and the kernel that calls them and the posterior."""
+    _summaries.compile(_SUMMARIES)
+    compiled.compile_for(_fit_kernel, signature=_FIT)
 
 
 def prepare(announce=True, helper=None):
     """Compile the kernels (the first run of an installation) or load them from the cache,
     once per process, saying so on stderr if ``announce`` and that takes a while.  With a
-    ``helper`` (see :func:`ivim_common.compiled.prepare`) compiling the posterior's summaries
-    meanwhile, compile the grid posterior here first, then load the summaries from the cache."""
+    ``helper`` (see :func:`ivim_common.compiled.prepare`) compiling the rest meanwhile,
+    compile the grid posterior here, then load the rest from the cache."""
     global _ready
     if _ready:
         return
     b, y, lo, hi = _example()
     with notice_if_slow(announce, COMPILE_NOTICE):
+        _posterior.compile(_POSTERIOR)
         if helper:
-            compiled.compile_for(_posterior, *_kernel_examples()[0])
-            helper.wait(f"{__name__}:_compile_summaries")
+            helper.wait(f"{__name__}:_compile_fit_kernel")
+        _summaries.compile(_SUMMARIES)
         fit(b, y, 0.5 * (lo + hi), lo, hi, np.ones(4, bool), np.zeros((1, 2), np.uint32))
     _ready = True
 
