@@ -71,12 +71,18 @@ def compiles_here(entry, *args, signature=None):
     types = signature.args if signature else tuple(numba.typeof(a) for a in args)
     if types in entry.overloads:
         return False
-    try:        # numba's private API (0.59-0.68): the index, empty where it is missing or stale
-        return not entry._cache._cache_file._load_index()
-    except Exception:       # another numba: find out by loading or compiling
+    try:
+        return not _cache_index(entry)
+    except Exception:       # another numba, or an unreadable index: find out by loading or compiling
         misses = sum(stats.cache_misses.values())
         compile_for(entry, *args, signature=signature)
         return sum(entry.stats.cache_misses.values()) > misses
+
+
+def _cache_index(entry):
+    """numba's cache index of ``entry`` (its private API, numba 0.59-0.68): what it compiled,
+    for this source and numba; empty where the index is missing or stale."""
+    return entry._cache._cache_file._load_index()
 
 
 COMPILE_NOTICE_AFTER_S = 3.0

@@ -85,3 +85,33 @@ def test_a_helper_that_fails_or_is_stopped_leaves_nothing_behind():
     late = compiled.Helper(["ivim_common.engines.fast:_compile_grid"])
     late.wait("ivim_common.engines.fast:_compile_grid", timeout=0.01)    # not coming: stopped
     assert late.process.returncode != 0 and late.done == set()
+
+
+# In a fresh process with an empty or filled cache: whether compiled.compiles_here says that a
+# small cached kernel must be compiled, read from numba's cache index, then as it knows it
+# where that index cannot be read (it loads or compiles the kernel); then the kernel runs.
+PROBE = """if True:
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from ivim_common import compiled
+    from probe_kernel import add_one
+    by_index = compiled.compiles_here(add_one, 1.0)
+    def unreadable(entry):
+        raise AttributeError("no such private API")
+    compiled._cache_index = unreadable
+    by_compiling = compiled.compiles_here(add_one, 1.0)
+    print(by_index, by_compiling, add_one(1.0))
+"""
+
+
+def test_the_first_run_is_told_from_the_cache_index_or_else_by_compiling(tmp_path):
+    (tmp_path / "probe_kernel.py").write_text(
+        "from ivim_common.compiled import kernel\n\n\n@kernel(entry=True)\ndef add_one(x):\n    return x + 1.0\n")
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+
+    def probe():
+        return subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], env=env, capture_output=True, text=True,
+                              check=True, stdin=subprocess.DEVNULL).stdout.split()
+
+    assert probe() == ["True", "True", "2.0"]       # empty cache: compiled here (then cached)
+    assert probe() == ["False", "False", "2.0"]     # filled: loaded
