@@ -124,6 +124,51 @@ def test_deterministic_and_independent_of_chunking():
         np.testing.assert_array_equal(whole[key][20:40], part[key])
 
 
+def test_read_only_and_strided_inputs_give_the_same_fit():
+    """The kernel is compiled for C-contiguous writable arrays alone (its function pointers):
+    read-only (a memory map, np.frombuffer), Fortran-order, float32 or strided inputs are
+    converted, not refused; the fit is that of plain arrays."""
+    truth, signal = voxels(12, 30, seed=9)
+    plain = api.IvimModel(BVALS, engine="bayes").fit(signal).maps
+    bvals, frozen = BVALS.copy(), signal.copy()
+    bvals.flags.writeable = frozen.flags.writeable = False
+    for b, sig in ((bvals, frozen), (BVALS, np.asfortranarray(signal)), (BVALS.astype(np.float32), signal),
+                   (BVALS, np.repeat(signal, 2, axis=0)[::2])):
+        maps = api.IvimModel(b, engine="bayes").fit(sig).maps
+        for name in ("S0", "D", "Fivim", "Dstar"):
+            np.testing.assert_array_equal(maps[name], plain[name], err_msg=name)
+
+
+THREADS = """if True:
+    import sys, threading
+    import numpy as np
+    from ivim_common.engines import bayes
+    b, y, lo, hi = bayes._example()
+    start, results = threading.Barrier(4), []
+    def fit():
+        start.wait()
+        try:
+            results.append(bayes.fit(b, y, 0.5 * (lo + hi), lo, hi, np.ones(4, bool), None)["params"].tolist())
+        except Exception as error:
+            results.append(repr(error))
+    threads = [threading.Thread(target=fit) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    print(len(set(map(str, results))), results[0])
+"""
+
+
+def test_threads_that_fit_at_once_in_a_new_process_all_get_the_fit():
+    """Four threads making a process's first Bayesian fit at once (GUI previews): the kernels
+    are made ready once, and every thread gets the same numbers."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", THREADS], capture_output=True, text=True, check=True,
+                         stdin=subprocess.DEVNULL).stdout
+    distinct, first = out.split(" ", 1)
+    assert distinct == "1" and first.startswith("[["), out
+
+
 def test_closed_form_marginal_matches_numerical_integration():
     """(x·x)^(-1/2)·RSS_min^(-(n_b-1)/2) is ∫∫ p(y | S0, σ) dS0 dσ/σ up to a constant."""
     from scipy import integrate

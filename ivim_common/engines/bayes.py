@@ -34,6 +34,7 @@ with n_b − 1 degrees of freedom), its interval mean ± 1.96 SD.
 """
 import functools
 import math
+import threading
 
 import numba
 import numpy as np
@@ -560,30 +561,44 @@ def posterior_summaries(bvals, signal, lo, hi, prior, coarse=GRID_COARSE, fine=G
     return out
 
 
+_FIT_LOCK = threading.Lock()     # threads that fit at once (the GUI's) make the kernels ready once
+_fit_ready = False
+
+
 def _ready_fit_kernel():
-    """_fit_kernel, compiled (or loaded) for its signature _FIT alone: given the dispatchers
-    _posterior and _summaries, numba would otherwise compile it for their own types, with their
-    code linked in.  (They are compiled, or loaded, as it is first called.)"""
-    compiled.compile_for(_fit_kernel, signature=_FIT)
-    _fit_kernel.disable_compile()
+    """_fit_kernel, compiled (or loaded) for its signature _FIT alone, and no other: given the
+    dispatchers _posterior and _summaries, numba would otherwise compile it for their own types,
+    with their code linked in.  Those two are compiled (or loaded) first, for their signatures:
+    numba before 0.68 would otherwise compile them as it converts them to pointers, under a
+    cache key of their argument types alone, and miss what the first run cached."""
+    global _fit_ready
+    with _FIT_LOCK:
+        if not _fit_ready:
+            compiled.compile_for(_posterior, signature=_POSTERIOR)
+            compiled.compile_for(_summaries, signature=_SUMMARIES)
+            compiled.compile_for(_fit_kernel, signature=_FIT)
+            _fit_kernel.disable_compile()
+            _fit_ready = True
     return _fit_kernel
 
 
 def _kernel_args(bvals, signal, lo, hi, prior, coarse, fine, pool, gauss):
-    """The arguments of _fit_kernel but its output (see posterior_summaries)."""
-    b = np.ascontiguousarray(bvals, dtype=float)
-    signal = np.ascontiguousarray(np.atleast_2d(signal), dtype=float)
+    """The arguments of _fit_kernel but the two kernels and its output (see
+    posterior_summaries): C-contiguous and writable, as its signature _FIT has them (numba
+    types a read-only array otherwise); copies only where an array is not so already."""
+    def c(a, dtype=float):
+        return np.require(a, dtype, ["C", "W"])
+
+    b, signal = c(bvals), c(np.atleast_2d(signal))
     n = signal.shape[0]
     mu, prec = (np.zeros((n, 3)), np.zeros((n, 3))) if gauss is None else gauss
-    coarse, fine = np.asarray(coarse, dtype=np.int64), np.asarray(fine, dtype=np.int64)
-    lo, hi = np.ascontiguousarray(lo, dtype=float), np.ascontiguousarray(hi, dtype=float)
+    lo, hi = c(lo), c(hi)
     p_lo, p_hi = lo[:, 1] + lo[:, 3], hi[:, 1] + hi[:, 3]
     if pool is not None:
         p_lo, p_hi = np.maximum(p_lo, pool[0]), np.minimum(p_hi, pool[1])
-    start, step, logdens = (np.ascontiguousarray(prior[k], dtype=float) for k in ("start", "step", "logdens"))
-    return (b, signal, lo, hi, np.ascontiguousarray(p_lo), np.ascontiguousarray(p_hi), coarse, fine,
-            start, step, logdens, np.ascontiguousarray(mu, dtype=float),
-            np.ascontiguousarray(prec, dtype=float), PROB, _scratch(b.size, coarse, fine), np.empty((2, 6)))
+    return (b, signal, lo, hi, c(p_lo), c(p_hi), c(coarse, np.int64), c(fine, np.int64), c(prior["start"]),
+            c(prior["step"]), c(prior["logdens"]), c(mu), c(prec), c(PROB), _scratch(b.size, coarse, fine),
+            np.empty((2, 6)))
 
 
 def fit(bvals, signal, init, lo, hi, vary, seeds, prior=None, limits=None, estimate=None, neighbours=None):
@@ -669,7 +684,8 @@ def _example():
 def compiles_here():
     """Whether this process compiles the kernels (numba's cache lacks them) and can cache them
     (see :func:`ivim_common.compiled.prepare`)."""
-    return compiled.compiles_here(_fit_kernel, signature=_FIT)
+    with _FIT_LOCK:     # where it has to compile _fit_kernel to know: not once disabled
+        return compiled.compiles_here(_fit_kernel, signature=_FIT)
 
 
 def _compile_fit_kernel():
@@ -689,10 +705,10 @@ def prepare(announce=True, helper=None):
         return
     b, y, lo, hi = _example()
     with notice_if_slow(announce, COMPILE_NOTICE):
-        _posterior.compile(_POSTERIOR)
+        compiled.compile_for(_posterior, signature=_POSTERIOR)
         if helper:
             helper.wait(f"{__name__}:_compile_fit_kernel")
-        _summaries.compile(_SUMMARIES)
+        _ready_fit_kernel()
         fit(b, y, 0.5 * (lo + hi), lo, hi, np.ones(4, bool), np.zeros((1, 2), np.uint32))
     _ready = True
 

@@ -572,7 +572,7 @@ def _example():
 
 def compiles_here():
     """Whether this process compiles the kernels (numba's cache lacks them) and can cache them
-    (see :func:`ivim_common.compiled.prepare`); loads or compiles the smallest one to know."""
+    (see :func:`ivim_common.compiled.prepare`), from the cache index of the smallest one."""
     return compiled.compiles_here(_pick, np.zeros(1, np.int64), np.ones(1), np.ones((1, 4)), np.ones((1, 4)))
 
 
