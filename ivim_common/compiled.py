@@ -55,9 +55,14 @@ def compile_for(kernel, *args, signature=None):
     """Compile ``kernel`` (or load it from the cache) for the types of ``args``, or for a numba
     ``signature``, without running it; nothing if it is compiled for them already (even where
     its compilation is disabled)."""
-    types = signature.args if signature else tuple(numba.typeof(a) for a in args)
+    types = _arg_types(args, signature)
     if types not in kernel.overloads:
         kernel.compile(signature or types)
+
+
+def _arg_types(args, signature):
+    """The numba types of a kernel's arguments: the signature's, else those of ``args``."""
+    return signature.args if signature else tuple(numba.typeof(a) for a in args)
 
 
 def compiles_here(entry, *args, signature=None):
@@ -68,8 +73,7 @@ def compiles_here(entry, *args, signature=None):
     stats = entry.stats
     if stats.cache_path is None or not os.access(stats.cache_path, os.W_OK):
         return False
-    types = signature.args if signature else tuple(numba.typeof(a) for a in args)
-    if types in entry.overloads:
+    if _arg_types(args, signature) in entry.overloads:
         return False
     try:
         return not _cache_index(entry)

@@ -34,8 +34,8 @@ FIT = """if True:
     np.savez(sys.argv[1], **maps)
     every = [k for mod in (fast, bayes, kernels) for k in vars(mod).values() if hasattr(k, "overloads")]
     print(json.dumps({"helpers": len(started),
-                      "loaded": [sum(k.stats.cache_hits.values())
-                                 for k in (fast._grid, kernels.fit_mono, kernels.fisher_sd, bayes._summaries, bayes._fit_kernel)],
+                      "loaded": [sum(k.stats.cache_hits.values()) for k in (fast._grid, kernels.fit_mono,
+                                 kernels.fisher_sd, bayes._summaries, bayes._fit_kernel)],
                       "compiled": sum(sum(k.stats.cache_misses.values()) for k in every),
                       "signatures": max(len(k.overloads) for k in every)}))
 """
@@ -54,7 +54,8 @@ def _first_run(tmp_path, helper, cache):
 def test_a_helper_compiles_part_of_the_first_run_and_the_maps_are_the_same(tmp_path):
     """With a helper (IVIM_COMPILE_HELPER=1), this process loads the fast engine's grid search,
     the trust maps' kernels and the Bayesian posterior's summaries and its kernel that calls
-    them from the cache, where the helper put them, and compiles no kernel twice; without (0), it compiles them all itself.
+    them from the cache, where the helper put them, and compiles no kernel twice; without (0),
+    it compiles them all itself.
     Every map is the same, bit for bit.  With the cache filled, no helper starts and nothing
     is compiled."""
     first, maps = _first_run(tmp_path, "1", "cache")

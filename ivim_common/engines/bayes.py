@@ -691,7 +691,7 @@ def compiles_here():
 def _compile_fit_kernel():
     """The helper process's share of the first compile, into numba's cache: the posterior's
     summaries, and the kernel that calls them and the posterior."""
-    _summaries.compile(_SUMMARIES)
+    compiled.compile_for(_summaries, signature=_SUMMARIES)
     compiled.compile_for(_fit_kernel, signature=_FIT)
 
 
